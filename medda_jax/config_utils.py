@@ -1,0 +1,71 @@
+"""Loading and validating `configs/<experiment>.py` files.
+
+A config file defines `get_config(variant: str | None = None)` returning an
+`ml_collections.ConfigDict`. Validation helpers raise `ConfigError` with the
+dotted field name, the value found and what is allowed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+from typing import Any, Iterable
+
+import ml_collections
+
+from medda_jax.errors import ConfigError
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:variant]` the way `--config=` does on the command line."""
+  path, _, variant = spec.partition(":")
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise ConfigError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(f"_medda_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant or None) if variant else module.get_config()
+
+
+def _get(config: ml_collections.ConfigDict, field: str) -> Any:
+  value = config
+  for part in field.split("."):
+    if part not in value:
+      raise ConfigError(f"config.{field} is missing")
+    value = value[part]
+  return value
+
+
+def check_choice(config, field: str, choices: Iterable[Any]) -> None:
+  choices = tuple(choices)
+  value = _get(config, field)
+  if value not in choices:
+    raise ConfigError(f"config.{field}={value!r} is not allowed; choose one of {list(choices)}")
+
+
+def check_range(config, field: str, low=None, high=None, *, integer=False,
+                low_inclusive=True) -> None:
+  """Checks low <= value <= high (or low < value when low_inclusive=False)."""
+  value = _get(config, field)
+  kind = "an integer" if integer else "a number"
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+      integer and not isinstance(value, int)):
+    raise ConfigError(f"config.{field}={value!r} must be {kind}")
+  too_low = low is not None and (value < low if low_inclusive else value <= low)
+  too_high = high is not None and value > high
+  if too_low or too_high:
+    lo = "-inf" if low is None else low
+    hi = "inf" if high is None else high
+    bracket = "[" if low_inclusive else "("
+    raise ConfigError(f"config.{field}={value!r} is out of range; allowed {bracket}{lo}, {hi}]")
+
+
+def check_subset(config, field: str, allowed: Iterable[str]) -> None:
+  allowed = tuple(allowed)
+  value = tuple(_get(config, field))
+  unknown = [v for v in value if v not in allowed]
+  if unknown:
+    raise ConfigError(f"config.{field} has unknown entries {unknown}; allowed {list(allowed)}")
+  if not value:
+    raise ConfigError(f"config.{field} must not be empty")

@@ -1,0 +1,1 @@
+"""Data layer: published-layout loaders, embedded demo sets, task samplers."""

@@ -1,0 +1,463 @@
+"""Medical Segmentation Decathlon (MSD) as 24 binary 2-D slice datasets (MetaMedSeg).
+
+Reads the layout the publisher ships (one folder per task, as extracted from the tarballs):
+
+  <root>/Task02_Heart/dataset.json
+  <root>/Task02_Heart/imagesTr/la_003.nii.gz   3-D, or 4-D with the channel last (Task01, Task05)
+  <root>/Task02_Heart/labelsTr/la_003.nii.gz   3-D integer label map
+
+The cases are the "training" entries of dataset.json; files whose names start with `._`
+(macOS resource forks found in the tarballs) are ignored. Every (structure x MR sequence)
+pair becomes one binary dataset (`MSD_DATASETS`). Slices are `volume[:, :, j]` (axial for
+MSD); a slice enters a dataset when `count(label == k) >= T`. Preprocessing:
+
+* intensities: `zscore_nonzero` (paper) subtracts the mean and divides by the standard
+  deviation of the non-zero voxels of the whole volume (per channel), applied to every
+  voxel; `slice_minmax` rescales each resized slice to [0, 1] like the reference code's
+  PNG export (without its 8-bit quantisation);
+* images are resized to `image_size` x `image_size` with `skimage.transform.resize`
+  (order 1, anti-aliasing); each label mask is resized as a float and re-binarised at 0.5;
+* `threshold_space="native"` (reference code, default) counts pixels on the native slice;
+  `"resized"` (paper) counts them on the resized mask, with T scaled by
+  `(image_size / 256) ** 2` so that it means the same area as at the paper's 256 x 256.
+
+The kept slices of a task are stored once per (task, channel) in shared banks; every dataset
+points into them with `rows`. Memory grows with the number of kept slices (float32,
+`image_size**2` per slice and channel); use `datasets=` to load only what is needed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from typing import Iterable, Sequence
+
+import nibabel as nib
+import numpy as np
+from skimage.transform import resize
+
+from medda_jax.data.collection import SliceCollection, SliceDataset
+from medda_jax.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+THRESHOLD_SPACES = ("native", "resized")
+NORMALISATIONS = ("zscore_nonzero", "slice_minmax")
+# Thresholds are given in pixels of a 256 x 256 slice (paper) when counted after resizing.
+_REFERENCE_SIZE = 256
+_CACHE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class MsdDataset:
+  """One binary dataset cut from an MSD task.
+
+  Attributes:
+    name: dataset key (reference-code name, e.g. `prostate_peripheral_T2`).
+    task: MSD task folder, e.g. `Task05_Prostate`.
+    label: label value k; the mask is `label == k` only.
+    channel: image channel (last axis of a 4-D image), None for 3-D tasks.
+    group: organ group for 1/z task sampling.
+    threshold: T, minimum number of foreground pixels for a slice to be kept.
+  """
+
+  name: str
+  task: str
+  label: int
+  channel: int | None
+  group: str
+  threshold: int
+
+
+# Number of image channels of the 4-D tasks; every other task has 3-D images.
+FOUR_D_TASKS = {"Task01_BrainTumour": 4, "Task05_Prostate": 2}
+
+_BRAIN_CHANNELS = ("FLAIR", "T1w", "t1gd", "T2w")
+_BRAIN_LABELS = (("edema", 1, 1000), ("ne_tumour", 2, 400), ("e_tumour", 3, 600))
+
+
+def _table() -> dict[str, MsdDataset]:
+  rows = [MsdDataset(f"brain_{structure}_{sequence}", "Task01_BrainTumour", label, c, "brain", t)
+          for structure, label, t in _BRAIN_LABELS for c, sequence in enumerate(_BRAIN_CHANNELS)]
+  rows += [
+      MsdDataset("heart", "Task02_Heart", 1, None, "heart", 700),
+      MsdDataset("hippocampus_anterior", "Task04_Hippocampus", 1, None, "hippocampus", 100),
+      MsdDataset("hippocampus_posterior", "Task04_Hippocampus", 2, None, "hippocampus", 100),
+      # Channel 0 is T2; the ADC channel is not used.
+      MsdDataset("prostate_peripheral_T2", "Task05_Prostate", 1, 0, "prostate", 300),
+      MsdDataset("prostate_transitional_T2", "Task05_Prostate", 2, 0, "prostate", 600),
+      MsdDataset("lung", "Task06_Lung", 1, None, "lung", 1000),
+      MsdDataset("pancreas", "Task07_Pancreas", 1, None, "pancreas", 1000),
+      MsdDataset("pancreas_cancer", "Task07_Pancreas", 2, None, "pancreas", 1000),
+      MsdDataset("vessel", "Task08_HepaticVessel", 1, None, "vessel", 1000),
+      MsdDataset("vessel_cancer", "Task08_HepaticVessel", 2, None, "vessel", 1000),
+      MsdDataset("spleen", "Task09_Spleen", 1, None, "spleen", 600),
+      MsdDataset("colon", "Task10_Colon", 1, None, "colon", 400),
+  ]
+  return {r.name: r for r in rows}
+
+
+MSD_DATASETS: dict[str, MsdDataset] = _table()
+# Fine-tuning targets of the paper; colon is also held out of meta-training (reference code).
+TARGETS = ("heart", "spleen", "prostate_peripheral_T2", "prostate_transitional_T2")
+MSD_TASKS = tuple(dict.fromkeys(d.task for d in MSD_DATASETS.values()))
+
+_LAYOUT = """expected the Medical Segmentation Decathlon layout, one folder per task:
+  <root>/Task02_Heart/dataset.json
+  <root>/Task02_Heart/imagesTr/la_003.nii.gz
+  <root>/Task02_Heart/labelsTr/la_003.nii.gz
+  (task folders: {tasks})"""
+
+
+def _layout() -> str:
+  return _LAYOUT.format(tasks=", ".join(MSD_TASKS))
+
+
+def effective_threshold(dataset: MsdDataset, image_size: int, threshold_space: str) -> float:
+  """Pixel count a slice's mask must reach in the space it is counted in."""
+  if threshold_space == "native":
+    return float(dataset.threshold)
+  return dataset.threshold * (image_size / _REFERENCE_SIZE) ** 2
+
+
+def case_stem(path: str) -> str:
+  """`imagesTr/la_003.nii.gz` -> `la_003`."""
+  name = os.path.basename(path)
+  for ext in (".nii.gz", ".nii"):
+    if name.endswith(ext):
+      return name[:-len(ext)]
+  return name
+
+
+@dataclasses.dataclass(frozen=True)
+class _Case:
+  stem: str
+  image: str
+  label: str
+
+
+def _read_cases(task_dir: str) -> list[_Case]:
+  """Training cases listed in dataset.json, sorted by stem, with their files checked."""
+  meta_path = os.path.join(task_dir, "dataset.json")
+  if not os.path.isfile(meta_path):
+    raise DataError(f"{task_dir} has no dataset.json\n{_layout()}")
+  try:
+    with open(meta_path, encoding="utf-8") as f:
+      meta = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise DataError(f"cannot read {meta_path}: not valid JSON ({e})") from e
+  entries = meta.get("training") if isinstance(meta, dict) else None
+  if not isinstance(entries, list) or not all(
+      isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("label"), str)
+      for e in entries):
+    raise DataError(f"{meta_path} is invalid: expected a \"training\" list of "
+                    "{\"image\": \"./imagesTr/<case>.nii.gz\", "
+                    "\"label\": \"./labelsTr/<case>.nii.gz\"}")
+  cases = []
+  for entry in entries:
+    if os.path.basename(entry["image"]).startswith("._"):
+      continue
+    image = os.path.normpath(os.path.join(task_dir, entry["image"]))
+    label = os.path.normpath(os.path.join(task_dir, entry["label"]))
+    for kind, path in (("image", image), ("label", label)):
+      if not os.path.isfile(path):
+        raise DataError(f"{kind} file {path} listed in {meta_path} is missing\n{_layout()}")
+    cases.append(_Case(case_stem(image), image, label))
+  if not cases:
+    raise DataError(f"{meta_path} lists no training cases")
+  cases.sort(key=lambda c: c.stem)
+  return cases
+
+
+def _header_shape(path: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(n) for n in nib.load(path).shape)
+  except Exception as e:  # nibabel raises many types for broken files
+    raise DataError(f"cannot read NIfTI file {path}: {e}") from e
+
+
+def _read_array(path: str, dtype) -> np.ndarray:
+  try:
+    img = nib.load(path)
+    if np.issubdtype(dtype, np.floating):
+      return img.get_fdata(dtype=dtype)
+    return np.asanyarray(img.dataobj)
+  except Exception as e:  # a truncated gzip fails only when the data is read
+    raise DataError(f"cannot read NIfTI file {path}: {e}") from e
+
+
+def _check_shapes(task: str, case: _Case) -> None:
+  image_shape, label_shape = _header_shape(case.image), _header_shape(case.label)
+  channels = FOUR_D_TASKS.get(task)
+  if channels is not None and len(image_shape) != 4:
+    raise DataError(f"{case.image}: {task} images must be 4-D (x, y, z, channel), got shape "
+                    f"{image_shape}")
+  if channels is None and len(image_shape) != 3:
+    raise DataError(f"{case.image}: {task} images must be 3-D (x, y, z), got {len(image_shape)}-D "
+                    f"shape {image_shape}")
+  if len(label_shape) != 3:
+    raise DataError(f"{case.label}: labels must be 3-D (x, y, z), got shape {label_shape}")
+  if image_shape[:3] != label_shape:
+    raise DataError(f"case {case.stem} of {task}: image shape {image_shape} and label shape "
+                    f"{label_shape} differ")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+  image_size: int
+  threshold_space: str
+  normalisation: str
+
+
+def _resize_slices(stack: np.ndarray, size: int) -> np.ndarray:
+  """[H, W, n] -> [n, size, size] float32, each slice resized on its own.
+
+  The batched call equals per-slice `resize(slice, (size, size))`: the unit zoom along the
+  slice axis neither smooths nor interpolates across slices.
+  """
+  out = resize(stack.astype(np.float32, copy=False), (size, size, stack.shape[2]), order=1,
+               anti_aliasing=True, preserve_range=True)
+  return np.moveaxis(out, 2, 0).astype(np.float32, copy=False)
+
+
+def _resized_masks(label: np.ndarray, value: int, slices: np.ndarray, size: int) -> np.ndarray:
+  """Binary masks of `label == value` on `slices`, resized as float and cut at 0.5."""
+  if slices.size == 0:
+    return np.zeros((0, size, size), bool)
+  return _resize_slices(label[:, :, slices] == value, size) > 0.5
+
+
+def _nonzero_stats(volume: np.ndarray) -> tuple[float, float]:
+  """Mean and std of the non-zero voxels (0 and 1 when there are none or std is 0)."""
+  nonzero = volume[volume != 0]
+  if nonzero.size == 0:
+    return 0.0, 1.0
+  mean = float(nonzero.mean(dtype=np.float64))
+  std = float(nonzero.std(dtype=np.float64))
+  return mean, (std if std > 0 else 1.0)
+
+
+def _process_case(task: str, case: _Case, datasets: Sequence[MsdDataset],
+                  options: _Options) -> dict:
+  """Kept slices of every dataset, and the preprocessed slices they need, for one case."""
+  size = options.image_size
+  label = _read_array(case.label, np.int64)
+  if np.issubdtype(label.dtype, np.floating):
+    label = np.rint(label)
+  values = sorted({d.label for d in MSD_DATASETS.values() if d.task == task})
+  counts = {k: (label == k).sum(axis=(0, 1)) for k in values}
+
+  resized = {}
+  kept = {}
+  if options.threshold_space == "native":
+    for d in datasets:
+      kept[d.name] = np.flatnonzero(counts[d.label] >= d.threshold)
+  else:
+    for k in values:
+      present = np.flatnonzero(counts[k] > 0)
+      resized[k] = (present, _resized_masks(label, k, present, size))
+    for d in datasets:
+      present, masks = resized[d.label]
+      thr = effective_threshold(d, size, "resized")
+      kept[d.name] = present[masks.sum(axis=(1, 2)) >= thr]
+  union = np.unique(np.concatenate([kept[d.name] for d in datasets]))
+
+  # The label bank holds every structure of the task on the kept slices.
+  labels = np.zeros((union.size, size, size), np.uint8)
+  for k in values:
+    if options.threshold_space == "native":
+      present = union[counts[k][union] > 0]
+      masks = _resized_masks(label, k, present, size)
+    else:
+      present, masks = resized[k]
+      sel = np.isin(present, union)
+      present, masks = present[sel], masks[sel]
+    idx = np.searchsorted(union, present)
+    # The resized indicator maps of all values sum to one, so at most one exceeds 0.5.
+    labels[idx] = np.where(masks, np.uint8(k), labels[idx])
+  del label
+
+  channels = sorted({d.channel for d in datasets}, key=lambda c: -1 if c is None else c)
+  by_channel = {}
+  if union.size:
+    image = _read_array(case.image, np.float32)
+    if task in FOUR_D_TASKS and max(channels) >= image.shape[3]:
+      raise DataError(f"{case.image}: needs channel {max(channels)} but the image has "
+                      f"{image.shape[3]} channel(s), shape {image.shape}")
+    for c in channels:
+      rows = np.unique(np.concatenate([kept[d.name] for d in datasets if d.channel == c]))
+      volume = image if c is None else image[..., c]
+      if options.normalisation == "zscore_nonzero":
+        mean, std = _nonzero_stats(volume)
+        stack = (volume[:, :, rows] - np.float32(mean)) / np.float32(std)
+        slices = _resize_slices(stack, size)
+      else:
+        slices = _resize_slices(volume[:, :, rows], size)
+        lo = slices.min(axis=(1, 2), keepdims=True)
+        span = slices.max(axis=(1, 2), keepdims=True) - lo
+        slices = np.where(span > 0, (slices - lo) / np.where(span > 0, span, 1), 0)
+        slices = slices.astype(np.float32)
+      by_channel[c] = (rows, slices)
+    del image
+  else:
+    by_channel = {c: (union, np.zeros((0, size, size), np.float32)) for c in channels}
+  return {"kept": kept, "union": union, "labels": labels, "images": by_channel}
+
+
+def _channel_key(c: int | None) -> str:
+  return "none" if c is None else str(c)
+
+
+def _assemble(results: list[dict], datasets: Sequence[MsdDataset]) -> dict[str, np.ndarray]:
+  """Per-case results -> flat arrays of one task (the cache format)."""
+  arrays: dict[str, np.ndarray] = {}
+  channels = {d.channel for d in datasets}
+  shared = all(np.array_equal(r["images"][c][0], r["union"]) for r in results for c in channels)
+  arrays["labels_shared"] = np.array(shared)
+  if shared:
+    arrays["labels"] = np.concatenate([r["labels"] for r in results])
+  for c in channels:
+    key = _channel_key(c)
+    arrays[f"images_{key}"] = np.concatenate([r["images"][c][1] for r in results])
+    if not shared:
+      arrays[f"labels_{key}"] = np.concatenate(
+          [r["labels"][np.searchsorted(r["union"], r["images"][c][0])] for r in results])
+    offsets = np.cumsum([0] + [r["images"][c][0].size for r in results])
+    for d in (d for d in datasets if d.channel == c):
+      rows, volume, slice_index = [], [], []
+      for v, r in enumerate(results):
+        kept = r["kept"][d.name]
+        rows.append(offsets[v] + np.searchsorted(r["images"][c][0], kept))
+        volume.append(np.full(kept.size, v, np.int64))
+        slice_index.append(kept.astype(np.int64))
+      arrays[f"rows_{d.name}"] = np.concatenate(rows).astype(np.int64)
+      arrays[f"volume_{d.name}"] = np.concatenate(volume)
+      arrays[f"slice_{d.name}"] = np.concatenate(slice_index)
+  return arrays
+
+
+def _cache_path(cache_dir: str, task: str, cases: Sequence[_Case],
+                datasets: Sequence[MsdDataset], options: _Options) -> str:
+  # File sizes make a changed or re-extracted data set miss the cache.
+  key = json.dumps({
+      "version": _CACHE_VERSION, "task": task, "options": dataclasses.asdict(options),
+      "datasets": sorted(d.name for d in datasets),
+      "cases": [(c.stem, os.path.getsize(c.image), os.path.getsize(c.label)) for c in cases],
+  }, sort_keys=True)
+  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+  return os.path.join(cache_dir, f"{task}_{digest}.npz")
+
+
+def _load_cache(path: str) -> dict[str, np.ndarray] | None:
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}
+  except FileNotFoundError:
+    return None
+  except Exception as e:  # a partial or foreign file is rebuilt, not trusted
+    log.warning("ignoring unreadable cache file %s (%s)", path, e)
+    return None
+
+
+def _save_cache(path: str, arrays: dict[str, np.ndarray]) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    np.savez(f, **arrays)
+  # Atomic rename: a killed run never leaves a half-written cache behind.
+  os.replace(tmp, path)
+
+
+def _load_task(root: str, task: str, datasets: Sequence[MsdDataset], options: _Options,
+               cache_dir: str | None) -> dict[str, SliceDataset]:
+  task_dir = os.path.join(root, task)
+  cases = _read_cases(task_dir)
+  arrays = None
+  path = None
+  if cache_dir is not None:
+    path = _cache_path(cache_dir, task, cases, datasets, options)
+    arrays = _load_cache(path)
+  if arrays is None:
+    for case in cases:
+      _check_shapes(task, case)
+    log.info("preprocessing %s: %d cases", task, len(cases))
+    workers = min(4, os.cpu_count() or 1, len(cases))
+    # zlib inflation and numpy release the GIL for part of the time; results keep case order.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+      results = list(pool.map(lambda c: _process_case(task, c, datasets, options), cases))
+    arrays = _assemble(results, datasets)
+    arrays["volume_names"] = np.array([c.stem for c in cases], dtype=str)
+    if path is not None:
+      _save_cache(path, arrays)
+
+  volume_names = tuple(str(s) for s in arrays["volume_names"])
+  shared = bool(arrays["labels_shared"])
+  out = {}
+  for d in datasets:
+    key = _channel_key(d.channel)
+    out[d.name] = SliceDataset(
+        name=d.name, group=d.group, images=arrays[f"images_{key}"],
+        labels=arrays["labels"] if shared else arrays[f"labels_{key}"],
+        label_values=(d.label,), rows=arrays[f"rows_{d.name}"],
+        volume=arrays[f"volume_{d.name}"], slice_index=arrays[f"slice_{d.name}"],
+        volume_names=volume_names)
+  return out
+
+
+def load_msd(root: str, datasets: Iterable[str] | None = None, image_size: int = 256,
+             threshold_space: str = "native", normalisation: str = "zscore_nonzero",
+             cache_dir: str | None = None) -> SliceCollection:
+  """Loads MSD datasets (names of `MSD_DATASETS`) from the published layout under `root`.
+
+  Args:
+    root: folder holding the `TaskXX_Name` folders.
+    datasets: names to load; None loads every dataset whose task folder exists.
+    image_size: side of the square slices.
+    threshold_space: count the inclusion threshold on the "native" or the "resized" mask.
+    normalisation: "zscore_nonzero" (per volume) or "slice_minmax" (per slice, to [0, 1]).
+    cache_dir: if given, preprocessed banks are stored there (one .npz per task and set of
+      options) and reused.
+
+  Returns:
+    A SliceCollection in `MSD_DATASETS` order; datasets of one task share their banks.
+  """
+  if threshold_space not in THRESHOLD_SPACES:
+    raise ConfigError(f"threshold_space must be one of {THRESHOLD_SPACES}, got {threshold_space!r}")
+  if normalisation not in NORMALISATIONS:
+    raise ConfigError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+  if not isinstance(image_size, (int, np.integer)) or image_size < 1:
+    raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
+  root = os.fspath(root)
+  if not os.path.isdir(root):
+    raise DataError(f"MSD root folder {root} does not exist\n{_layout()}")
+
+  if datasets is None:
+    names = [n for n, d in MSD_DATASETS.items() if os.path.isdir(os.path.join(root, d.task))]
+    if not names:
+      raise DataError(f"no MSD task folder found in {root}\n{_layout()}")
+  else:
+    requested = [datasets] if isinstance(datasets, str) else list(datasets)
+    unknown = [n for n in requested if n not in MSD_DATASETS]
+    if unknown:
+      raise DataError(f"unknown MSD dataset(s) {unknown}; known: {', '.join(MSD_DATASETS)}")
+    names = [n for n in MSD_DATASETS if n in requested]
+    for n in names:
+      task_dir = os.path.join(root, MSD_DATASETS[n].task)
+      if not os.path.isdir(task_dir):
+        raise DataError(f"dataset {n} needs the task folder {task_dir}, which does not exist\n"
+                        f"{_layout()}")
+
+  options = _Options(int(image_size), threshold_space, normalisation)
+  loaded: dict[str, SliceDataset] = {}
+  tasks = list(dict.fromkeys(MSD_DATASETS[n].task for n in names))
+  for task in tasks:
+    loaded.update(_load_task(root, task, [MSD_DATASETS[n] for n in names
+                                          if MSD_DATASETS[n].task == task], options, cache_dir))
+  description = (f"Medical Segmentation Decathlon from {root} ({', '.join(tasks)}): "
+                 f"{len(names)} datasets, {image_size}x{image_size} slices, "
+                 f"threshold_space={threshold_space}, normalisation={normalisation}")
+  return SliceCollection({n: loaded[n] for n in names}, description)

@@ -1,0 +1,1 @@
+"""Generic training machinery: states, scanned loops, checkpoints, writers, progress."""

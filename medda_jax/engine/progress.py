@@ -1,0 +1,24 @@
+"""A progress bar with steps/s, ETA and current metrics (process 0 only)."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+from medda_jax.parallel import is_main_process
+
+
+class Progress:
+  def __init__(self, description: str, total: int, initial: int = 0):
+    self.bar = tqdm(total=total, initial=initial, desc=description, unit="step",
+                    disable=not is_main_process(), file=sys.stderr, dynamic_ncols=True,
+                    mininterval=2.0)
+
+  def update(self, n: int = 1, **metrics) -> None:
+    if metrics:
+      self.bar.set_postfix({k: f"{float(v):.4g}" for k, v in metrics.items()}, refresh=False)
+    self.bar.update(n)
+
+  def close(self) -> None:
+    self.bar.close()

@@ -1,0 +1,57 @@
+"""Plain supervised training in chunks: `steps_per_call` updates per jitted call.
+
+Used by joint multi-task pre-training (the transfer baseline) and any method that trains
+one model on a stream of batches. Within a call the updates run as a `lax.scan`
+(accelerators) or unrolled (CPU, see `medda_jax.engine.adapt`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from medda_jax.engine.meta import all_finite
+
+
+@flax.struct.dataclass
+class TrainState:
+  params: Any
+  opt_state: Any
+  step: jax.Array
+
+  @classmethod
+  def create(cls, params, tx: optax.GradientTransformation) -> "TrainState":
+    return cls(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
+
+
+def build_train_chunk(apply_fn: Callable, loss_fn: Callable, tx: optax.GradientTransformation,
+                      inner_loop: str = "scan"):
+  """Returns jitted `chunk(state, images, masks) -> (state, metrics)`, images/masks shaped
+  [steps_per_call, batch, H, W, C]."""
+
+  def one_step(state: TrainState, batch):
+    x, y = batch
+    loss, grads = jax.value_and_grad(lambda p: loss_fn(apply_fn(p, x), y))(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return state.replace(params=optax.apply_updates(state.params, updates),
+                         opt_state=opt_state, step=state.step + 1), loss
+
+  def chunk(state: TrainState, images, masks):
+    if inner_loop == "scan":
+      state, losses = jax.lax.scan(one_step, state, (images, masks))
+    elif inner_loop == "host":
+      losses = []
+      for i in range(images.shape[0]):  # unrolled on purpose (CPU)
+        state, loss = one_step(state, (images[i], masks[i]))
+        losses.append(loss)
+      losses = jnp.stack(losses)
+    else:
+      raise ValueError(f"inner_loop must be 'scan' or 'host', got {inner_loop!r}")
+    metrics = {"loss": losses.mean(), "finite": all_finite(losses) & all_finite(state.params)}
+    return state, metrics
+
+  return jax.jit(chunk, donate_argnums=(0,))

@@ -1,0 +1,420 @@
+"""MetaMedSeg (Farshad et al., DART 2022): volumetric Reptile meta-learning for few-shot
+organ segmentation, with its baselines, as one experiment.
+
+  1. Cut 2-D binary datasets (structure x sequence) from volumes; hold out the targets.
+  2. Transfer baseline: pre-train one U-Net on the union of the source datasets.
+  3. For each Reptile rule (AW, IDW): meta-train an initialisation — every meta-iteration
+     samples L datasets with 1/z group weights, builds a volumetric task of K slices from
+     one volume of each, adapts a copy of θ to each task (Adam, batch 1, fresh state),
+     and moves θ ← θ + β Σ_l w_l (θ_l − θ).
+  4. Fine-tune every initialisation (random, transfer, meta) on 15 fixed shots of each
+     target, for several shot selections, and report the test IoU (mean ± std).
+
+Every stage checkpoints and resumes; finished fine-tuning runs are kept in
+`finetune_results.json`, so a killed run restarted with the same command ends with the
+same table.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+import grain
+from medda_jax import config_utils as cu
+from medda_jax import losses as losses_lib
+from medda_jax import metrics as metrics_lib
+from medda_jax import parallel, plots
+from medda_jax.data import demo_brain, msd, tasks
+from medda_jax.data.collection import SliceCollection, split_volumes
+from medda_jax.engine.adapt import AdaptConfig, adapt, adapt_chunked
+from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.meta import MetaState, build_meta_step
+from medda_jax.engine.progress import Progress
+from medda_jax.engine.supervised import TrainState, build_train_chunk
+from medda_jax.engine.writers import MetricWriter
+from medda_jax.errors import ConfigError, NonFiniteLossError
+from medda_jax.models.unet import UNet
+from medda_jax.optim import coupled_adam, maml, reptile
+
+DEMO_TARGETS = ("thalamus_t1w", "caudate_t2w_like", "putamen_lowres_noisy")
+RESULTS_FILE = "finetune_results.json"
+
+
+# --------------------------------------------------------------------------- config
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first wrong field and what is allowed."""
+  cu.check_choice(c, "data.source", ("demo_brain", "msd"))
+  if c.data.source == "msd" and not c.data.root:
+    raise ConfigError("config.data.root must name the Medical Segmentation Decathlon folder "
+                      "(holding TaskXX_Name/dataset.json) when config.data.source='msd'")
+  cu.check_range(c, "data.image_size", 16, 1024, integer=True)
+  if c.data.image_size % 2 ** (c.model.levels - 1):
+    raise ConfigError(f"config.data.image_size={c.data.image_size} must be divisible by "
+                      f"2**(model.levels-1)={2 ** (c.model.levels - 1)}")
+  cu.check_range(c, "data.subjects_per_anatomy", 1, 64, integer=True)
+  cu.check_choice(c, "data.threshold_space", msd.THRESHOLD_SPACES)
+  cu.check_choice(c, "data.normalisation", msd.NORMALISATIONS)
+  cu.check_range(c, "data.test_fraction", 0.0, 0.9, low_inclusive=False)
+  cu.check_range(c, "data.split_seed", 0, integer=True)
+  cu.check_range(c, "seed", 0, integer=True)
+  cu.check_range(c, "model.features", 1, 512, integer=True)
+  cu.check_range(c, "model.levels", 2, 7, integer=True)
+  cu.check_choice(c, "model.compute_dtype", ("auto", "float32", "bfloat16"))
+  cu.check_choice(c, "meta.algorithm", ("reptile", "maml", "fomaml"))
+  if c.meta.meta_iterations > 0:
+    cu.check_subset(c, "meta.rules", ("aw", "idw"))
+  cu.check_choice(c, "meta.task_definition", tasks.TASK_DEFINITIONS)
+  cu.check_range(c, "meta.meta_iterations", 0, integer=True)
+  cu.check_range(c, "meta.tasks_per_batch", 1, 1024, integer=True)
+  cu.check_range(c, "meta.shots", 1, 1024, integer=True)
+  cu.check_range(c, "meta.meta_step_size", 0.0, low_inclusive=False)
+  cu.check_choice(c, "meta.loss", losses_lib.SEGMENTATION_LOSSES)
+  cu.check_choice(c, "meta.idw_form", ("inverse", "one_minus_normalised"))
+  cu.check_choice(c, "meta.idw_reference", ("meta_model", "mean_of_tasks", "mean_of_other_tasks"))
+  cu.check_range(c, "meta.maml_inner_steps", 1, integer=True)
+  cu.check_range(c, "meta.maml_inner_lr", 0.0, low_inclusive=False)
+  for stage in ("meta.inner", "finetune"):
+    cu.check_range(c, f"{stage}.learning_rate", 0.0, low_inclusive=False)
+    cu.check_range(c, f"{stage}.weight_decay", 0.0)
+    cu.check_range(c, f"{stage}.epochs", 1, integer=True)
+    cu.check_range(c, f"{stage}.lr_decay_gamma", 0.0, 1.0, low_inclusive=False)
+    cu.check_range(c, f"{stage}.lr_decay_every", 0, integer=True)
+  cu.check_range(c, "transfer.epochs", 1, integer=True)
+  cu.check_range(c, "transfer.max_steps", 0, integer=True)
+  cu.check_range(c, "transfer.learning_rate", 0.0, low_inclusive=False)
+  cu.check_range(c, "transfer.weight_decay", 0.0)
+  cu.check_range(c, "transfer.lr_decay_gamma", 0.0, 1.0, low_inclusive=False)
+  cu.check_choice(c, "transfer.loss", losses_lib.SEGMENTATION_LOSSES)
+  cu.check_choice(c, "finetune.loss", losses_lib.SEGMENTATION_LOSSES)
+  cu.check_range(c, "finetune.shots", 1, 1024, integer=True)
+  if len(c.finetune.seeds) < 1:
+    raise ConfigError("config.finetune.seeds must list at least one shot-selection seed")
+  cu.check_choice(c, "engine.inner_loop", ("auto", "scan", "host"))
+  cu.check_choice(c, "engine.task_parallelism", ("vmap", "map", "unroll"))
+  cu.check_range(c, "engine.steps_per_call", 1, integer=True)
+  cu.check_range(c, "engine.checkpoint_every", 1, integer=True)
+  cu.check_range(c, "engine.eval_batch_size", 1, integer=True)
+  if c.meta.algorithm != "reptile" and _inner_loop(c) == "host":
+    raise ConfigError("config.meta.algorithm='maml'/'fomaml' needs config.engine.inner_loop="
+                      "'scan' (the meta-gradient flows through the scanned inner loop)")
+
+
+def _inner_loop(c) -> str:
+  if c.engine.inner_loop != "auto":
+    return c.engine.inner_loop
+  return "host" if jax.default_backend() == "cpu" else "scan"
+
+
+def _compute_dtype(c):
+  if c.model.compute_dtype == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  return jnp.dtype(c.model.compute_dtype)
+
+
+# --------------------------------------------------------------------------- data
+def load_collection(c, workdir: pathlib.Path) -> SliceCollection:
+  cache = pathlib.Path(c.data.cache_dir) if c.data.cache_dir else workdir / "cache"
+  if c.data.source == "msd":
+    return msd.load_msd(c.data.root, image_size=c.data.image_size,
+                        threshold_space=c.data.threshold_space,
+                        normalisation=c.data.normalisation, cache_dir=cache)
+  return demo_brain.build_demo_brain(image_size=c.data.image_size,
+                                     subjects_per_anatomy=c.data.subjects_per_anatomy,
+                                     seed=c.data.split_seed, cache_dir=cache)
+
+
+def targets_and_sources(c, collection: SliceCollection) -> tuple[list[str], list[str]]:
+  default_targets = msd.TARGETS if c.data.source == "msd" else DEMO_TARGETS
+  targets = list(c.data.targets) or [t for t in default_targets if t in collection.datasets]
+  exclude = list(c.data.exclude) or (["colon"] if c.data.source == "msd" else [])
+  for name in targets + exclude:
+    if name not in collection.datasets:
+      raise ConfigError(f"dataset {name!r} (config.data.targets / data.exclude) is not in the "
+                        f"data; available: {sorted(collection.datasets)}")
+  if not targets:
+    raise ConfigError("no fine-tuning target found in the data; set config.data.targets")
+  held_out_groups = {collection[t].group for t in targets}
+  sources = [n for n in collection.names()
+             if collection[n].group not in held_out_groups and n not in exclude]
+  if not sources:
+    raise ConfigError("no source dataset is left for meta-training after holding out "
+                      f"the targets {targets} and their organ groups")
+  return targets, sources
+
+
+# --------------------------------------------------------------------------- experiment
+class Experiment:
+  """Holds what the stages share: data, model, loop choices, writers."""
+
+  def __init__(self, c, workdir):
+    self.c = c
+    self.workdir = pathlib.Path(workdir)
+    self.collection = load_collection(c, self.workdir)
+    self.targets, self.sources = targets_and_sources(c, self.collection)
+    self.model = UNet(features=c.model.features, levels=c.model.levels,
+                      dtype=_compute_dtype(c))
+    self.inner_loop = _inner_loop(c)
+    self.writer = MetricWriter(self.workdir)
+    size = c.data.image_size
+    self.init_params = self.model.init(jax.random.PRNGKey(c.seed), jnp.zeros((1, size, size, 1)))
+    self.curves: dict[str, list[float]] = {}
+    self._predict = jax.jit(self.model.apply)
+
+  def checkpointer(self, name: str) -> Checkpointer:
+    return Checkpointer(self.workdir / "checkpoints" / name)
+
+  # ---- stage: joint multi-task pre-training (transfer baseline)
+  def pretrain(self):
+    c = self.c.transfer
+    table = np.array([(d, p) for d, name in enumerate(self.sources)
+                      for p in range(len(self.collection[name]))], dtype=np.int64)
+    steps_per_epoch = len(table)
+    total = steps_per_epoch * c.epochs
+    if c.max_steps:
+      total = min(total, c.max_steps)
+    spc = self.c.engine.steps_per_call
+    total -= total % spc
+    if total == 0:
+      raise ConfigError(f"config.transfer.max_steps={c.max_steps} is below "
+                        f"config.engine.steps_per_call={spc}")
+    schedule = optax.exponential_decay(c.learning_rate, steps_per_epoch, c.lr_decay_gamma,
+                                       staircase=True)
+    tx = coupled_adam(schedule, c.weight_decay)
+    chunk_fn = build_train_chunk(self.model.apply, losses_lib.SEGMENTATION_LOSSES[c.loss], tx,
+                                 self.inner_loop)
+    sources = [self.collection[n] for n in self.sources]
+
+    def load(rows):
+      pairs = [sources[d].batch([p]) for d, p in rows]
+      return (np.stack([x for x, _ in pairs]), np.stack([y for _, y in pairs]))
+
+    epochs_needed = -(-total // steps_per_epoch)
+    ds = (grain.MapDataset.source(table).shuffle(seed=self.c.seed).repeat(epochs_needed)
+          .batch(spc).map(load))
+    it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
+    state = TrainState.create(jax.tree.map(jnp.array, self.init_params), tx)
+    ckpt = self.checkpointer("transfer")
+    done = 0
+    if ckpt.latest_step() is not None:
+      state, extra = ckpt.restore(state)
+      it.set_state(extra["data"])
+      done = ckpt.latest_step()
+      self.curves["transfer"] = list(extra.get("curve", []))
+    progress = Progress("transfer pre-training", total, done)
+    losses = self.curves.setdefault("transfer", [])
+    while done < total:
+      images, masks = next(it)
+      state, m = chunk_fn(state, images, masks)
+      m = jax.device_get(m)
+      done += spc
+      if not m["finite"]:
+        raise NonFiniteLossError(
+            f"non-finite loss or parameters in transfer pre-training at step {done}; the last "
+            f"good checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}")
+      losses.append(float(m["loss"]))
+      self.writer.write("transfer", done, {"loss": m["loss"]})
+      progress.update(spc, loss=m["loss"])
+      if (done // spc) % self.c.engine.checkpoint_every == 0 or done == total:
+        ckpt.save(done, state, {"data": it.get_state(), "curve": losses})
+    progress.close()
+    ckpt.close()
+    return state.params
+
+  # ---- stage: meta-training
+  def meta_train(self, rule: str):
+    c = self.c.meta
+    L = c.tasks_per_batch
+    if c.algorithm == "reptile":
+      meta_tx = reptile(c.meta_step_size, L, rule=rule, idw_form=c.idw_form,
+                        idw_reference=c.idw_reference, invert=c.idw_invert,
+                        legacy_sequential_product=c.legacy_sequential_product)
+    else:  # MAML: the aggregate is the task mean, the outer optimiser SGD(beta)
+      meta_tx = maml(optax.sgd(c.meta_step_size))
+    adapt_cfg = AdaptConfig.from_config(c.inner)
+    steps = adapt_cfg.epochs * c.shots
+    spc = self.c.engine.steps_per_call
+    if self.inner_loop == "host" and steps % spc:
+      raise ConfigError(f"config.engine.steps_per_call={spc} must divide the inner steps "
+                        f"meta.inner.epochs x meta.shots = {steps}")
+    mesh = parallel.task_mesh(L) if self.inner_loop == "scan" else None
+    step_fn = build_meta_step(self.model.apply, losses_lib.SEGMENTATION_LOSSES[c.loss],
+                              adapt_cfg, meta_tx, algorithm=c.algorithm,
+                              maml_inner_steps=c.maml_inner_steps, maml_inner_lr=c.maml_inner_lr,
+                              mesh=mesh, task_parallelism=self.c.engine.task_parallelism,
+                              inner_loop=self.inner_loop, steps_per_call=spc)
+    ds = tasks.meta_batch_dataset(
+        self.collection, self.sources, seed=self.c.seed, tasks_per_batch=L, shots=c.shots,
+        task_definition=c.task_definition, num_batches=c.meta_iterations,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
+    state = MetaState.create(jax.tree.map(jnp.array, self.init_params), meta_tx,
+                             jax.random.PRNGKey(self.c.seed + 1))
+    name = f"meta_{rule}" if c.algorithm == "reptile" else c.algorithm
+    ckpt = self.checkpointer(name)
+    done = 0
+    if ckpt.latest_step() is not None:
+      state, extra = ckpt.restore(state)
+      it.set_state(extra["data"])
+      done = ckpt.latest_step()
+      self.curves[name] = list(extra.get("curve", []))
+    curve = self.curves.setdefault(name, [])
+    progress = Progress(f"meta-training ({name})", c.meta_iterations, done)
+    while done < c.meta_iterations:
+      batch = next(it)
+      batch = parallel.global_batch({k: batch[k] for k in ("images", "masks", "valid")},
+                                    mesh, "task")
+      state, m = step_fn(state, batch)
+      m = jax.device_get(m)
+      done += 1
+      if not m["finite"]:
+        raise NonFiniteLossError(
+            f"non-finite loss or parameters in meta-training ({name}) at meta-iteration {done}; "
+            f"the last good checkpoint (meta-iteration {ckpt.latest_step()}) is kept in "
+            f"{ckpt.directory}")
+      curve.append(float(m["loss"]))
+      self.writer.write(name, done, {"loss": m["loss"], "update_norm": m["update_norm"]})
+      progress.update(1, loss=m["loss"])
+      if done % self.c.engine.checkpoint_every == 0 or done == c.meta_iterations:
+        ckpt.save(done, state, {"data": it.get_state(), "curve": curve})
+    progress.close()
+    ckpt.close()
+    return state.params
+
+  # ---- stage: fine-tuning and evaluation
+  def target_split(self, target: str):
+    dataset = self.collection[target]
+    train_v, test_v = split_volumes(dataset.volumes(), self.c.data.test_fraction,
+                                    self.c.data.split_seed)
+    return dataset.restrict(train_v), dataset.restrict(test_v)
+
+  def build_finetune(self):
+    c = self.c.finetune
+    cfg = AdaptConfig.from_config(c)
+    loss_fn = losses_lib.SEGMENTATION_LOSSES[c.loss]
+    if self.inner_loop == "scan":
+      fn = jax.jit(lambda p, x, y, v, k: adapt(p, x, y, v, k, apply_fn=self.model.apply,
+                                               loss_fn=loss_fn, cfg=cfg))
+      return fn
+    steps = cfg.epochs * c.shots
+    spc = next(s for s in range(min(self.c.engine.steps_per_call, steps), 0, -1)
+               if steps % s == 0)
+    return lambda p, x, y, v, k: adapt_chunked(p, x, y, v, k, apply_fn=self.model.apply,
+                                               loss_fn=loss_fn, cfg=cfg, steps_per_call=spc)
+
+  def predict(self, params, images: np.ndarray) -> np.ndarray:
+    bs = self.c.engine.eval_batch_size
+    out = []
+    for start in range(0, len(images), bs):
+      chunk = images[start:start + bs]
+      pad = bs - len(chunk)
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+      out.append(np.asarray(self._predict(params, chunk))[:bs - pad])
+    return np.concatenate(out)
+
+  def finetune_all(self, inits: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+    """IoU x100 per (init, target) and seed; finished runs are read back, not redone."""
+    path = self.workdir / RESULTS_FILE
+    results = json.loads(path.read_text()) if path.exists() else {}
+    finetune = self.build_finetune()
+    c = self.c.finetune
+    runs = [(i, t, s) for i in inits for t in self.targets for s in c.seeds]
+    progress = Progress("fine-tuning", len(runs))
+    overlays = {}
+    for target in self.targets:
+      train, test = self.target_split(target)
+      if len(train) < c.shots:
+        raise ConfigError(f"target {target} has {len(train)} training slices, fewer than "
+                          f"config.finetune.shots={c.shots}")
+      test_x, test_y = test.batch(np.arange(len(test)))
+      for init_name, params in inits.items():
+        for seed in c.seeds:
+          key = f"{init_name}/{target}/{seed}"
+          if key not in results:
+            shots = tasks.fixed_shots(train, c.shots, seed)
+            x, y = train.batch(shots)
+            tuned, loss = finetune(params, x, y, np.ones(len(shots), bool),
+                                   jax.random.PRNGKey(seed))
+            if not np.isfinite(float(loss)):
+              raise NonFiniteLossError(f"non-finite loss while fine-tuning {key}")
+            logits = self.predict(tuned, test_x)
+            iou = np.asarray(metrics_lib.binary_iou_per_slice(logits, test_y))
+            results[key] = {"iou": float(iou.mean() * 100), "train_loss": float(loss)}
+            if parallel.is_main_process():
+              path.write_text(json.dumps(results, indent=1))
+            if seed == c.seeds[0]:
+              overlays[(init_name, target)] = logits
+          progress.update(1, iou=results[key]["iou"])
+      if parallel.is_main_process() and overlays:
+        plots.overlays(self.workdir / f"overlay_{target}.png", test_x, test_y,
+                       {i: overlays[(i, target)] for i in inits if (i, target) in overlays},
+                       title=f"{target}: held-out test slices (demo data)"
+                       if self.c.data.source != "msd" else target)
+    progress.close()
+    return results
+
+
+def results_table(results: dict, inits, targets, seeds) -> dict[str, dict[str, tuple]]:
+  table = {}
+  for init in inits:
+    for target in targets:
+      values = np.array([results[f"{init}/{target}/{s}"]["iou"] for s in seeds])
+      table.setdefault(init, {})[target] = (float(values.mean()), float(values.std()),
+                                            len(values))
+  return table
+
+
+def table_markdown(table, targets, label: str) -> str:
+  lines = [f"Test IoU x100, mean ± std over shot selections — {label}", "",
+           "| init | " + " | ".join(targets) + " |",
+           "|---|" + "---|" * len(targets)]
+  for init, row in table.items():
+    cells = [f"{row[t][0]:.2f} ± {row[t][1]:.2f}" for t in targets]
+    lines.append(f"| {init} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+  validate(config)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  exp = Experiment(config, workdir)
+  if parallel.is_main_process():
+    print(f"data: {exp.collection.description}\n{len(exp.sources)} source datasets; "
+          f"targets {exp.targets}; inner loop: {exp.inner_loop}", file=sys.stderr)
+  inits: dict[str, Any] = {}
+  if config.finetune.scratch:
+    inits["scratch"] = exp.init_params
+  if config.transfer.enabled:
+    inits["transfer"] = exp.pretrain()
+  if config.meta.meta_iterations > 0:
+    rules = config.meta.rules if config.meta.algorithm == "reptile" else (config.meta.algorithm,)
+    for rule in rules:
+      name = f"meta_{rule}" if config.meta.algorithm == "reptile" else rule
+      inits[name] = exp.meta_train(rule)
+  results = exp.finetune_all(inits)
+  table = results_table(results, inits, exp.targets, config.finetune.seeds)
+  demo = config.data.source != "msd"
+  label = ("DEMO DATA (real brain anatomy, synthetic subjects and scanner styles) — "
+           "not a reproduction of the paper's numbers" if demo else
+           "Medical Segmentation Decathlon")
+  final = {f"iou/{i}/{t}": v[0] for i, row in table.items() for t, v in row.items()}
+  final.update({f"iou_std/{i}/{t}": v[1] for i, row in table.items() for t, v in row.items()})
+  if parallel.is_main_process():
+    (workdir / "results.md").write_text(table_markdown(table, exp.targets, label))
+    (workdir / "results.json").write_text(json.dumps(
+        {"label": label, "variant": config.variant, "targets": exp.targets,
+         "seeds": list(config.finetune.seeds), "table": table}, indent=1))
+    plots.learning_curves(workdir / "learning_curves.png", exp.curves,
+                          title="training loss" + (" (demo data)" if demo else ""))
+    exp.writer.write("final", 0, final)
+  exp.writer.close()
+  return final

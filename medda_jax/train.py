@@ -1,0 +1,104 @@
+"""Command-line trainer.
+
+  python -m medda_jax.train --config=configs/metamedseg.py[:variant] --workdir=DIR \
+      [--config.meta.inner.epochs=8 ...]
+
+Loads the config, validates it, runs `medda_jax.methods.<config.method>.train_and_evaluate`
+and prints the final metrics. Errors a user can cause end with one message and a non-zero
+exit code, not a traceback. Rerunning the same command after an interruption resumes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from medda_jax.errors import ConfigError, MeddaError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config: path/to/config.py[:variant].", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
+
+
+def run(config, workdir: str) -> dict:
+  from medda_jax import parallel  # after flag parsing: JAX starts here
+
+  parallel.maybe_initialize_distributed()
+  try:
+    method = importlib.import_module(f"medda_jax.methods.{config.method}")
+  except ModuleNotFoundError as e:
+    raise ConfigError(f"config.method={config.method!r} names no module in medda_jax.methods") from e
+  if hasattr(method, "validate"):
+    method.validate(config)
+  return method.train_and_evaluate(config, workdir)
+
+
+def _unknown_override(argv) -> str | None:
+  """The first `--config.a.b=...` whose field the config does not have, if any."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  from medda_jax.config_utils import load_config
+  try:
+    config = load_config(spec)
+  except Exception:  # the config itself is broken: reported by the caller
+    return None
+  for arg in argv:
+    if arg.startswith("--config.") and "=" in arg:
+      field = arg[len("--config."):].split("=", 1)[0]
+      node = config
+      for part in field.split("."):
+        if not hasattr(node, "keys") or part not in node:
+          return field
+        node = node[part]
+  return None
+
+
+def parse_flags(argv):
+  """absl flag parsing that turns every mistake into one line and exit code 2."""
+  for arg in argv:
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1].partition(":")[0]
+      if not os.path.isfile(path):
+        print(f"error: config file {path!r} does not exist", file=sys.stderr)
+        sys.exit(2)
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001 - every parsing failure is the user's input
+    unknown = _unknown_override(argv)
+    if unknown:
+      message = f"unknown config field config.{unknown}"
+    else:  # the last line holds the reason (config_flags embeds whole tracebacks)
+      lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+      message = lines[-1] if lines else type(e).__name__
+      if len(lines) > 1 and lines[0].startswith("flag --config"):
+        message = f"{lines[0].split(':')[0]}: {message}"
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None:
+    raise app.UsageError("--config=path/to/config.py[:variant] is required")
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir=DIR is required")
+  # Progress bars and our own lines carry the news; library INFO chatter stays hidden.
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  try:
+    final = run(_CONFIG.value, _WORKDIR.value)
+  except MeddaError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
+  print(json.dumps(final, indent=1, sort_keys=True))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

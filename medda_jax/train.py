@@ -27,8 +27,14 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 
 
 def run(config, workdir: str) -> dict:
-  from medda_jax import parallel  # after flag parsing: JAX starts here
+  import jax  # after flag parsing: JAX starts here
 
+  from medda_jax import parallel
+
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    # Reruns and resumed runs load compiled steps instead of compiling them again.
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.join(os.path.expanduser("~"), ".cache", "medda_jax", "xla"))
   parallel.maybe_initialize_distributed()
   try:
     method = importlib.import_module(f"medda_jax.methods.{config.method}")

@@ -87,6 +87,8 @@ def adapt(params, images, masks, valid, rng, *, apply_fn: Callable, loss_fn: Cal
   Returns:
     (adapted params, mean training loss over the valid steps).
   """
+  # Host arrays must become jax arrays before the scan indexes them with a traced shot.
+  images, masks, valid = jnp.asarray(images), jnp.asarray(masks), jnp.asarray(valid)
   step = functools.partial(adapt_step, images=images, masks=masks, valid=valid,
                            apply_fn=apply_fn, loss_fn=loss_fn, cfg=cfg)
   carry, _ = jax.lax.scan(step, init_carry(params, cfg), schedule(rng, images.shape[0],

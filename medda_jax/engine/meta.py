@@ -77,6 +77,9 @@ def build_meta_step(apply_fn: Callable, loss_fn: Callable, adapt_cfg: AdaptConfi
   """
   if algorithm not in ("reptile", "maml", "fomaml"):
     raise ValueError(f"algorithm must be reptile, maml or fomaml, got {algorithm!r}")
+  if task_parallelism not in TASK_PARALLELISM:
+    raise ValueError(f"task_parallelism must be one of {TASK_PARALLELISM}, "
+                     f"got {task_parallelism!r}")
   if inner_loop not in INNER_LOOPS:
     raise ValueError(f"inner_loop must be one of {INNER_LOOPS}, got {inner_loop!r}")
   if inner_loop == "host" and algorithm != "reptile":
@@ -110,9 +113,12 @@ def build_meta_step(apply_fn: Callable, loss_fn: Callable, adapt_cfg: AdaptConfi
                       images, masks, valid, keys)
 
   if mesh is not None and mesh.shape.get("task", 1) > 1:
+    # Each device adapts its own tasks from the replicated θ; nothing crosses devices
+    # until the aggregation outside. check_vma=False: the scanned inner loop starts from
+    # replicated values and becomes per-device, which the varying-axes check rejects.
     tasks_fn = jax.shard_map(tasks_fn, mesh=mesh,
                              in_specs=(P(), P("task"), P("task"), P("task"), P("task")),
-                             out_specs=(P("task"), P("task")))
+                             out_specs=(P("task"), P("task")), check_vma=False)
 
   def apply_meta_update(state: MetaState, per_task, task_losses, rng):
     updates, opt_state = meta_tx.update(per_task, state.opt_state, state.params)
@@ -120,7 +126,7 @@ def build_meta_step(apply_fn: Callable, loss_fn: Callable, adapt_cfg: AdaptConfi
     metrics = {
         "loss": jnp.mean(task_losses),
         "task_losses": task_losses,
-        "update_norm": optax.global_norm(updates),
+        "update_norm": optax.tree.norm(updates),
         "finite": all_finite(task_losses) & all_finite(params),
     }
     return state.replace(params=params, opt_state=opt_state, rng=rng,

@@ -22,3 +22,11 @@ class Progress:
 
   def close(self) -> None:
     self.bar.close()
+
+  # As a context manager the bar is closed (and its line ended) also when training stops
+  # with an error, so the error message starts on a line of its own.
+  def __enter__(self) -> "Progress":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -165,7 +165,9 @@ class Experiment:
     self.inner_loop = _inner_loop(c)
     self.writer = MetricWriter(self.workdir)
     size = c.data.image_size
-    self.init_params = self.model.init(jax.random.PRNGKey(c.seed), jnp.zeros((1, size, size, 1)))
+    # jitted: op-by-op initialisation compiles every random draw separately
+    self.init_params = jax.jit(self.model.init)(jax.random.PRNGKey(c.seed),
+                                                jnp.zeros((1, size, size, 1)))
     self.curves: dict[str, list[float]] = {}
     self._predict = jax.jit(self.model.apply)
 
@@ -209,23 +211,22 @@ class Experiment:
       it.set_state(extra["data"])
       done = ckpt.latest_step()
       self.curves["transfer"] = list(extra.get("curve", []))
-    progress = Progress("transfer pre-training", total, done)
-    losses = self.curves.setdefault("transfer", [])
-    while done < total:
-      images, masks = next(it)
-      state, m = chunk_fn(state, images, masks)
-      m = jax.device_get(m)
-      done += spc
-      if not m["finite"]:
-        raise NonFiniteLossError(
-            f"non-finite loss or parameters in transfer pre-training at step {done}; the last "
-            f"good checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}")
-      losses.append(float(m["loss"]))
-      self.writer.write("transfer", done, {"loss": m["loss"]})
-      progress.update(spc, loss=m["loss"])
-      if (done // spc) % self.c.engine.checkpoint_every == 0 or done == total:
-        ckpt.save(done, state, {"data": it.get_state(), "curve": losses})
-    progress.close()
+    with Progress("transfer pre-training", total, done) as progress:
+      losses = self.curves.setdefault("transfer", [])
+      while done < total:
+        images, masks = next(it)
+        state, m = chunk_fn(state, images, masks)
+        m = jax.device_get(m)
+        done += spc
+        if not m["finite"]:
+          raise NonFiniteLossError(
+              f"non-finite loss or parameters in transfer pre-training at step {done}; the last "
+              f"good checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}")
+        losses.append(float(m["loss"]))
+        self.writer.write("transfer", done, {"loss": m["loss"]})
+        progress.update(spc, loss=m["loss"])
+        if (done // spc) % self.c.engine.checkpoint_every == 0 or done == total:
+          ckpt.save(done, state, {"data": it.get_state(), "curve": losses})
     ckpt.close()
     return state.params
 
@@ -267,25 +268,24 @@ class Experiment:
       done = ckpt.latest_step()
       self.curves[name] = list(extra.get("curve", []))
     curve = self.curves.setdefault(name, [])
-    progress = Progress(f"meta-training ({name})", c.meta_iterations, done)
-    while done < c.meta_iterations:
-      batch = next(it)
-      batch = parallel.global_batch({k: batch[k] for k in ("images", "masks", "valid")},
-                                    mesh, "task")
-      state, m = step_fn(state, batch)
-      m = jax.device_get(m)
-      done += 1
-      if not m["finite"]:
-        raise NonFiniteLossError(
-            f"non-finite loss or parameters in meta-training ({name}) at meta-iteration {done}; "
-            f"the last good checkpoint (meta-iteration {ckpt.latest_step()}) is kept in "
-            f"{ckpt.directory}")
-      curve.append(float(m["loss"]))
-      self.writer.write(name, done, {"loss": m["loss"], "update_norm": m["update_norm"]})
-      progress.update(1, loss=m["loss"])
-      if done % self.c.engine.checkpoint_every == 0 or done == c.meta_iterations:
-        ckpt.save(done, state, {"data": it.get_state(), "curve": curve})
-    progress.close()
+    with Progress(f"meta-training ({name})", c.meta_iterations, done) as progress:
+      while done < c.meta_iterations:
+        batch = next(it)
+        batch = parallel.global_batch({k: batch[k] for k in ("images", "masks", "valid")},
+                                      mesh, "task")
+        state, m = step_fn(state, batch)
+        m = jax.device_get(m)
+        done += 1
+        if not m["finite"]:
+          raise NonFiniteLossError(
+              f"non-finite loss or parameters in meta-training ({name}) at meta-iteration {done}; "
+              f"the last good checkpoint (meta-iteration {ckpt.latest_step()}) is kept in "
+              f"{ckpt.directory}")
+        curve.append(float(m["loss"]))
+        self.writer.write(name, done, {"loss": m["loss"], "update_norm": m["update_norm"]})
+        progress.update(1, loss=m["loss"])
+        if done % self.c.engine.checkpoint_every == 0 or done == c.meta_iterations:
+          ckpt.save(done, state, {"data": it.get_state(), "curve": curve})
     ckpt.close()
     return state.params
 
@@ -327,38 +327,39 @@ class Experiment:
     finetune = self.build_finetune()
     c = self.c.finetune
     runs = [(i, t, s) for i in inits for t in self.targets for s in c.seeds]
-    progress = Progress("fine-tuning", len(runs))
-    overlays = {}
-    for target in self.targets:
-      train, test = self.target_split(target)
-      if len(train) < c.shots:
-        raise ConfigError(f"target {target} has {len(train)} training slices, fewer than "
-                          f"config.finetune.shots={c.shots}")
-      test_x, test_y = test.batch(np.arange(len(test)))
-      for init_name, params in inits.items():
-        for seed in c.seeds:
-          key = f"{init_name}/{target}/{seed}"
-          if key not in results:
-            shots = tasks.fixed_shots(train, c.shots, seed)
-            x, y = train.batch(shots)
-            tuned, loss = finetune(params, x, y, np.ones(len(shots), bool),
-                                   jax.random.PRNGKey(seed))
-            if not np.isfinite(float(loss)):
-              raise NonFiniteLossError(f"non-finite loss while fine-tuning {key}")
-            logits = self.predict(tuned, test_x)
-            iou = np.asarray(metrics_lib.binary_iou_per_slice(logits, test_y))
-            results[key] = {"iou": float(iou.mean() * 100), "train_loss": float(loss)}
-            if parallel.is_main_process():
-              path.write_text(json.dumps(results, indent=1))
-            if seed == c.seeds[0]:
-              overlays[(init_name, target)] = logits
-          progress.update(1, iou=results[key]["iou"])
-      if parallel.is_main_process() and overlays:
-        plots.overlays(self.workdir / f"overlay_{target}.png", test_x, test_y,
-                       {i: overlays[(i, target)] for i in inits if (i, target) in overlays},
-                       title=f"{target}: held-out test slices (demo data)"
-                       if self.c.data.source != "msd" else target)
-    progress.close()
+    with Progress("fine-tuning", len(runs)) as progress:
+      overlays = {}
+      for target in self.targets:
+        train, test = self.target_split(target)
+        if len(train) < c.shots:
+          raise ConfigError(f"target {target} has {len(train)} training slices, fewer than "
+                            f"config.finetune.shots={c.shots}")
+        test_x, test_y = test.batch(np.arange(len(test)))
+        for init_name, params in inits.items():
+          for seed in c.seeds:
+            key = f"{init_name}/{target}/{seed}"
+            if key not in results:
+              shots = tasks.fixed_shots(train, c.shots, seed)
+              x, y = train.batch(shots)
+              tuned, loss = finetune(params, x, y, np.ones(len(shots), bool),
+                                     jax.random.PRNGKey(seed))
+              if not np.isfinite(float(loss)):
+                raise NonFiniteLossError(f"non-finite loss while fine-tuning {key}")
+              logits = self.predict(tuned, test_x)
+              iou = np.asarray(metrics_lib.binary_iou_per_slice(logits, test_y))
+              results[key] = {"iou": float(iou.mean() * 100), "train_loss": float(loss)}
+              if parallel.is_main_process():
+                path.write_text(json.dumps(results, indent=1))
+              if seed == c.seeds[0]:
+                overlays[(init_name, target)] = logits
+            progress.update(1, iou=results[key]["iou"])
+        # Only when every initialisation was fine-tuned in this process (a resumed run
+        # keeps the figure of the run that made it).
+        if parallel.is_main_process() and all((i, target) in overlays for i in inits):
+          plots.overlays(self.workdir / f"overlay_{target}.png", test_x, test_y,
+                         {i: overlays[(i, target)] for i in inits},
+                         title=f"{target}: held-out test slices (demo data)"
+                         if self.c.data.source != "msd" else target)
     return results
 
 

@@ -1,0 +1,144 @@
+"""The trainer end to end on the smoke config: outputs, resume after a kill, NaN stop."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import conftest
+from conftest import run_train
+
+def _final(workdir):
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  finals = [r for r in records if r["stage"] == "final"]
+  assert len(finals) == 1
+  return {k: v for k, v in finals[0].items() if k not in ("stage", "step")}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, demo_cache):
+  workdir = tmp_path_factory.mktemp("smoke")
+  proc = run_train(workdir, f"--config.data.cache_dir={demo_cache}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, proc
+
+
+def test_smoke_writes_table_plots_checkpoints(smoke_run):
+  workdir, proc = smoke_run
+  final = _final(workdir)
+  inits = ("scratch", "transfer", "meta_aw", "meta_idw")
+  targets = ("thalamus_t1w", "caudate_t2w_like", "putamen_lowres_noisy")
+  for init in inits:
+    for target in targets:
+      assert 0.0 <= final[f"iou/{init}/{target}"] <= 100.0
+  assert json.loads(proc.stdout) == pytest.approx(final)
+  table = (workdir / "results.md").read_text()
+  assert "DEMO DATA" in table and "not a reproduction" in table
+  assert all(f"| {i} |" in table for i in inits)
+  results = json.loads((workdir / "finetune_results.json").read_text())
+  assert len(results) == len(inits) * len(targets) * 3  # three shot-selection seeds
+  for png in ["learning_curves.png"] + [f"overlay_{t}.png" for t in targets]:
+    assert (workdir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  for stage, last in (("meta_aw", 4), ("meta_idw", 4), ("transfer", 8)):
+    assert ocp.CheckpointManager(workdir / "checkpoints" / stage).latest_step() == last
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  stages = {json.loads(l)["stage"] for l in (workdir / "metrics.jsonl").read_text().splitlines()}
+  assert {"transfer", "meta_aw", "meta_idw", "final"} <= stages
+
+
+def _checkpoint_steps(directory):
+  if not directory.exists():
+    return []
+  return [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+
+
+def test_killed_run_resumes_to_the_same_metrics(smoke_run, tmp_path, demo_cache):
+  reference, _ = smoke_run
+  killed = tmp_path / "killed"
+  child = run_train(killed, f"--config.data.cache_dir={demo_cache}", background=True)
+  checkpoints = killed / "checkpoints" / "meta_aw"
+  deadline = time.time() + 300
+  while time.time() < deadline and child.poll() is None:
+    if max(_checkpoint_steps(checkpoints), default=0) >= 2:
+      break
+    time.sleep(0.02)
+  assert child.poll() is None, "the run finished before it could be interrupted"
+  child.send_signal(signal.SIGKILL)
+  child.communicate()
+  assert not (killed / "results.md").exists()
+  interrupted_at = ocp.CheckpointManager(checkpoints).latest_step()
+  assert interrupted_at is not None and interrupted_at < 4
+  lines_before = len((killed / "metrics.jsonl").read_text().splitlines())
+
+  proc = run_train(killed, f"--config.data.cache_dir={demo_cache}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = [json.loads(l) for l in (killed / "metrics.jsonl").read_text().splitlines()]
+  resumed = records[lines_before:]
+  # the transfer stage was complete and is not redone; meta_aw restarts after its checkpoint
+  assert not [r for r in resumed if r["stage"] == "transfer"]
+  assert min(r["step"] for r in resumed if r["stage"] == "meta_aw") == interrupted_at + 1
+  got, want = _final(killed), _final(reference)
+  assert got.keys() == want.keys()
+  np.testing.assert_allclose([got[k] for k in sorted(got)], [want[k] for k in sorted(want)],
+                             rtol=1e-5, atol=1e-4)
+
+  # Running the finished command again trains nothing and prints the same metrics.
+  lines_before = len(records)
+  proc = run_train(killed, f"--config.data.cache_dir={demo_cache}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  again = (killed / "metrics.jsonl").read_text().splitlines()[lines_before:]
+  assert [json.loads(l)["stage"] for l in again] == ["final"]
+  assert json.loads(proc.stdout) == pytest.approx(got, rel=0, abs=0)
+
+
+# Runs the real trainer with one change: from meta-batch 2 on the images hold a NaN voxel,
+# as a corrupted scan would.
+CORRUPTED_DATA_RUN = """
+import sys
+import numpy as np
+from absl import app
+from medda_jax import train
+from medda_jax.data import tasks
+
+clean_meta_batch = tasks.meta_batch
+
+def corrupted_meta_batch(collection, names, index, **kwargs):
+  batch = clean_meta_batch(collection, names, index, **kwargs)
+  if index >= 2:
+    batch["images"][0, 0, 0, 0, 0] = np.nan
+  return batch
+
+tasks.meta_batch = corrupted_meta_batch
+sys.argv = ["medda_jax.train"] + sys.argv[1:]
+app.run(train.main, flags_parser=train.parse_flags)
+"""
+
+
+def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, demo_cache):
+  workdir = tmp_path / "nan"
+  env = dict(os.environ, **conftest._CACHE_ENV)
+  proc = subprocess.run(
+      [sys.executable, "-c", CORRUPTED_DATA_RUN, "--config=configs/metamedseg.py:smoke",
+       f"--workdir={workdir}", f"--config.data.cache_dir={demo_cache}",
+       "--config.meta.rules=('aw',)", "--config.engine.checkpoint_every=1",
+       "--config.transfer.enabled=False"],
+      cwd=conftest.REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 3, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  message = [l for l in proc.stderr.splitlines() if l.startswith("error: ")][-1]
+  # meta-batch index 2 is the third meta-iteration
+  assert "non-finite" in message and "meta-iteration 3;" in message, message
+  assert "meta-iteration 2)" in message, message  # names the kept checkpoint
+  manager = ocp.CheckpointManager(workdir / "checkpoints" / "meta_aw")
+  assert manager.latest_step() == 2
+  restored = manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  leaves = jax.tree.leaves(restored["state"]["params"])
+  assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
+  assert not (workdir / "results.md").exists()

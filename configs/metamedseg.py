@@ -94,9 +94,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   if variant == "demo":
     c.data.image_size = 64
     c.model.features = 16
-    c.meta.meta_iterations = 40
+    c.meta.meta_iterations = 30
     c.meta.inner.epochs = 2
-    c.transfer.max_steps = 1200
+    c.transfer.max_steps = 900
     c.finetune.seeds = (1, 6, 25)
     c.finetune.epochs = 6
     c.engine.checkpoint_every = 5

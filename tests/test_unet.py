@@ -259,3 +259,18 @@ class UNetTest(chex.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+def test_affine_norm_has_one_scale_and_shift_per_norm():
+  import jax
+  import jax.numpy as jnp
+  from medda_jax.models.unet import UNet
+  plain = UNet(features=4, levels=2)
+  affine = UNet(features=4, levels=2, affine_norm=True)
+  x = jnp.zeros((1, 8, 8, 1))
+  count = lambda m: sum(v.size for v in jax.tree.leaves(jax.eval_shape(m.init, jax.random.PRNGKey(0), x)))
+  # 3 DoubleConvs x 2 norms, each with a scale and a shift of `features * 2**level` channels
+  expected_extra = 2 * 2 * (4 + 8 + 4)
+  assert count(affine) - count(plain) == expected_extra
+  params = affine.init(jax.random.PRNGKey(0), x)["params"]
+  assert {"norm_scale_0", "norm_scale_1", "norm_bias_0", "norm_bias_1"} <= set(params["DoubleConv_0"])

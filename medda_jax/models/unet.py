@@ -63,13 +63,13 @@ class DoubleConv(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    for _ in range(2):
+    for i in range(2):
       x = nn.Conv(self.features, (3, 3), padding=1, kernel_init=self.kernel_init,
                   dtype=self.dtype)(x)
       x = instance_norm(x)
       if self.affine_norm:
-        scale = self.param("norm_scale", nn.initializers.ones, (self.features,))
-        bias = self.param("norm_bias", nn.initializers.zeros, (self.features,))
+        scale = self.param(f"norm_scale_{i}", nn.initializers.ones, (self.features,))
+        bias = self.param(f"norm_bias_{i}", nn.initializers.zeros, (self.features,))
         x = x * scale.astype(x.dtype) + bias.astype(x.dtype)
       x = nn.relu(x)
     return x

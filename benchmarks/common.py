@@ -351,3 +351,23 @@ def count_params_torch(model) -> int:
 def count_params_jax(params) -> int:
   import jax
   return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def best_variant(results: dict, prefix: str, metric: str, pick=max):
+  """(name, value) of the variant starting with `prefix` whose `metric` is best by `pick`
+  (max for throughput, min for time), or (None, None) when none has the metric."""
+  ok = {k: v[metric] for k, v in results.items() if k.startswith(prefix) and metric in v}
+  if not ok:
+    return None, None
+  name = pick(ok, key=ok.get)
+  return name, ok[name]
+
+
+def start(args):
+  """Thread limits and platform set-up shared by the benchmark scripts: returns
+  (platform, device description)."""
+  args.cpu_threads = args.cpu_threads or env_int("BENCH_CPU_THREADS", 0) or None
+  setup_platform(args.cpu, args.cpu_threads)
+  apply_torch_threads(args.cpu_threads)
+  platform = detect_platform()
+  return platform, device_info(platform)

@@ -223,23 +223,10 @@ def _fmt(r):
   return r.get("error")
 
 
-def _fastest(results, prefix):
-  ok = {k: v["seconds_per_meta_iteration"] for k, v in results.items()
-        if k.startswith(prefix) and "seconds_per_meta_iteration" in v}
-  if not ok:
-    return None, None
-  name = min(ok, key=ok.get)
-  return name, ok[name]
-
-
 def main():
   args = parse_args()
-  args.cpu_threads = args.cpu_threads or common.env_int("BENCH_CPU_THREADS", 0) or None
-  common.setup_platform(args.cpu, args.cpu_threads)
-  common.apply_torch_threads(args.cpu_threads)
+  platform, device = common.start(args)
   import numpy as np
-  platform = common.detect_platform()
-  device = common.device_info(platform)
   gpu = platform == "gpu"
   args.size = args.size or common.env_int("BENCH_SIZE", 256 if gpu else 32)
   args.tasks = args.tasks or common.env_int("BENCH_TASKS", 5)
@@ -283,8 +270,8 @@ def main():
   bench_torch(args, platform, images, masks, timing, results)
   n_params = bench_jax(args, images, masks, timing, results)
 
-  jname, jbest = _fastest(results, "jax")
-  tname, tbest = _fastest(results, "torch")
+  jname, jbest = common.best_variant(results, "jax", "seconds_per_meta_iteration", min)
+  tname, tbest = common.best_variant(results, "torch", "seconds_per_meta_iteration", min)
   ref = results.get(TORCH_VARIANTS["eager_fp32"][0], {}).get("seconds_per_meta_iteration")
   ratio = {
       "jax_best": jname,

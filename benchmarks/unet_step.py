@@ -191,23 +191,10 @@ def _fmt(r):
   return r.get("error") or r.get("skipped")
 
 
-def _best(results, prefix):
-  ok = {k: v["images_per_s"] for k, v in results.items()
-        if k.startswith(prefix) and "images_per_s" in v}
-  if not ok:
-    return None, None
-  name = max(ok, key=ok.get)
-  return name, ok[name]
-
-
 def main():
   args = parse_args()
-  args.cpu_threads = args.cpu_threads or common.env_int("BENCH_CPU_THREADS", 0) or None
-  common.setup_platform(args.cpu, args.cpu_threads)
-  common.apply_torch_threads(args.cpu_threads)
+  platform, device = common.start(args)
   import numpy as np
-  platform = common.detect_platform()
-  device = common.device_info(platform)
   gpu = platform == "gpu"
   args.batch = args.batch or common.env_int("BENCH_BATCH", 32 if gpu else 2)
   args.size = args.size or common.env_int("BENCH_SIZE", 256 if gpu else 64)
@@ -256,8 +243,8 @@ def main():
       if "images_per_s" in r and flops:
         r["tflops_per_s"] = flops / r["seconds_per_call"] / 1e12
         r["mfu_vs_bf16_dense_peak"] = (flops / r["seconds_per_call"] / peak) if peak else None
-    jname, jbest = _best(res, "jax")
-    tname, tbest = _best(res, "torch")
+    jname, jbest = common.best_variant(res, "jax", "images_per_s", max)
+    tname, tbest = common.best_variant(res, "torch", "images_per_s", max)
     ratio[kind] = {
         "jax_best": jname, "torch_best": tname,
         "jax_best_over_torch_best": (jbest / tbest) if jbest and tbest else None,

@@ -371,3 +371,14 @@ def start(args):
   apply_torch_threads(args.cpu_threads)
   platform = detect_platform()
   return platform, device_info(platform)
+
+
+def argument_parser(doc: str):
+  """The options every benchmark takes (`--cpu`, `--cpu-threads`), read by `start`."""
+  import argparse
+  p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+  p.add_argument("--cpu", action="store_true", help="measure both sides on the CPU")
+  p.add_argument("--cpu-threads", type=int, default=None,
+                 help="intra-op CPU threads of torch and XLA (env BENCH_CPU_THREADS; "
+                      "default: the frameworks' own, all cores)")
+  return p

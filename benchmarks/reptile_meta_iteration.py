@@ -26,7 +26,6 @@ also bf16 autocast and bf16 autocast with the per-task model under torch.compile
 
 from __future__ import annotations
 
-import argparse
 import copy
 import gc
 import os
@@ -46,11 +45,7 @@ META_STEP = 0.01
 
 
 def parse_args():
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--cpu", action="store_true", help="measure both sides on the CPU")
-  p.add_argument("--cpu-threads", type=int, default=None,
-                 help="intra-op CPU threads of torch and XLA (env BENCH_CPU_THREADS; "
-                      "default: the frameworks' own, all cores)")
+  p = common.argument_parser(__doc__)
   p.add_argument("--size", type=int, default=None,
                  help="image height = width (env BENCH_SIZE; default 256 on GPU, 32 on CPU)")
   p.add_argument("--tasks", type=int, default=None, help="L (env BENCH_TASKS; 5)")

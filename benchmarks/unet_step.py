@@ -26,7 +26,6 @@ ratio best JAX / best torch.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import sys
@@ -39,11 +38,7 @@ MODELS = ("deep", "metamedseg")
 
 
 def parse_args():
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--cpu", action="store_true", help="measure both sides on the CPU")
-  p.add_argument("--cpu-threads", type=int, default=None,
-                 help="intra-op CPU threads of torch and XLA (env BENCH_CPU_THREADS; "
-                      "default: the frameworks' own, all cores)")
+  p = common.argument_parser(__doc__)
   p.add_argument("--models", default="deep,metamedseg", help=f"comma list of {MODELS}")
   p.add_argument("--batch", type=int, default=None,
                  help="images per step (env BENCH_BATCH; default 32 on GPU, 2 on CPU)")

@@ -3,8 +3,8 @@
   python -m medda_jax.train --config=configs/metamedseg.py[:variant] --workdir=DIR \
       [--config.meta.inner.epochs=8 ...]
 
-Loads the config, validates it, runs `medda_jax.methods.<config.method>.train_and_evaluate`
-and prints the final metrics. Errors a user can cause end with one message and a non-zero
+Loads the config, runs `medda_jax.methods.<config.method>.train_and_evaluate` (which
+validates the config before anything else) and prints the final metrics. Errors a user can cause end with one message and a non-zero
 exit code, not a traceback. Rerunning the same command after an interruption resumes.
 """
 
@@ -40,9 +40,7 @@ def run(config, workdir: str) -> dict:
     method = importlib.import_module(f"medda_jax.methods.{config.method}")
   except ModuleNotFoundError as e:
     raise ConfigError(f"config.method={config.method!r} names no module in medda_jax.methods") from e
-  if hasattr(method, "validate"):
-    method.validate(config)
-  return method.train_and_evaluate(config, workdir)
+  return method.train_and_evaluate(config, workdir)  # validates the config first
 
 
 def _unknown_override(argv) -> str | None:

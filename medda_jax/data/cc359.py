@@ -1,0 +1,297 @@
+"""Calgary-Campinas-359 (CC359) skull stripping: six scanner domains of T1 head MRI.
+
+Two published layouts are read.
+
+(a) The preprocessed release used by the domain-shift papers, with a table:
+
+  <root>/meta.csv      columns id, MRI, brain_mask, fold, tomograph_model, tesla_value, x, y, z
+  <root>/images/CC0001_philips_15_55_M.nii.gz
+  <root>/masks/CC0001_philips_15_55_M_ss.nii.gz
+
+  `MRI` and `brain_mask` are paths relative to root, `fold` is the domain id (0..5, the order of
+  `CC359_DOMAINS`) and x, y, z the voxel spacing in mm along the NIfTI array axes.
+
+(b) The original download:
+
+  <root>/Original/CC0001_philips_15_55_M.nii.gz
+  <root>/Silver-standard/CC0001_philips_15_55_M_ss.nii.gz
+    (or <root>/Silver-standard-machine-learning/Silver-standard/...)
+
+  The domain is parsed from the file stem (`CCxxxx_<vendor>_<tesla>_<age>_<sex>`) and the
+  spacing read from the NIfTI header.
+
+Preprocessing (as the reference code): resample to `spacing` mm with cubic splines
+(`scipy.ndimage.zoom`, order 3) for image and mask, the mask re-binarised at >= 0.5; then the
+intensities are clipped to the volume's 1st-99th percentile and min-max scaled to [0, 1].
+Slices are taken along the LAST NIfTI array axis (the reference's choice), so `Volume.image`
+is the array transposed to [last, first, second] and `Volume.spacing` is reordered the same
+way. `spacing` itself is given in NIfTI array order (x, y, z), like the reference's
+`voxel_spacing`; the reference code used (1, 0.95, 0.95), the paper 1 mm isotropic.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+from typing import Iterable, Sequence
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from medda_jax.data.msd import case_stem
+from medda_jax.data.volumes import (DomainVolumes, Volume, load_volume_cache,
+                                     save_volume_cache)
+from medda_jax.data.tables import read_csv_rows
+from medda_jax.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Domain (fold) ids 0..5 of meta.csv, in this order.
+CC359_DOMAINS = ("siemens_15", "siemens_3", "ge_15", "ge_3", "philips_15", "philips_3")
+REFERENCE_CODE_SPACING = (1.0, 0.95, 0.95)
+_CACHE_VERSION = 1
+_META_COLUMNS = ("id", "MRI", "brain_mask", "fold", "x", "y", "z")
+_MASK_DIRS = ("Silver-standard", os.path.join("Silver-standard-machine-learning",
+                                              "Silver-standard"))
+_NAME = re.compile(r"^(CC\d{4})_(siemens|ge|philips)_(15|3)_(\d+)_([MF])(_ss)?$", re.IGNORECASE)
+
+_LAYOUT = """expected one of the two published CC359 layouts:
+  (a) preprocessed release:
+      <root>/meta.csv  (columns id, MRI, brain_mask, fold, tomograph_model, tesla_value, x, y, z)
+      <root>/images/CC0001_philips_15_55_M.nii.gz
+      <root>/masks/CC0001_philips_15_55_M_ss.nii.gz
+  (b) original download:
+      <root>/Original/CC0001_philips_15_55_M.nii.gz
+      <root>/Silver-standard/CC0001_philips_15_55_M_ss.nii.gz
+      (or <root>/Silver-standard-machine-learning/Silver-standard/...)"""
+
+
+def parse_cc359_name(stem: str) -> tuple[str, str]:
+  """`CC0001_philips_15_55_M` (or a mask's `..._ss`, with or without `.nii.gz`) ->
+  (`CC0001`, `philips_15`)."""
+  match = _NAME.match(case_stem(stem))
+  if match is None:
+    raise DataError(f"cannot parse CC359 file name {stem!r}: expected "
+                    "CCxxxx_<siemens|ge|philips>_<15|3>_<age>_<M|F>[_ss]")
+  case_id, vendor, tesla = match.group(1), match.group(2), match.group(3)
+  return case_id.upper(), f"{vendor.lower()}_{tesla}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Case:
+  id: str
+  domain: str
+  image: str
+  mask: str
+  spacing: tuple[float, float, float] | None  # from meta.csv; None: read the header
+
+
+def _is_nifti(name: str) -> bool:
+  return name.endswith((".nii.gz", ".nii")) and not name.startswith("._")
+
+
+def _read_meta(root: str) -> list[_Case]:
+  path = os.path.join(root, "meta.csv")
+  rows = read_csv_rows(path, _META_COLUMNS, _LAYOUT)
+  cases = []
+  for line, row in enumerate(rows, start=2):
+    if any(not row.get(c) for c in _META_COLUMNS):
+      raise DataError(f"{path} line {line}: empty value in column(s) "
+                      f"{[c for c in _META_COLUMNS if not row.get(c)]}")
+    try:
+      fold = int(float(row["fold"]))
+      spacing = tuple(float(row[k]) for k in ("x", "y", "z"))
+    except (TypeError, ValueError) as e:
+      raise DataError(f"{path} line {line}: fold and x, y, z must be numbers ({e})") from e
+    if not 0 <= fold < len(CC359_DOMAINS):
+      raise DataError(f"{path} line {line}: fold {fold} is not a domain id 0..5 "
+                      f"({', '.join(CC359_DOMAINS)})")
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+      raise DataError(f"{path} line {line}: spacing x, y, z must be positive, got {spacing}")
+    image, mask = (os.path.normpath(os.path.join(root, row[k].strip()))
+                   for k in ("MRI", "brain_mask"))
+    for kind, p in (("image", image), ("mask", mask)):
+      if not os.path.isfile(p):
+        raise DataError(f"{kind} file {p} listed in {path} is missing\n{_LAYOUT}")
+    cases.append(_Case(row["id"].strip(), CC359_DOMAINS[fold], image, mask, spacing))
+  return cases
+
+
+def _read_original(root: str) -> list[_Case]:
+  image_dir = os.path.join(root, "Original")
+  mask_dir = next((os.path.join(root, d) for d in _MASK_DIRS
+                   if os.path.isdir(os.path.join(root, d))), None)
+  if mask_dir is None:
+    raise DataError(f"{root} has Original/ but no silver-standard mask folder "
+                    f"({' or '.join(_MASK_DIRS)})\n{_LAYOUT}")
+  cases = []
+  for name in sorted(os.listdir(image_dir)):
+    if not _is_nifti(name):
+      continue
+    stem = case_stem(name)
+    case_id, domain = parse_cc359_name(stem)
+    ext = name[len(stem):]
+    mask = os.path.join(mask_dir, f"{stem}_ss{ext}")
+    if not os.path.isfile(mask):
+      raise DataError(f"mask file {mask} for image {os.path.join(image_dir, name)} is missing"
+                      f"\n{_LAYOUT}")
+    cases.append(_Case(case_id, domain, os.path.join(image_dir, name), mask, None))
+  return cases
+
+
+def _read_nifti(path: str) -> tuple[np.ndarray, tuple[float, ...]]:
+  """Array (stored axis order, float32) and voxel size of a NIfTI file."""
+  try:
+    img = nib.load(path)
+    data = img.get_fdata(dtype=np.float32)
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+  except Exception as e:  # nibabel raises many types for broken or truncated files
+    raise DataError(f"cannot read NIfTI file {path}: {e}") from e
+  # A trailing channel axis of size 1 (4-D single-modality files) carries nothing.
+  while data.ndim > 3 and data.shape[-1] == 1:
+    data = data[..., 0]
+  if data.ndim != 3:
+    raise DataError(f"{path}: expected a 3-D volume, got shape {data.shape}")
+  return data, zooms
+
+
+def scale_mri(image: np.ndarray, q_min: float = 1.0, q_max: float = 99.0) -> np.ndarray:
+  """Clips to the [q_min, q_max] percentiles of the volume, then min-max scales to [0, 1]."""
+  image = np.asarray(image, np.float32)
+  # float32 bounds, so that the clipped minimum maps to exactly 0 and the maximum to 1.
+  lo, hi = (np.float32(q) for q in np.percentile(image, [q_min, q_max]))
+  span = hi - lo
+  if not span > 0:
+    # A constant volume has nothing to scale; it becomes all zeros instead of NaN.
+    return np.zeros_like(image)
+  return ((np.clip(image, lo, hi) - lo) / span).astype(np.float32)
+
+
+def _process(case: _Case, spacing: tuple[float, float, float] | None) -> Volume:
+  image, zooms = _read_nifti(case.image)
+  mask, _ = _read_nifti(case.mask)
+  if image.shape != mask.shape:
+    raise DataError(f"case {case.id}: image {case.image} has shape {image.shape} but mask "
+                    f"{case.mask} has shape {mask.shape}")
+  source = case.spacing if case.spacing is not None else zooms
+  if spacing is None:
+    new_spacing = tuple(float(s) for s in source)
+    mask = mask >= 0.5
+  else:
+    factor = np.asarray(source, np.float64) / np.asarray(spacing, np.float64)
+    new_spacing = tuple(float(s) for s in spacing)
+    if np.allclose(factor, 1.0):
+      mask = mask >= 0.5
+    else:
+      image = ndimage.zoom(image, factor, order=3)
+      mask = ndimage.zoom(mask, factor, order=3) >= 0.5
+  image = scale_mri(image)
+  # Slices along the last NIfTI axis: [x, y, z] -> [z, x, y].
+  return Volume(id=case.id, domain=case.domain,
+                image=np.ascontiguousarray(image.transpose(2, 0, 1)),
+                mask=np.ascontiguousarray(mask.transpose(2, 0, 1)).astype(np.uint8),
+                spacing=(new_spacing[2], new_spacing[0], new_spacing[1]))
+
+
+def _cache_path(cache_dir: str, root: str, domain: str, cases: Sequence[_Case],
+                spacing: tuple[float, float, float] | None) -> str:
+  # File sizes make a changed or re-extracted data set miss the cache.
+  key = json.dumps({
+      "version": _CACHE_VERSION, "domain": domain, "spacing": spacing,
+      "cases": [(c.id, os.path.relpath(c.image, root), os.path.relpath(c.mask, root),
+                 os.path.getsize(c.image), os.path.getsize(c.mask), c.spacing) for c in cases],
+  }, sort_keys=True)
+  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+  return os.path.join(cache_dir, f"cc359_{domain}_{digest}.npz")
+
+
+def _load_domain(root: str, domain: str, cases: Sequence[_Case],
+                 spacing: tuple[float, float, float] | None,
+                 cache_dir: str | None) -> list[Volume]:
+  path = None
+  if cache_dir is not None:
+    path = _cache_path(cache_dir, root, domain, cases, spacing)
+    cached = load_volume_cache(path, domain)
+    if cached is not None:
+      return cached
+  log.info("preprocessing CC359 %s: %d volumes", domain, len(cases))
+  workers = min(4, os.cpu_count() or 1, len(cases))
+  # Spline filtering and zlib inflation release the GIL for part of the time.
+  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+    volumes = list(pool.map(lambda c: _process(c, spacing), cases))
+  if path is not None:
+    save_volume_cache(path, volumes)
+  return volumes
+
+
+def load_cc359(root: str | os.PathLike, *,
+               spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
+               domains: Iterable[str] | None = None,
+               max_volumes_per_domain: int | None = None,
+               cache_dir: str | os.PathLike | None = None) -> DomainVolumes:
+  """Loads CC359 image / silver-standard mask pairs per scanner domain.
+
+  Args:
+    root: folder with `meta.csv` (preprocessed release) or `Original/` (original download).
+    spacing: target voxel size in mm along the NIfTI array axes (x, y, z); None keeps the
+      native grid.
+    domains: names from `CC359_DOMAINS`; None loads every domain that has volumes.
+    max_volumes_per_domain: keep only the first N cases (by case id) of each domain.
+    cache_dir: if given, preprocessed volumes are stored there (one .npz per domain and set of
+      options) and reused.
+
+  Returns:
+    DomainVolumes in `CC359_DOMAINS` order; volumes sorted by case id (`CC0001`, ...), images
+    [slices, rows, columns] in [0, 1] with slices along the last NIfTI axis.
+  """
+  root = os.fspath(root)
+  if not os.path.isdir(root):
+    raise DataError(f"CC359 root folder {root} does not exist\n{_LAYOUT}")
+  if spacing is not None:
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+      raise DataError(f"spacing must be three positive numbers in mm, got {spacing}")
+  if max_volumes_per_domain is not None and max_volumes_per_domain < 1:
+    raise DataError(f"max_volumes_per_domain must be >= 1, got {max_volumes_per_domain}")
+  if domains is not None:
+    requested = [domains] if isinstance(domains, str) else list(domains)
+    unknown = [d for d in requested if d not in CC359_DOMAINS]
+    if unknown:
+      raise DataError(f"unknown CC359 domain(s) {unknown}; known: {', '.join(CC359_DOMAINS)}")
+
+  if os.path.isfile(os.path.join(root, "meta.csv")):
+    layout, cases = "meta.csv", _read_meta(root)
+  elif os.path.isdir(os.path.join(root, "Original")):
+    layout, cases = "Original/", _read_original(root)
+  else:
+    raise DataError(f"{root} has neither meta.csv nor an Original/ folder\n{_LAYOUT}")
+
+  by_domain: dict[str, list[_Case]] = {d: [] for d in CC359_DOMAINS}
+  for case in cases:
+    by_domain[case.domain].append(case)
+  if domains is None:
+    names = [d for d in CC359_DOMAINS if by_domain[d]]
+    if not names:
+      raise DataError(f"no CC359 volume found in {root} ({layout} layout)\n{_LAYOUT}")
+  else:
+    names = [d for d in CC359_DOMAINS if d in requested]
+    for d in names:
+      if not by_domain[d]:
+        raise DataError(f"CC359 domain {d} has no volumes in {root} ({layout} layout)")
+
+  out = {}
+  for d in names:
+    selected = sorted(by_domain[d], key=lambda c: c.id)[:max_volumes_per_domain]
+    out[d] = _load_domain(root, d, selected, spacing, None if cache_dir is None
+                          else os.fspath(cache_dir))
+  grid = "native spacing" if spacing is None else f"resampled to {spacing} mm (x, y, z)"
+  description = (f"CC359 from {root} ({layout} layout): "
+                 + ", ".join(f"{d} {len(v)}" for d, v in out.items())
+                 + f" volumes, {grid}, slices along the last NIfTI axis")
+  return DomainVolumes(out, description)

@@ -1,0 +1,288 @@
+"""CheXpert and ChestX-ray14 as image / multi-label tables (chest X-ray transfer).
+
+CheXpert (Irvin et al. 2019), as extracted from the release archive:
+
+  <root>/train.csv, <root>/valid.csv
+      columns Path, Sex, Age, Frontal/Lateral, AP/PA and the 14 observations (`CHEXPERT_LABELS`)
+      with values 1.0 (positive), 0.0 (negative), -1.0 (uncertain) or blank (not mentioned)
+  <root>/train/patient00001/study1/view1_frontal.jpg
+
+  `Path` starts with the release folder name (`CheXpert-v1.0-small/train/...`). When that is
+  root's own folder name it is resolved from root's parent, otherwise from root.
+
+ChestX-ray14 (NIH, Wang et al. 2017):
+
+  <root>/Data_Entry_2017.csv     columns Image Index, Finding Labels, Follow-up #, Patient ID, ...
+      (`Data_Entry_2017_v2020.csv` is accepted too); findings joined by `|`, or `No Finding`
+  <root>/train_val_list.txt, <root>/test_list.txt   one image name a line
+  <root>/images/00000001_000.png                    or the archives' folders
+  <root>/images_001/images/00000001_000.png ... images_012/images/...
+
+Labels are float32 [N, K], NaN where a label is to be ignored by the loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from medda_jax.data.tables import read_csv_rows
+from medda_jax.errors import DataError
+
+CHEXPERT_LABELS = (
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
+    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
+    "Pleural Other", "Fracture", "Support Devices")
+CHESTXRAY14_LABELS = (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening",
+    "Hernia")
+# (CheXpert name, ChestX-ray14 name) of the findings both label sets define the same way.
+# Only "Pleural Effusion" / "Effusion" differ in spelling. Left out on purpose: Lung Opacity
+# (CXR14 Infiltration is narrower), Lung Lesion (CXR14 splits it into Mass and Nodule),
+# Pleural Other (CXR14 Pleural_Thickening is one of its kinds), and the findings only one set
+# has (Enlarged Cardiomediastinum, Fracture, Support Devices; Emphysema, Fibrosis, Hernia).
+COMMON_LABELS = (
+    ("Atelectasis", "Atelectasis"),
+    ("Cardiomegaly", "Cardiomegaly"),
+    ("Consolidation", "Consolidation"),
+    ("Edema", "Edema"),
+    ("Pleural Effusion", "Effusion"),
+    ("Pneumonia", "Pneumonia"),
+    ("Pneumothorax", "Pneumothorax"),
+)
+UNCERTAIN_POLICIES = ("zeros", "ones", "ignore")
+CHEXPERT_SPLITS = ("train", "valid")
+CHESTXRAY14_SPLITS = ("train_val", "test")
+_CHEXPERT_COLUMNS = ("Path", "Frontal/Lateral") + CHEXPERT_LABELS
+_CXR14_TABLES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
+_CXR14_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
+_PATIENT = re.compile(r"(patient\d+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageLabelTable:
+  """Images with multi-label targets.
+
+  Attributes:
+    root: folder the image paths are relative to.
+    paths: image paths relative to root.
+    labels: [N, K] float32; 1 positive, 0 negative, NaN ignored by the loss.
+    label_names: the K label names.
+    patient_ids: patient of each image (for patient-level splits).
+  """
+
+  root: pathlib.Path
+  paths: tuple[str, ...]
+  labels: np.ndarray
+  label_names: tuple[str, ...]
+  patient_ids: tuple[str, ...]
+
+  def __post_init__(self):
+    n = len(self.paths)
+    if self.labels.shape != (n, len(self.label_names)) or len(self.patient_ids) != n:
+      raise ValueError(f"table of {n} paths has labels {self.labels.shape} for "
+                       f"{len(self.label_names)} names and {len(self.patient_ids)} patient ids")
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def subset(self, indices) -> "ImageLabelTable":
+    """The rows `indices` (in that order)."""
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    return dataclasses.replace(self, paths=tuple(self.paths[i] for i in idx),
+                               labels=self.labels[idx],
+                               patient_ids=tuple(self.patient_ids[i] for i in idx))
+
+
+def _check_files(root: pathlib.Path, paths: Sequence[str], source: str) -> None:
+  missing = [p for p in paths if not (root / p).is_file()]
+  if missing:
+    raise DataError(f"image file {root / missing[0]} listed in {source} is missing "
+                    f"({len(missing)} of {len(paths)} images missing)")
+
+
+_CHEXPERT_LAYOUT = """expected the CheXpert release layout:
+  <root>/train.csv, <root>/valid.csv  (columns Path, Sex, Age, Frontal/Lateral, AP/PA and the
+                                       14 observations)
+  <root>/train/patient00001/study1/view1_frontal.jpg"""
+
+
+def _relative_chexpert_path(root: pathlib.Path, path: str) -> str:
+  """CSV `Path` -> path relative to root (drops the release folder when root is that folder)."""
+  parts = pathlib.PurePosixPath(path.replace("\\", "/")).parts
+  if len(parts) > 1 and parts[0] == root.name:
+    parts = parts[1:]
+  return "/".join(parts)
+
+
+def load_chexpert(root: str | os.PathLike, split: str = "train", uncertain: str = "zeros",
+                  frontal_only: bool = False, check_files: bool = True) -> ImageLabelTable:
+  """Reads CheXpert's `train.csv` or `valid.csv`.
+
+  Args:
+    root: the extracted release folder (e.g. `CheXpert-v1.0-small`).
+    split: "train" or "valid".
+    uncertain: what -1 (uncertain) becomes: "zeros" (U-Zeros, 0), "ones" (U-Ones, 1) or
+      "ignore" (NaN). Blank (not mentioned) is always 0.
+    frontal_only: keep only frontal views.
+    check_files: raise a DataError when listed images are missing.
+
+  Returns:
+    A table with the 14 observations (`CHEXPERT_LABELS`) in CSV row order.
+  """
+  if split not in CHEXPERT_SPLITS:
+    raise DataError(f"CheXpert split must be one of {CHEXPERT_SPLITS}, got {split!r}")
+  if uncertain not in UNCERTAIN_POLICIES:
+    raise DataError(f"uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
+  root = pathlib.Path(root)
+  if not root.is_dir():
+    raise DataError(f"CheXpert root folder {root} does not exist\n{_CHEXPERT_LAYOUT}")
+  csv_path = root / f"{split}.csv"
+  rows = read_csv_rows(csv_path, _CHEXPERT_COLUMNS, _CHEXPERT_LAYOUT)
+  uncertain_value = {"zeros": 0.0, "ones": 1.0, "ignore": np.nan}[uncertain]
+  paths, patients, labels = [], [], []
+  for line, row in enumerate(rows, start=2):
+    if frontal_only and row["Frontal/Lateral"].lower() != "frontal":
+      continue
+    match = _PATIENT.search(row["Path"])
+    if not row["Path"] or match is None:
+      raise DataError(f"{csv_path} line {line}: Path {row['Path']!r} names no patientNNNNN "
+                      "folder")
+    values = []
+    for name in CHEXPERT_LABELS:
+      raw = row[name]
+      try:
+        value = float(raw) if raw else 0.0
+      except ValueError:
+        value = None
+      if value not in (1.0, 0.0, -1.0):
+        raise DataError(f"{csv_path} line {line}: {name} is {raw!r}; expected 1.0, 0.0, -1.0 "
+                        "or blank")
+      values.append(uncertain_value if value == -1.0 else value)
+    paths.append(_relative_chexpert_path(root, row["Path"]))
+    patients.append(match.group(1))
+    labels.append(values)
+  if check_files:
+    _check_files(root, paths, str(csv_path))
+  return ImageLabelTable(root=root, paths=tuple(paths),
+                         labels=np.asarray(labels, np.float32).reshape(-1, len(CHEXPERT_LABELS)),
+                         label_names=CHEXPERT_LABELS, patient_ids=tuple(patients))
+
+
+_CXR14_LAYOUT = """expected the ChestX-ray14 release layout:
+  <root>/Data_Entry_2017.csv  (columns Image Index, Finding Labels, Follow-up #, Patient ID, ...)
+  <root>/train_val_list.txt, <root>/test_list.txt
+  <root>/images/00000001_000.png  or  <root>/images_001/images/00000001_000.png ..."""
+
+
+def _image_index(root: pathlib.Path) -> dict[str, str]:
+  """Image name -> path relative to root, over `images/` and `images_NNN/images/`."""
+  folders = [root / "images"] + sorted(root.glob("images_*/images"))
+  index: dict[str, str] = {}
+  for folder in folders:
+    if not folder.is_dir():
+      continue
+    rel = folder.relative_to(root).as_posix()
+    with os.scandir(folder) as entries:
+      for entry in entries:
+        if entry.is_file() and not entry.name.startswith("._"):
+          index.setdefault(entry.name, f"{rel}/{entry.name}")
+  return index
+
+
+def _read_list(path: pathlib.Path) -> list[str]:
+  if not path.is_file():
+    raise DataError(f"split list {path} does not exist\n{_CXR14_LAYOUT}")
+  try:
+    with open(path, encoding="utf-8") as f:
+      return [line.strip() for line in f if line.strip()]
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f"cannot read {path}: {e}") from e
+
+
+def load_chestxray14(root: str | os.PathLike, split: str = "train_val") -> ImageLabelTable:
+  """Reads ChestX-ray14's findings table and the official split list.
+
+  Args:
+    root: the release folder.
+    split: "train_val" (`train_val_list.txt`) or "test" (`test_list.txt`).
+
+  Returns:
+    A table with the 14 findings (`CHESTXRAY14_LABELS`) in split-list order; `No Finding`
+    is all zeros.
+  """
+  if split not in CHESTXRAY14_SPLITS:
+    raise DataError(f"ChestX-ray14 split must be one of {CHESTXRAY14_SPLITS}, got {split!r}")
+  root = pathlib.Path(root)
+  if not root.is_dir():
+    raise DataError(f"ChestX-ray14 root folder {root} does not exist\n{_CXR14_LAYOUT}")
+  csv_path = next((root / n for n in _CXR14_TABLES if (root / n).is_file()),
+                  root / _CXR14_TABLES[0])
+  rows = read_csv_rows(csv_path, _CXR14_COLUMNS, _CXR14_LAYOUT)
+  position = {name: k for k, name in enumerate(CHESTXRAY14_LABELS)}
+  entries: dict[str, tuple[np.ndarray, str]] = {}
+  for line, row in enumerate(rows, start=2):
+    findings = [f.strip() for f in row["Finding Labels"].split("|") if f.strip()]
+    unknown = [f for f in findings if f not in position and f != "No Finding"]
+    if unknown or not findings:
+      raise DataError(f"{csv_path} line {line}: Finding Labels {row['Finding Labels']!r} has "
+                      f"unknown finding(s) {unknown}; known: No Finding, "
+                      + ", ".join(CHESTXRAY14_LABELS))
+    target = np.zeros(len(CHESTXRAY14_LABELS), np.float32)
+    target[[position[f] for f in findings if f in position]] = 1.0
+    entries[row["Image Index"]] = (target, row["Patient ID"])
+  list_path = root / f"{split}_list.txt"
+  names = _read_list(list_path)
+  absent = [n for n in names if n not in entries]
+  if absent:
+    raise DataError(f"{absent[0]} of {list_path} is not in {csv_path} ({len(absent)} of "
+                    f"{len(names)} listed images missing from the table)")
+  index = _image_index(root)
+  missing = [n for n in names if n not in index]
+  if missing:
+    raise DataError(f"image file {missing[0]} listed in {list_path} is missing from "
+                    f"{root / 'images'} and {root / 'images_*/images'} ({len(missing)} of "
+                    f"{len(names)} images missing)\n{_CXR14_LAYOUT}")
+  labels = np.stack([entries[n][0] for n in names]) if names else np.zeros(
+      (0, len(CHESTXRAY14_LABELS)), np.float32)
+  return ImageLabelTable(root=root, paths=tuple(index[n] for n in names), labels=labels,
+                         label_names=CHESTXRAY14_LABELS,
+                         patient_ids=tuple(entries[n][1] for n in names))
+
+
+def _read_gray(path: pathlib.Path, size: int) -> np.ndarray:
+  """One image as [size, size] float32 in [0, 1]."""
+  try:
+    with Image.open(path) as img:
+      if img.mode.startswith("I;16") or img.mode == "I":
+        # 16-bit PNGs: scale to [0, 1] before PIL would clip them to 8 bits.
+        data = np.asarray(img, np.float32) / 65535.0
+        gray = Image.fromarray(data)
+      else:
+        gray = img.convert("L")
+      gray = gray.resize((size, size), Image.Resampling.BILINEAR)
+      out = np.asarray(gray, np.float32)
+  except FileNotFoundError as e:
+    raise DataError(f"image file {path} is missing") from e
+  except (OSError, ValueError) as e:
+    raise DataError(f"cannot read image file {path}: {e}") from e
+  if gray.mode == "L":
+    out = out / 255.0
+  return np.clip(out, 0.0, 1.0)
+
+
+def read_images(table: ImageLabelTable, indices, size: int) -> np.ndarray:
+  """Images of the rows `indices`: [n, size, size, 1] float32 in [0, 1] (grayscale,
+  bilinear resize)."""
+  idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+  out = np.empty((idx.size, size, size, 1), np.float32)
+  for j, i in enumerate(idx):
+    out[j, ..., 0] = _read_gray(table.root / table.paths[i], size)
+  return out

@@ -69,3 +69,21 @@ def check_subset(config, field: str, allowed: Iterable[str]) -> None:
     raise ConfigError(f"config.{field} has unknown entries {unknown}; allowed {list(allowed)}")
   if not value:
     raise ConfigError(f"config.{field} must not be empty")
+
+
+def inner_loop(c) -> str:
+  """`config.engine.inner_loop`, with "auto" = "host" on CPU (XLA:CPU runs convolutions
+  inside a while loop several times slower) and "scan" on GPU/TPU."""
+  if c.engine.inner_loop != "auto":
+    return c.engine.inner_loop
+  import jax
+  return "host" if jax.default_backend() == "cpu" else "scan"
+
+
+def compute_dtype(c):
+  """`config.model.compute_dtype`, with "auto" = bfloat16 on accelerators, float32 on CPU."""
+  import jax
+  import jax.numpy as jnp
+  if c.model.compute_dtype == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  return jnp.dtype(c.model.compute_dtype)

@@ -79,3 +79,14 @@ def global_batch(batch: dict, mesh: Mesh | None, axis: str):
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def global_chunk(batch: dict, mesh: Mesh | None, axis: str = "data"):
+  """Like `global_batch` for a chunk of steps [steps_per_call, batch, ...]: sharded on the
+  batch axis (the second), so every device takes its share of every step."""
+  if mesh is None:
+    return batch
+  sharding = NamedSharding(mesh, P(None, axis))
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

@@ -52,3 +52,30 @@ def overlays(path, images, masks, logits_by_init: dict[str, np.ndarray], title: 
   fig.tight_layout()
   fig.savefig(pathlib.Path(path), dpi=100)
   plt.close(fig)
+
+
+def transfer_figure(path, table: dict, budgets: list[str], columns: list[str],
+                    title: str) -> None:
+  """Target score and source retention against the target budget, one line per method,
+  one row of panels per optimizer. `table[opt][budget][column][side] = (mean, std, n)`."""
+  opts = list(table)
+  fig, axes = plt.subplots(len(opts), 2, figsize=(10, 3.6 * len(opts)), squeeze=False)
+  x = np.arange(len(budgets))
+  for r, opt in enumerate(opts):
+    for a, (side, name) in enumerate((("target", "target site"), ("source", "source site (retention)"))):
+      ax = axes[r, a]
+      for col in columns:
+        mean = np.array([table[opt][b][col][side][0] for b in budgets])
+        std = np.array([table[opt][b][col][side][1] for b in budgets])
+        style = dict(ls="--", color="grey") if col == "none" else {}
+        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=col, **style)
+      ax.set_xticks(x, budgets)
+      ax.set_xlabel("target budget")
+      ax.set_ylabel("surface Dice x100")
+      ax.set_title(f"{opt}: {name}")
+      ax.grid(alpha=0.3)
+  axes[0, 0].legend(fontsize=8, ncol=2)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(pathlib.Path(path), dpi=100)
+  plt.close(fig)

@@ -38,3 +38,19 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+  def restore_field(self, field: str, like, step: int | None = None):
+    """Partial restore: only `state.<field>` (e.g. the optimizer state of a pre-training
+    run) into the structure of `like`, read through a second manager on the same
+    directory (orbax restores a subtree with PyTreeRestore(partial_restore=True), which
+    the StandardSave manager itself does not accept)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    abstract = {field: jax.tree.map(ocp.utils.to_shape_dtype_struct, like)}
+    with ocp.CheckpointManager(self.directory, item_names=("state", "extra")) as reader:
+      restored = reader.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(
+              item=abstract, partial_restore=True,
+              restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))))
+    return restored["state"][field]

@@ -55,3 +55,57 @@ def build_train_chunk(apply_fn: Callable, loss_fn: Callable, tx: optax.GradientT
     return state, metrics
 
   return jax.jit(chunk, donate_argnums=(0,))
+
+
+@flax.struct.dataclass
+class ModelTrainState:
+  """Train state of a network with mutable model state (BatchNorm statistics) and its own
+  RNG stream (dropout, Gumbel noise)."""
+
+  params: Any
+  model_state: Any
+  opt_state: Any
+  rng: jax.Array
+  step: jax.Array
+
+  @classmethod
+  def create(cls, params, model_state, tx: optax.GradientTransformation, rng) -> "ModelTrainState":
+    return cls(params=params, model_state=model_state, opt_state=tx.init(params), rng=rng,
+               step=jnp.zeros((), jnp.int32))
+
+
+def build_model_train_chunk(loss_fn: Callable, tx: optax.GradientTransformation,
+                            inner_loop: str = "scan"):
+  """Returns jitted `chunk(state, batches) -> (state, metrics)`.
+
+  `loss_fn(params, model_state, batch, rng) -> (loss, (model_state, metrics))`; every leaf
+  of `batches` has a leading axis of `steps_per_call`. Metrics are averaged over the chunk;
+  `finite` says whether every loss and the parameters stayed finite.
+  """
+
+  def one_step(state: ModelTrainState, batch):
+    rng, step_rng = jax.random.split(state.rng)
+    (loss, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.model_state, batch, step_rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    state = state.replace(params=optax.apply_updates(state.params, updates),
+                          model_state=model_state, opt_state=opt_state, rng=rng,
+                          step=state.step + 1)
+    return state, dict(metrics, loss=loss)
+
+  def chunk(state: ModelTrainState, batches):
+    if inner_loop == "scan":
+      state, metrics = jax.lax.scan(one_step, state, batches)
+    elif inner_loop == "host":
+      steps = jax.tree.leaves(batches)[0].shape[0]
+      per_step = []
+      for i in range(steps):  # unrolled on purpose (XLA:CPU, see engine.adapt)
+        state, m = one_step(state, jax.tree.map(lambda x: x[i], batches))
+        per_step.append(m)
+      metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)
+    else:
+      raise ValueError(f"inner_loop must be 'scan' or 'host', got {inner_loop!r}")
+    finite = all_finite(metrics["loss"]) & all_finite(state.params)
+    return state, dict(jax.tree.map(jnp.mean, metrics), finite=finite)
+
+  return jax.jit(chunk, donate_argnums=(0,))

@@ -103,21 +103,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cu.check_range(c, "engine.steps_per_call", 1, integer=True)
   cu.check_range(c, "engine.checkpoint_every", 1, integer=True)
   cu.check_range(c, "engine.eval_batch_size", 1, integer=True)
-  if c.meta.algorithm != "reptile" and _inner_loop(c) == "host":
+  if c.meta.algorithm != "reptile" and cu.inner_loop(c) == "host":
     raise ConfigError("config.meta.algorithm='maml'/'fomaml' needs config.engine.inner_loop="
                       "'scan' (the meta-gradient flows through the scanned inner loop)")
-
-
-def _inner_loop(c) -> str:
-  if c.engine.inner_loop != "auto":
-    return c.engine.inner_loop
-  return "host" if jax.default_backend() == "cpu" else "scan"
-
-
-def _compute_dtype(c):
-  if c.model.compute_dtype == "auto":
-    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-  return jnp.dtype(c.model.compute_dtype)
 
 
 # --------------------------------------------------------------------------- data
@@ -161,8 +149,8 @@ class Experiment:
     self.collection = load_collection(c, self.workdir)
     self.targets, self.sources = targets_and_sources(c, self.collection)
     self.model = UNet(features=c.model.features, levels=c.model.levels,
-                      dtype=_compute_dtype(c))
-    self.inner_loop = _inner_loop(c)
+                      dtype=cu.compute_dtype(c))
+    self.inner_loop = cu.inner_loop(c)
     self.writer = MetricWriter(self.workdir)
     size = c.data.image_size
     # jitted: op-by-op initialisation compiles every random draw separately

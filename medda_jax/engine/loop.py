@@ -1,0 +1,69 @@
+"""One resumable training loop for every stage that steps a train state over a stream.
+
+The loop restores the latest checkpoint (train state, data-iterator position, loss curve),
+then repeats: next chunk of batches -> jitted chunk step -> stop on a non-finite loss
+(keeping the last good checkpoint) -> metrics to metrics.jsonl / TensorBoard -> progress
+bar -> checkpoint every `checkpoint_every` calls and at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterator
+
+import jax
+
+from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.progress import Progress
+from medda_jax.engine.writers import MetricWriter
+from medda_jax.errors import NonFiniteLossError
+
+
+@dataclasses.dataclass
+class LoopResult:
+  state: Any
+  curve: list[float]  # mean loss of every call, from the start of the stage
+
+
+def run_loop(name: str, state, step_fn: Callable, batches: Iterator, *, total_calls: int,
+             steps_per_call: int, checkpointer: Checkpointer | None, writer: MetricWriter | None,
+             checkpoint_every: int, prepare: Callable = lambda b: b,
+             log_keys: tuple[str, ...] | None = None, show_progress: bool = True) -> LoopResult:
+  """Runs `state, metrics = step_fn(state, prepare(next(batches)))` until `total_calls`
+  calls are done, resuming from `checkpointer` (None: a run too short to checkpoint).
+  `batches` must be a grain iterator (its position is checkpointed). Checkpoint steps
+  count updates (calls x steps_per_call)."""
+  done_calls = 0
+  curve: list[float] = []
+  if checkpointer is not None and checkpointer.latest_step() is not None:
+    state, extra = checkpointer.restore(state)
+    batches.set_state(extra["data"])
+    done_calls = int(extra["calls"])
+    curve = list(extra.get("curve", []))
+  progress = Progress(name, total_calls * steps_per_call, done_calls * steps_per_call,
+                      ) if show_progress else None
+  try:
+    while done_calls < total_calls:
+      state, metrics = step_fn(state, prepare(next(batches)))
+      metrics = jax.device_get(metrics)
+      done_calls += 1
+      step = done_calls * steps_per_call
+      if not metrics["finite"]:
+        kept = (f"; the last good checkpoint (step {checkpointer.latest_step()}) is kept in "
+                f"{checkpointer.directory}" if checkpointer is not None else "")
+        raise NonFiniteLossError(f"non-finite loss or parameters in {name} at step {step}{kept}")
+      curve.append(float(metrics["loss"]))
+      logged = {k: v for k, v in metrics.items()
+                if k != "finite" and (log_keys is None or k in log_keys)}
+      if writer is not None:
+        writer.write(name, step, logged)
+      if progress is not None:
+        progress.update(steps_per_call, loss=metrics["loss"])
+      if checkpointer is not None and (done_calls % checkpoint_every == 0
+                                       or done_calls == total_calls):
+        checkpointer.save(step, state, {"data": batches.get_state(), "calls": done_calls,
+                                        "curve": curve})
+  finally:
+    if progress is not None:
+      progress.close()
+  return LoopResult(state, curve)

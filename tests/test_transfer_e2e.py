@@ -1,0 +1,98 @@
+"""The gradient-transfer experiment end to end on its smoke config: both tables, the
+figure, resumption after a kill, and config errors."""
+
+import json
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from conftest import run_train
+
+CONFIG = "configs/transfer.py:smoke"
+METHODS = ("fta", "ftf", "l2sp", "spottune", "octl", "mmtl")
+
+
+@pytest.fixture(scope="module")
+def transfer_run(tmp_path_factory, demo_cache):
+  workdir = tmp_path_factory.mktemp("transfer_smoke")
+  proc = run_train(workdir, f"--config.data.cache_dir={demo_cache}", config=CONFIG)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, proc
+
+
+def test_smoke_writes_both_tables_and_the_figure(transfer_run):
+  workdir, proc = transfer_run
+  final = json.loads(proc.stdout)
+  for opt in ("sgd", "adam"):
+    for budget in ("small", "large"):
+      for col in ("none",) + METHODS:
+        for side in ("target", "source"):
+          assert 0.0 <= final[f"{side}_sdice/{opt}/{budget}/{col}"] <= 100.0
+  md = (workdir / "results.md").read_text()
+  assert "Target-site test surface Dice" in md and "Source retention" in md
+  assert "DEMO DATA" in md and "not a reproduction" in md
+  assert md.count("| adam | small |") == 2 and md.count("| sgd | large |") == 2
+  results = json.loads((workdir / "transfer_results.json").read_text())
+  # 2 optimizers x 2 seeds x (2 budgets x 6 methods + the unadapted source model)
+  assert len(results) == 2 * 2 * (2 * 6 + 1)
+  small = [v for k, v in results.items() if "/small/" in k]
+  large = [v for k, v in results.items() if "/large/" in k]
+  # small = every 2nd slice of one subject, large = every slice of two
+  assert max(r["target_slices"] for r in small) < min(r["target_slices"] for r in large)
+  table = json.loads((workdir / "results.json").read_text())
+  assert set(table["table"]) == {"sgd", "adam"}
+  assert (workdir / "transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert any(r["stage"].startswith("pretrain_adam") for r in records)
+  assert any("/spottune/" in r["stage"] and "tuned_blocks" in r for r in records)
+
+
+def test_killed_run_resumes_to_the_same_tables(transfer_run, tmp_path, demo_cache):
+  reference, _ = transfer_run
+  killed = tmp_path / "killed"
+  child = run_train(killed, f"--config.data.cache_dir={demo_cache}", config=CONFIG,
+                    background=True)
+  results = killed / "transfer_results.json"
+  deadline = time.time() + 400
+  while time.time() < deadline and child.poll() is None:
+    if results.exists():
+      try:
+        if len(json.loads(results.read_text())) >= 20:
+          break
+      except json.JSONDecodeError:  # caught mid-write
+        pass
+    time.sleep(0.05)
+  assert child.poll() is None, "the run finished before it could be interrupted"
+  child.send_signal(signal.SIGKILL)
+  child.communicate()
+  assert not (killed / "results.md").exists()
+  done_before = set(json.loads(results.read_text()))
+  assert 0 < len(done_before) < 52
+
+  proc = run_train(killed, f"--config.data.cache_dir={demo_cache}", config=CONFIG)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  got = json.loads((killed / "results.json").read_text())["table"]
+  want = json.loads((reference / "results.json").read_text())["table"]
+  flat = lambda t: {f"{o}/{b}/{c}/{s}": t[o][b][c][s][0]  # noqa: E731
+                    for o in t for b in t[o] for c in t[o][b] for s in t[o][b][c]}
+  g, w = flat(got), flat(want)
+  assert g.keys() == w.keys()
+  np.testing.assert_allclose([g[k] for k in sorted(g)], [w[k] for k in sorted(w)],
+                             rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.methods=('fta','mmtx')", "config.methods has unknown entries ['mmtx']"),
+    ("--config.data.pairs=(('site_a_clean','nowhere'),)", "site 'nowhere' in config.data.pairs"),
+    ("--config.budgets=(('huge',9,1),)", "asks for 9 target subjects"),
+    ("--config.data.source=cc359", "config.data.root must name the CC359 folder"),
+    ("--config.data.crop=20", "must be divisible by 8"),
+])
+def test_config_mistakes_end_with_one_error_line(tmp_path, demo_cache, override, message):
+  proc = run_train(tmp_path / "bad", f"--config.data.cache_dir={demo_cache}", override,
+                   config=CONFIG, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert message in proc.stderr.strip().splitlines()[-1]

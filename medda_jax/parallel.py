@@ -66,27 +66,18 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
-def global_batch(batch: dict, mesh: Mesh | None, axis: str):
-  """Places a host batch on the mesh, sharded on its leading axis.
+def global_batch(batch: dict, mesh: Mesh | None, axis: str, batch_dim: int = 0):
+  """Places a host batch on the mesh, sharded on dimension `batch_dim` (0; 1 for a chunk
+  of steps [steps_per_call, batch, ...], so every device takes its share of every step).
 
-  With several processes each passes only its own slice of the leading axis (the data
+  With several processes each passes only its own slice of that dimension (the data
   pipelines shard by `jax.process_index()`), and the global array is assembled with
   `jax.make_array_from_process_local_data`. Without a mesh the batch stays on the host and
   the jitted step transfers it."""
   if mesh is None:
     return batch
-  sharding = NamedSharding(mesh, P(axis))
+  sharding = NamedSharding(mesh, P(*([None] * batch_dim), axis))
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
-
-def global_chunk(batch: dict, mesh: Mesh | None, axis: str = "data"):
-  """Like `global_batch` for a chunk of steps [steps_per_call, batch, ...]: sharded on the
-  batch axis (the second), so every device takes its share of every step."""
-  if mesh is None:
-    return batch
-  sharding = NamedSharding(mesh, P(None, axis))
-  if jax.process_count() == 1:
-    return jax.device_put(batch, sharding)
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

@@ -174,7 +174,7 @@ def test_cache_round_trip(original, tmp_path, monkeypatch):
   def no_reading(*args, **kwargs):
     raise AssertionError("NIfTI read although the cache holds the domain")
 
-  monkeypatch.setattr(cc359.nib, "load", no_reading)
+  monkeypatch.setattr(cc359, "read_nifti", no_reading)
   second = cc359.load_cc359(original, cache_dir=cache)
   for d in first.names():
     for va, vb in zip(first[d], second[d]):

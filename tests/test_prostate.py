@@ -171,7 +171,7 @@ def test_cache_round_trip(data, tmp_path, monkeypatch):
   def no_reading(*args, **kwargs):
     raise AssertionError("NIfTI read although the cache holds the site")
 
-  monkeypatch.setattr(prostate.nib, "load", no_reading)
+  monkeypatch.setattr(prostate, "read_nifti", no_reading)
   second = prostate.load_prostate(root, image_size=16, cache_dir=cache)
   for site in first.names():
     for a, b in zip(first[site], second[site]):

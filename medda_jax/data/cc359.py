@@ -40,13 +40,12 @@ import os
 import re
 from typing import Iterable, Sequence
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from medda_jax.data.msd import case_stem
 from medda_jax.data.volumes import (DomainVolumes, Volume, load_volume_cache,
-                                     save_volume_cache)
+                                     read_nifti, save_volume_cache)
 from medda_jax.data.tables import read_csv_rows
 from medda_jax.errors import DataError
 
@@ -145,22 +144,6 @@ def _read_original(root: str) -> list[_Case]:
   return cases
 
 
-def _read_nifti(path: str) -> tuple[np.ndarray, tuple[float, ...]]:
-  """Array (stored axis order, float32) and voxel size of a NIfTI file."""
-  try:
-    img = nib.load(path)
-    data = img.get_fdata(dtype=np.float32)
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-  except Exception as e:  # nibabel raises many types for broken or truncated files
-    raise DataError(f"cannot read NIfTI file {path}: {e}") from e
-  # A trailing channel axis of size 1 (4-D single-modality files) carries nothing.
-  while data.ndim > 3 and data.shape[-1] == 1:
-    data = data[..., 0]
-  if data.ndim != 3:
-    raise DataError(f"{path}: expected a 3-D volume, got shape {data.shape}")
-  return data, zooms
-
-
 def scale_mri(image: np.ndarray, q_min: float = 1.0, q_max: float = 99.0) -> np.ndarray:
   """Clips to the [q_min, q_max] percentiles of the volume, then min-max scales to [0, 1]."""
   image = np.asarray(image, np.float32)
@@ -174,8 +157,8 @@ def scale_mri(image: np.ndarray, q_min: float = 1.0, q_max: float = 99.0) -> np.
 
 
 def _process(case: _Case, spacing: tuple[float, float, float] | None) -> Volume:
-  image, zooms = _read_nifti(case.image)
-  mask, _ = _read_nifti(case.mask)
+  image, zooms = read_nifti(case.image, squeeze_trailing=True)
+  mask, _ = read_nifti(case.mask, squeeze_trailing=True)
   if image.shape != mask.shape:
     raise DataError(f"case {case.id}: image {case.image} has shape {image.shape} but mask "
                     f"{case.mask} has shape {mask.shape}")

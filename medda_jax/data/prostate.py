@@ -37,13 +37,12 @@ import logging
 import os
 from typing import Iterable, Sequence
 
-import nibabel as nib
 import numpy as np
 from skimage.transform import resize
 
 from medda_jax.data.msd import case_stem
 from medda_jax.data.volumes import (DomainVolumes, Volume, load_volume_cache,
-                                     save_volume_cache)
+                                     read_nifti, save_volume_cache)
 from medda_jax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -145,22 +144,9 @@ def _read_cases(site_dir: str) -> list[_Case]:
   return [_Case(stem, images[stem], labels[stem]) for stem in sorted(images)]
 
 
-def _read_nifti(path: str) -> tuple[np.ndarray, tuple[float, ...]]:
-  """Array (stored axis order, float32) and voxel size of a 3-D NIfTI file."""
-  try:
-    img = nib.load(path)
-    data = img.get_fdata(dtype=np.float32)
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-  except Exception as e:  # nibabel raises many types for broken or truncated files
-    raise DataError(f"cannot read NIfTI file {path}: {e}") from e
-  if data.ndim != 3:
-    raise DataError(f"{path}: expected a 3-D volume, got shape {data.shape}")
-  return data, zooms
-
-
 def _process(site: str, case: _Case, image_size: int) -> Volume:
-  image, zooms = _read_nifti(case.image)
-  label, _ = _read_nifti(case.label)
+  image, zooms = read_nifti(case.image)
+  label, _ = read_nifti(case.label)
   if image.shape != label.shape:
     raise DataError(f"case {case.id} of {site}: image {case.image} has shape {image.shape} but "
                     f"segmentation {case.label} has shape {label.shape}")

@@ -13,7 +13,10 @@ import logging
 import os
 from typing import Sequence
 
+import nibabel as nib
 import numpy as np
+
+from medda_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +105,19 @@ def save_volume_cache(path: str, volumes: Sequence[Volume]) -> None:
     np.savez(f, **arrays)
   # Atomic rename: a killed run never leaves a half-written cache behind.
   os.replace(tmp, path)
+
+
+def read_nifti(path: str, squeeze_trailing: bool = False) -> tuple[np.ndarray, tuple[float, ...]]:
+  """Array (stored axis order, float32) and voxel size of a 3-D NIfTI file; with
+  `squeeze_trailing`, trailing axes of size 1 (4-D single-modality files) are dropped."""
+  try:
+    img = nib.load(path)
+    data = img.get_fdata(dtype=np.float32)
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+  except Exception as e:  # nibabel raises many types for broken or truncated files
+    raise DataError(f"cannot read NIfTI file {path}: {e}") from e
+  while squeeze_trailing and data.ndim > 3 and data.shape[-1] == 1:
+    data = data[..., 0]
+  if data.ndim != 3:
+    raise DataError(f"{path}: expected a 3-D volume, got shape {data.shape}")
+  return data, zooms

@@ -181,7 +181,7 @@ class Experiment:
     self._source_opt_states: dict[pathlib.Path, object] = {}
     self._predict = jax.jit(lambda v, x: self.model.apply(v, x, train=False))
     self._predict_twin = jax.jit(self._twin_logits)
-    self.curves: dict[str, list[float]] = {}
+    self._source_models: dict[tuple[str, str, int], ModelTrainState] = {}
 
   # ---- models and losses
   def init_variables(self, seed: int):
@@ -257,8 +257,8 @@ class Experiment:
       result = run_loop(
           name, state, step, it, total_calls=calls, steps_per_call=self.c.engine.steps_per_call,
           checkpointer=ckpt, writer=self.writer, checkpoint_every=self.c.engine.checkpoint_every,
-          prepare=lambda b: parallel.global_chunk({"images": b["images"], "masks": b["masks"]},
-                                                  self.mesh),
+          prepare=lambda b: parallel.global_batch({"images": b["images"], "masks": b["masks"]},
+                                                  self.mesh, "data", batch_dim=1),
           show_progress=show_progress)
     finally:
       if ckpt is not None:
@@ -266,6 +266,13 @@ class Experiment:
     return result
 
   def pretrain(self, opt: str, site: str, seed: int) -> ModelTrainState:
+    """The source model (trained, or restored from its finished checkpoint), once per
+    (optimizer, site, seed) in this process."""
+    if (opt, site, seed) not in self._source_models:
+      self._source_models[(opt, site, seed)] = self._pretrain(opt, site, seed)
+    return self._source_models[(opt, site, seed)]
+
+  def _pretrain(self, opt: str, site: str, seed: int) -> ModelTrainState:
     variables = self.init_variables(seed)
     tx = self.optimizer(opt, "pretrain")
     state = ModelTrainState.create(variables["params"], variables["batch_stats"], tx,
@@ -275,13 +282,13 @@ class Experiment:
     it, calls = self.batches(source, None, "pretrain", "source_only", seed)
     name = f"pretrain_{opt}_{site}_seed{seed}"
     self.pretrain_dir[(opt, site)] = self.workdir / "checkpoints" / name
-    result = self.train(name, self.pretrain_dir[(opt, site)], state, step, it, calls, True)
-    self.curves[name] = result.curve
-    return result.state
+    return self.train(name, self.pretrain_dir[(opt, site)], state, step, it, calls, True).state
 
   def finetune(self, method: str, opt: str, source_state: ModelTrainState, source_site: str,
                target_pool: mixed.SlicePool, seed: int, run_name: str):
-    """Returns the variables to evaluate: {"params", "batch_stats"} (+ "policy")."""
+    """Returns (variables to evaluate, loss curve, checkpoint directory or None); the
+    variables are {"params", "batch_stats"}, or for SpotTune {"unet", "policy",
+    "batch_stats"} as `evaluate(..., twin=True)` takes them."""
     c = self.c
     # Copies: the training step donates its state, and the source model serves every run.
     params, batch_stats = jax.tree.map(jnp.array, (source_state.params, source_state.model_state))
@@ -323,7 +330,11 @@ class Experiment:
     ckpt_dir = (self.workdir / "checkpoints" / "runs" / run_name.replace("/", "_")
                 if calls > c.engine.checkpoint_every else None)
     result = self.train(run_name, ckpt_dir, state, step, it, calls, False)
-    out = {"params": result.state.params, "batch_stats": result.state.model_state}
+    trained, model_state = result.state.params, result.state.model_state
+    if twin:
+      out = {"unet": trained["unet"], "policy": trained["policy"], "batch_stats": model_state}
+    else:
+      out = {"params": trained, "batch_stats": model_state}
     return out, result.curve, ckpt_dir
 
   def source_opt_state(self, opt: str, site: str, like: ModelTrainState):
@@ -464,14 +475,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                 variables, curve, ckpt_dir = exp.finetune(method, opt, source_state, src, pool,
                                                           seed, key)
                 twin = method == "spottune"
-                if twin:
-                  variables = {"unet": variables["params"]["unet"],
-                               "policy": variables["params"]["policy"],
-                               "batch_stats": variables["batch_stats"]}
                 record(key, {"target": exp.evaluate(variables, exp.splits[tgt].test, twin),
                              "source": exp.evaluate(variables, exp.splits[src].test, twin),
                              "target_slices": len(pool), "final_loss": curve[-1]})
-                exp.curves[f"{opt}/{budget}/{method}"] = curve
                 if ckpt_dir is not None:
                   shutil.rmtree(ckpt_dir, ignore_errors=True)  # its result is recorded
               progress.update(1, sdice=results[key]["target"]["sdice"])

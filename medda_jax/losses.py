@@ -69,3 +69,59 @@ SEGMENTATION_LOSSES = {
     "tversky": tversky_loss,
     "focal_tversky": focal_tversky_loss,
 }
+
+
+# Adversarial losses. Scores are the critic's raw outputs (no sigmoid); every loss is the
+# quantity its side minimises.
+
+def wgan_critic_loss(real_scores: jax.Array, fake_scores: jax.Array) -> jax.Array:
+  """Negative Wasserstein estimate: E[f(fake)] - E[f(real)] (Arjovsky et al., 2017)."""
+  return jnp.mean(fake_scores.astype(jnp.float32)) - jnp.mean(real_scores.astype(jnp.float32))
+
+
+def wgan_generator_loss(fake_scores: jax.Array) -> jax.Array:
+  """-E[f(G(z))]. (The sign matters: some papers print it without the minus.)"""
+  return -jnp.mean(fake_scores.astype(jnp.float32))
+
+
+def interpolate(real: jax.Array, fake: jax.Array, rng: jax.Array) -> jax.Array:
+  """x_hat = eps * real + (1 - eps) * fake with one eps ~ U[0, 1] per sample."""
+  eps = jax.random.uniform(rng, (real.shape[0],) + (1,) * (real.ndim - 1), real.dtype)
+  return eps * real + (1.0 - eps) * fake
+
+
+def gradient_penalty(critic_fn, real: jax.Array, fake: jax.Array, rng: jax.Array,
+                     target: float = 1.0) -> jax.Array:
+  """WGAN-GP (Gulrajani et al., 2017): E[(||grad_x f(x_hat)||_2 - target)^2] at random
+  interpolates of real and fake samples.
+
+  `critic_fn(x) -> scores [batch]`. The per-sample gradients come from one jax.grad of
+  the summed scores, which is exact because a WGAN-GP critic treats samples independently
+  (no batch normalisation). The 1e-12 keeps the norm's gradient finite at zero.
+  """
+  x_hat = interpolate(real, jax.lax.stop_gradient(fake), rng)
+  grads = jax.grad(lambda x: jnp.sum(critic_fn(x).astype(jnp.float32)))(x_hat)
+  norms = jnp.sqrt(jnp.sum(jnp.square(grads.astype(jnp.float32)).reshape(real.shape[0], -1),
+                           axis=1) + 1e-12)
+  return jnp.mean(jnp.square(norms - target))
+
+
+def least_squares_critic_loss(real_scores: jax.Array, fake_scores: jax.Array) -> jax.Array:
+  """LSGAN (Mao et al., 2017) with targets 1 (real) and 0 (fake), halved as CycleGAN does."""
+  return 0.5 * (jnp.mean(jnp.square(real_scores.astype(jnp.float32) - 1.0))
+                + jnp.mean(jnp.square(fake_scores.astype(jnp.float32))))
+
+
+def least_squares_generator_loss(fake_scores: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.square(fake_scores.astype(jnp.float32) - 1.0))
+
+
+def nonsaturating_critic_loss(real_scores: jax.Array, fake_scores: jax.Array) -> jax.Array:
+  """Goodfellow et al. (2014): binary cross-entropy on logits, real = 1, fake = 0."""
+  return (jnp.mean(jax.nn.softplus(-real_scores.astype(jnp.float32)))
+          + jnp.mean(jax.nn.softplus(fake_scores.astype(jnp.float32))))
+
+
+def nonsaturating_generator_loss(fake_scores: jax.Array) -> jax.Array:
+  """-E[log sigmoid(D(G(z)))], the non-saturating generator objective."""
+  return jnp.mean(jax.nn.softplus(-fake_scores.astype(jnp.float32)))

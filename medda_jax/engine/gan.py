@@ -1,0 +1,159 @@
+"""Adversarial training: the one engine under WGAN augmentation, StarGAN, CycleGAN and SIFA.
+
+State. `GANState` holds both sides of the game in one pytree: `params`, `model_state`
+(Flax collections other than params: BatchNorm statistics, spectral-norm vectors) and
+`opt_state` are dicts with the keys "g" (generator side) and "d" (critic side), plus the
+RNG and the generator-step counter. A side may itself be a dict of networks: CycleGAN's
+"g" holds both translators and its "d" both discriminators, so one engine step updates
+everything a method's paper updates in one iteration.
+
+Step. One engine step = `n_critic` critic updates, each on its own batch, then one
+generator update on the last of those batches (as StarGAN's reference loop does; a WGAN
+generator ignores the batch). Weight clipping of the critic after each of its updates is
+optional (`clip_value`, the original WGAN). A method supplies two losses with one contract:
+
+    loss_fn(params, model_state, batch, rng) -> (loss, (model_state, metrics))
+
+`critic_loss` is differentiated with respect to `params["d"]` only and `generator_loss`
+with respect to `params["g"]` only; each may update any part of `model_state` (the
+generator's BatchNorm statistics move while it makes fakes for the critic, as in PyTorch).
+
+Call. `build_gan_chunk` returns one jitted call that runs `steps_per_call` engine steps:
+every leaf of `batches` is shaped [steps_per_call, n_critic, batch, ...]. On GPU/TPU the
+steps are a `lax.scan` (and the critic updates a nested scan); XLA's CPU backend runs
+convolutions inside loops several times slower, so `inner_loop="host"` unrolls the same
+steps into straight-line code instead. Metrics come back once per call, stacked over the
+steps ([steps_per_call]; critic metrics averaged over the n_critic updates of a step),
+with `finite` saying whether every loss and parameter stayed finite. The state is donated.
+
+Sharding. Parameters are replicated; batches are sharded over the `data` mesh axis on
+their batch dimension (`shard_batches`), so the step is data-parallel under jit with the
+gradient all-reduce inserted by XLA.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from medda_jax import parallel
+from medda_jax.engine.meta import INNER_LOOPS, all_finite
+
+LossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, tuple[Any, dict]]]
+BATCH_DIM = 2  # [steps_per_call, n_critic, batch, ...]
+
+
+@flax.struct.dataclass
+class GANState:
+  params: dict       # {"g": ..., "d": ...}
+  model_state: dict  # {"g": ..., "d": ...}: batch_stats, spectral-norm u and sigma
+  opt_state: dict    # {"g": ..., "d": ...}
+  rng: jax.Array
+  step: jax.Array    # generator updates done
+
+  @classmethod
+  def create(cls, params: dict, model_state: dict, g_tx: optax.GradientTransformation,
+             d_tx: optax.GradientTransformation, rng: jax.Array) -> "GANState":
+    if set(params) != {"g", "d"} or set(model_state) != {"g", "d"}:
+      raise ValueError("params and model_state must be dicts with exactly the keys 'g' and 'd'")
+    return cls(params=params, model_state=model_state,
+               opt_state={"g": g_tx.init(params["g"]), "d": d_tx.init(params["d"])},
+               rng=rng, step=jnp.zeros((), jnp.int32))
+
+
+def clip_params(params, clip_value: float):
+  """The original WGAN's weight clipping: every critic parameter into [-c, c]."""
+  return jax.tree.map(lambda p: jnp.clip(p, -clip_value, clip_value), params)
+
+
+def _update_side(side: str, loss_fn: LossFn, tx: optax.GradientTransformation,
+                 state: GANState, batch, rng, clip_value: float | None = None):
+  """One optimiser update of `params[side]` on `loss_fn`; returns (state, metrics)."""
+
+  def side_loss(side_params):
+    return loss_fn({**state.params, side: side_params}, state.model_state, batch, rng)
+
+  (loss, (model_state, metrics)), grads = jax.value_and_grad(side_loss, has_aux=True)(
+      state.params[side])
+  updates, side_opt = tx.update(grads, state.opt_state[side], state.params[side])
+  side_params = optax.apply_updates(state.params[side], updates)
+  if clip_value is not None:
+    side_params = clip_params(side_params, clip_value)
+  state = state.replace(params={**state.params, side: side_params}, model_state=model_state,
+                        opt_state={**state.opt_state, side: side_opt})
+  return state, dict(metrics, loss=loss)
+
+
+def build_gan_step(critic_loss: LossFn, generator_loss: LossFn,
+                   g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation, *,
+                   n_critic: int = 1, clip_value: float | None = None,
+                   inner_loop: str = "scan") -> Callable:
+  """One engine step, not jitted: `step(state, batches) -> (state, metrics)` with every
+  leaf of `batches` shaped [n_critic, batch, ...]. Metric names get a `d_` / `g_` prefix."""
+  if n_critic < 1:
+    raise ValueError(f"n_critic must be >= 1, got {n_critic}")
+  if inner_loop not in INNER_LOOPS:
+    raise ValueError(f"inner_loop must be one of {INNER_LOOPS}, got {inner_loop!r}")
+
+  def critic_update(state, xs):
+    batch, rng = xs
+    return _update_side("d", critic_loss, d_tx, state, batch, rng, clip_value)
+
+  def step(state: GANState, batches):
+    rng, step_rng = jax.random.split(state.rng)
+    critic_rngs = jax.random.split(jax.random.fold_in(step_rng, 0), n_critic)
+    if inner_loop == "scan":
+      state, d_metrics = jax.lax.scan(critic_update, state, (batches, critic_rngs))
+    else:
+      per_update = []
+      for k in range(n_critic):  # unrolled on purpose (XLA:CPU, see the module docstring)
+        state, m = critic_update(state, (jax.tree.map(lambda x: x[k], batches), critic_rngs[k]))
+        per_update.append(m)
+      d_metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *per_update)
+    last_batch = jax.tree.map(lambda x: x[n_critic - 1], batches)
+    state, g_metrics = _update_side("g", generator_loss, g_tx, state, last_batch,
+                                    jax.random.fold_in(step_rng, 1))
+    metrics = {**{f"d_{k}": jnp.mean(v) for k, v in d_metrics.items()},
+               **{f"g_{k}": v for k, v in g_metrics.items()}}
+    return state.replace(rng=rng, step=state.step + 1), metrics
+
+  return step
+
+
+def build_gan_chunk(critic_loss: LossFn, generator_loss: LossFn,
+                    g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation, *,
+                    n_critic: int = 1, clip_value: float | None = None,
+                    inner_loop: str = "scan", jit: bool = True) -> Callable:
+  """`chunk(state, batches) -> (state, metrics)`: `steps_per_call` engine steps in one
+  jitted call (state donated). Every leaf of `batches` is [steps_per_call, n_critic,
+  batch, ...]; every metric comes back stacked to [steps_per_call], plus a scalar `finite`.
+  `jit=False` returns the plain function (to vmap over several GANs, or to inspect)."""
+  step = build_gan_step(critic_loss, generator_loss, g_tx, d_tx, n_critic=n_critic,
+                        clip_value=clip_value, inner_loop=inner_loop)
+
+  def chunk(state: GANState, batches):
+    if inner_loop == "scan":
+      state, metrics = jax.lax.scan(step, state, batches)
+    else:
+      steps = jax.tree.leaves(batches)[0].shape[0]
+      per_step = []
+      for i in range(steps):
+        state, m = step(state, jax.tree.map(lambda x: x[i], batches))
+        per_step.append(m)
+      metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)
+    finite = all_finite({k: v for k, v in metrics.items() if k.endswith("loss")}) & all_finite(
+        state.params)
+    return state, dict(metrics, finite=finite)
+
+  return jax.jit(chunk, donate_argnums=(0,)) if jit else chunk
+
+
+def shard_batches(batches: dict, mesh: Mesh | None):
+  """Places a chunk of batches [steps_per_call, n_critic, batch, ...] on the mesh, sharded
+  over `data` on the batch dimension (each process passes its own share of it)."""
+  return parallel.global_batch(batches, mesh, "data", batch_dim=BATCH_DIM)

@@ -79,3 +79,50 @@ def transfer_figure(path, table: dict, budgets: list[str], columns: list[str],
   fig.tight_layout()
   fig.savefig(pathlib.Path(path), dpi=100)
   plt.close(fig)
+
+
+def sample_grid(path, real: np.ndarray, synthetic: np.ndarray, title: str,
+                rows: int = 6, cols: int = 6) -> None:
+  """Two grids side by side: real images (left) and generated ones (right), in [0, 1]."""
+  def grid(images):
+    n = rows * cols
+    images = np.asarray(images[:n], np.float32)
+    if len(images) < n:
+      images = np.concatenate([images, np.zeros((n - len(images),) + images.shape[1:])])
+    h, w, c = images.shape[1:]
+    tiled = images.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h,
+                                                                                  cols * w, c)
+    return tiled[..., 0] if c == 1 else tiled
+
+  fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
+  for ax, images, name in zip(axes, (real, synthetic), ("real", "WGAN")):
+    ax.imshow(grid(images), cmap="gray", vmin=0, vmax=1)
+    ax.set_title(name)
+    ax.set_xticks([]), ax.set_yticks([])
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(pathlib.Path(path), dpi=100)
+  plt.close(fig)
+
+
+def ratio_figure(path, table: dict, targets: list[str], title: str) -> None:
+  """Accuracy against the number of synthetic images, one panel per classifier: the source
+  test set and every target, mean ± std over seeds. `table[clf][count][set] = (mean, std)`."""
+  fig, axes = plt.subplots(1, len(table), figsize=(4.5 * len(table), 3.6), squeeze=False)
+  for ax, (name, rows) in zip(axes[0], table.items()):
+    counts = [int(k) for k in rows]
+    for key, style in [("source", "-o")] + [(t, "--s") for t in targets]:
+      mean = np.array([rows[str(k)][key][0] for k in counts])
+      std = np.array([rows[str(k)][key][1] for k in counts])
+      ax.errorbar(counts, mean, yerr=std, fmt=style, capsize=3,
+                  label="source test" if key == "source" else f"target {key}")
+    ax.set_xticks(counts, [f"{rows[str(k)]['label']}\n(+{k})" for k in counts], fontsize=8)
+    ax.set_title(name)
+    ax.set_xlabel("real : synthetic")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+  axes[0][0].legend(fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(pathlib.Path(path), dpi=100)
+  plt.close(fig)

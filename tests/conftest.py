@@ -1,8 +1,11 @@
+import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -32,3 +35,20 @@ def run_train(workdir, *overrides, config="configs/metamedseg.py:smoke", env=Non
 def demo_cache(tmp_path_factory):
   """One shared cache directory so the smoke collection is built once per test session."""
   return tmp_path_factory.mktemp("demo_cache")
+
+
+def kill_after_results(child, results_file, min_entries: int, timeout: float = 400) -> None:
+  """SIGKILLs a background trainer once its JSON file of finished runs holds at least
+  `min_entries` entries; fails if the run ends first."""
+  deadline = time.time() + timeout
+  while time.time() < deadline and child.poll() is None:
+    if results_file.exists():
+      try:
+        if len(json.loads(results_file.read_text())) >= min_entries:
+          break
+      except json.JSONDecodeError:  # caught mid-write
+        pass
+    time.sleep(0.05)
+  assert child.poll() is None, "the run finished before it could be interrupted"
+  child.send_signal(signal.SIGKILL)
+  child.communicate()

@@ -2,13 +2,11 @@
 figure, resumption after a kill, and config errors."""
 
 import json
-import signal
-import time
 
 import numpy as np
 import pytest
 
-from conftest import run_train
+from conftest import kill_after_results, run_train
 
 CONFIG = "configs/transfer.py:smoke"
 METHODS = ("fta", "ftf", "l2sp", "spottune", "octl", "mmtl")
@@ -55,18 +53,7 @@ def test_killed_run_resumes_to_the_same_tables(transfer_run, tmp_path, demo_cach
   child = run_train(killed, f"--config.data.cache_dir={demo_cache}", config=CONFIG,
                     background=True)
   results = killed / "transfer_results.json"
-  deadline = time.time() + 400
-  while time.time() < deadline and child.poll() is None:
-    if results.exists():
-      try:
-        if len(json.loads(results.read_text())) >= 20:
-          break
-      except json.JSONDecodeError:  # caught mid-write
-        pass
-    time.sleep(0.05)
-  assert child.poll() is None, "the run finished before it could be interrupted"
-  child.send_signal(signal.SIGKILL)
-  child.communicate()
+  kill_after_results(child, results, 20)
   assert not (killed / "results.md").exists()
   done_before = set(json.loads(results.read_text()))
   assert 0 < len(done_before) < 52

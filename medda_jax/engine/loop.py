@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, Callable, Iterator
 
 import jax
+import numpy as np
 
 from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.progress import Progress
@@ -28,11 +29,14 @@ class LoopResult:
 def run_loop(name: str, state, step_fn: Callable, batches: Iterator, *, total_calls: int,
              steps_per_call: int, checkpointer: Checkpointer | None, writer: MetricWriter | None,
              checkpoint_every: int, prepare: Callable = lambda b: b,
-             log_keys: tuple[str, ...] | None = None, show_progress: bool = True) -> LoopResult:
+             log_keys: tuple[str, ...] | None = None, show_progress: bool = True,
+             loss_key: str = "loss") -> LoopResult:
   """Runs `state, metrics = step_fn(state, prepare(next(batches)))` until `total_calls`
   calls are done, resuming from `checkpointer` (None: a run too short to checkpoint).
   `batches` must be a grain iterator (its position is checkpointed). Checkpoint steps
-  count updates (calls x steps_per_call)."""
+  count updates (calls x steps_per_call). Metrics may be scalars or stacked per step
+  (the GAN engine's); they are logged as their mean over the call, and `loss_key` names
+  the one that makes the curve and the progress bar."""
   done_calls = 0
   curve: list[float] = []
   if checkpointer is not None and checkpointer.latest_step() is not None:
@@ -45,20 +49,21 @@ def run_loop(name: str, state, step_fn: Callable, batches: Iterator, *, total_ca
   try:
     while done_calls < total_calls:
       state, metrics = step_fn(state, prepare(next(batches)))
-      metrics = jax.device_get(metrics)
+      metrics = {k: np.mean(v) if k != "finite" else bool(v)
+                 for k, v in jax.device_get(metrics).items()}
       done_calls += 1
       step = done_calls * steps_per_call
       if not metrics["finite"]:
         kept = (f"; the last good checkpoint (step {checkpointer.latest_step()}) is kept in "
                 f"{checkpointer.directory}" if checkpointer is not None else "")
         raise NonFiniteLossError(f"non-finite loss or parameters in {name} at step {step}{kept}")
-      curve.append(float(metrics["loss"]))
+      curve.append(float(metrics[loss_key]))
       logged = {k: v for k, v in metrics.items()
                 if k != "finite" and (log_keys is None or k in log_keys)}
       if writer is not None:
         writer.write(name, step, logged)
       if progress is not None:
-        progress.update(steps_per_call, loss=metrics["loss"])
+        progress.update(steps_per_call, loss=metrics[loss_key])
       if checkpointer is not None and (done_calls % checkpoint_every == 0
                                        or done_calls == total_calls):
         checkpointer.save(step, state, {"data": batches.get_state(), "calls": done_calls,

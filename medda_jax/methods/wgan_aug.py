@@ -1,0 +1,633 @@
+"""Class-wise WGAN synthetic augmentation across hospitals (Alrajhi et al., seed 000).
+
+  python -m medda_jax.train --config=configs/wgan_synth.py --workdir=runs/busi \
+      --config.data.source_dir=/data/Dataset_BUSI_with_GT --config.data.target_dir=/data/BrEaST
+  python -m medda_jax.train --config=configs/wgan_synth.py:demo --workdir=runs/wgan_demo
+
+Algorithm 1 of the paper, then its ratio experiment:
+1. Split the source hospital's images by class; hold out a source test set first, so that
+   neither the GANs nor the classifiers ever see it (nor any target image).
+2. Train one unconditional WGAN per class on that class's source training images (the
+   class is the partition, not a network input): n_critic critic updates, then one
+   generator update, as jitted chunks of the GAN engine (`medda_jax.engine.gan`).
+3. Sample each class's generator; its samples take the class's label. Horizontal flips of
+   the samples (and, optionally, of the real images) count as synthetic, as in the paper.
+4. For every classifier and every synthetic count S (0, 25, 50, 75, 100 with 100 real
+   images: ratios real-only, 4:1, 2:1, 3:2 (really 4:3), 1:1), train on real + S synthetic
+   images, keep the checkpoint with the best accuracy on a validation split of the real
+   training images, and measure accuracy on the source test set and on every target
+   hospital. Domain gap = in-domain accuracy - out-of-domain accuracy; the paper's tables
+   use the real-only model's in-domain accuracy on every row (`gap`), `gap_row` uses the
+   row's own.
+
+Outputs in the workdir: `results.md` / `results.json` (the table, mean ± std over seeds),
+`ratio.png` (accuracy against the synthetic count, one panel per classifier),
+`samples_<class>.png` (real and generated images per class), `synthetic.npz` (the samples
+with their manifest), `wgan_results.json` (every run; a rerun skips finished runs), the GAN
+checkpoints (a killed run resumes), `metrics.jsonl` and TensorBoard logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+from typing import Callable
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from medda_jax import config_utils as cu
+from medda_jax import losses, parallel, plots
+from medda_jax.engine import gan
+from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.loop import run_loop
+from medda_jax.engine.progress import Progress
+from medda_jax.engine.supervised import ModelTrainState, build_model_train_chunk
+from medda_jax.engine.writers import MetricWriter
+from medda_jax.errors import ConfigError, NonFiniteLossError
+from medda_jax.models.wgan import Critic, Generator
+
+SOURCES = ("digits", "busi", "breastmnist")
+TARGETS = ("breast", "busi", "breastmnist", "optdigits", "mnist", "mnist_m")
+CLASSIFIERS = ("resnet50", "vit_b16", "cnn_transformer")
+RESULTS_FILE = "wgan_results.json"
+
+
+# --------------------------------------------------------------------------- config
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first wrong field and what is allowed."""
+  cu.check_choice(c, "data.source", SOURCES)
+  if c.data.source != "digits" and not c.data.source_dir:
+    raise ConfigError(f"config.data.source_dir must name the {c.data.source} data when "
+                      f"config.data.source={c.data.source!r}")
+  cu.check_subset(c, "data.targets", TARGETS)
+  for target in c.data.targets:
+    if target not in ("optdigits", "mnist", "mnist_m") and not c.data.target_dirs.get(target):
+      raise ConfigError(f"config.data.target_dirs.{target} must name the folder of target "
+                        f"{target!r}")
+  cu.check_range(c, "data.size", 8, 1024, integer=True)
+  if c.data.size & (c.data.size - 1) or c.data.size < 8:
+    raise ConfigError(f"config.data.size={c.data.size} must be a power of two >= 8 (the "
+                      "WGAN doubles 4x4 up to it)")
+  cu.check_choice(c, "data.channels", (1, 3))
+  cu.check_range(c, "data.n_real_train", 4, integer=True)
+  cu.check_range(c, "data.n_source_test", 2, integer=True)
+  cu.check_range(c, "data.n_target_test", 2, integer=True)
+  cu.check_range(c, "data.val_fraction", 0.0, 0.5, low_inclusive=False)
+  cu.check_range(c, "data.split_seed", 0, integer=True)
+  cu.check_choice(c, "gan.loss", ("wgan", "wgan_gp"))
+  cu.check_choice(c, "gan.optimizer", ("rmsprop", "adam"))
+  cu.check_range(c, "gan.learning_rate", 0.0, low_inclusive=False)
+  cu.check_range(c, "gan.n_critic", 1, integer=True)
+  cu.check_range(c, "gan.batch_size", 2, integer=True)
+  cu.check_range(c, "gan.g_steps", 1, integer=True)
+  cu.check_range(c, "gan.latent_dim", 1, integer=True)
+  cu.check_range(c, "gan.gp_weight", 0.0)
+  if c.gan.clip_value is not None:
+    cu.check_range(c, "gan.clip_value", 0.0, low_inclusive=False)
+  cu.check_range(c, "gan.steps_per_call", 1, integer=True)
+  if c.gan.g_steps % c.gan.steps_per_call:
+    raise ConfigError(f"config.gan.steps_per_call={c.gan.steps_per_call} must divide "
+                      f"config.gan.g_steps={c.gan.g_steps}")
+  cu.check_range(c, "gan.checkpoint_every", 1, integer=True)
+  if not c.synthetic.counts or min(c.synthetic.counts) < 0:
+    raise ConfigError("config.synthetic.counts must list synthetic image counts >= 0")
+  cu.check_choice(c, "synthetic.class_split", ("proportional", "equal"))
+  cu.check_range(c, "synthetic.samples_per_class", 1, integer=True)
+  cu.check_subset(c, "classifiers", CLASSIFIERS)
+  for name in c.classifiers:
+    if name not in c.classifier_overrides:
+      raise ConfigError(f"config.classifier_overrides has no entry for {name!r} (use {{}} "
+                        "for the paper's architecture)")
+  cu.check_range(c, "train.epochs", 1, integer=True)
+  cu.check_range(c, "train.batch_size", 1, integer=True)
+  cu.check_range(c, "train.learning_rate", 0.0, low_inclusive=False)
+  cu.check_range(c, "train.weight_decay", 0.0)
+  cu.check_range(c, "train.steps_per_call", 1, integer=True)
+  if len(c.seeds) < 1:
+    raise ConfigError("config.seeds must list at least one seed")
+  cu.check_choice(c, "model.compute_dtype", ("auto", "float32", "bfloat16"))
+  cu.check_choice(c, "engine.inner_loop", ("auto", "scan", "host"))
+
+
+# --------------------------------------------------------------------------- data
+@dataclasses.dataclass
+class ImageSet:
+  images: np.ndarray  # float32 [N, S, S, C] in [0, 1]
+  labels: np.ndarray  # int32 [N]; 1 = the paper's "benign" side, 0 = "malignant"
+
+  def take(self, idx) -> "ImageSet":
+    return ImageSet(self.images[idx], self.labels[idx])
+
+  def counts(self) -> dict[int, int]:
+    return {int(k): int(v) for k, v in zip(*np.unique(self.labels, return_counts=True))}
+
+
+@dataclasses.dataclass
+class Splits:
+  gan_train: ImageSet    # every source image not in the source test set
+  real_train: ImageSet   # the ratio experiment's real images (n_real_train)
+  real_val: ImageSet     # drawn beside them (val_fraction of n_real_train): checkpoint selection
+  source_test: ImageSet
+  targets: dict[str, ImageSet]
+  class_names: dict[int, str]
+  description: str
+
+
+def stratified(labels: np.ndarray, n: int, rng: np.random.Generator,
+               pool: np.ndarray | None = None) -> np.ndarray:
+  """n indices from `pool` (default all) with class shares proportional to the pool's."""
+  pool = np.arange(len(labels)) if pool is None else np.asarray(pool)
+  if n > len(pool):
+    raise ConfigError(f"asked for {n} images but only {len(pool)} are available")
+  classes, counts = np.unique(labels[pool], return_counts=True)
+  shares = np.floor(counts / counts.sum() * n).astype(int)
+  for i in np.argsort(-(counts / counts.sum() * n - shares))[: n - shares.sum()]:
+    shares[i] += 1  # largest remainders first
+  picks = [rng.choice(pool[labels[pool] == k], s, replace=False) for k, s in zip(classes, shares)]
+  return np.sort(np.concatenate(picks))
+
+
+def _domain(c, name: str, directory: str) -> tuple[ImageSet, dict[int, str]]:
+  """One hospital's images, resized to the config's size, with the paper's label coding."""
+  size, channels = c.data.size, c.data.channels
+  if name in ("mnist", "optdigits", "mnist_m"):
+    from medda_jax.data import digits
+    domain = digits.binary_subset(
+        digits.load_digit_domain(name, size=size, channels=channels, seed=c.data.split_seed),
+        c.data.positive_digit, c.data.negative_digit)
+    return (ImageSet(domain.images.astype(np.float32), domain.labels.astype(np.int32)),
+            {1: f"digit {c.data.positive_digit}", 0: f"digit {c.data.negative_digit}"})
+  from medda_jax.data import breast_us
+  if name == "breastmnist":  # every published split: this method draws its own
+    data = breast_us.load_breastmnist(directory, split="all", size=size)
+  else:
+    data = {"busi": breast_us.load_busi, "breast": breast_us.load_breast}[name](directory,
+                                                                                size=size)
+  images = data.images if channels == 1 else np.repeat(data.images, 3, axis=-1)
+  return (ImageSet(images.astype(np.float32), data.labels.astype(np.int32)),
+          {1: "benign", 0: "malignant"})
+
+
+def load_splits(c) -> Splits:
+  source_name = c.data.digits_source if c.data.source == "digits" else c.data.source
+  source, class_names = _domain(c, source_name, c.data.source_dir)
+  if set(source.counts()) != {0, 1}:
+    raise ConfigError(f"the source data must hold both classes, got counts {source.counts()}")
+  rng = np.random.default_rng(c.data.split_seed)
+  test_idx = stratified(source.labels, c.data.n_source_test, rng)
+  train_pool = np.setdiff1d(np.arange(len(source.labels)), test_idx)
+  # n_real_train images to train on plus a validation share drawn beside them.
+  n_val = max(2, int(round(c.data.val_fraction * c.data.n_real_train)))
+  real_idx = stratified(source.labels, c.data.n_real_train + n_val, rng, train_pool)
+  val_idx = stratified(source.labels, n_val, rng, real_idx)
+  targets = {}
+  for name in c.data.targets:
+    data, _ = _domain(c, name, c.data.target_dirs.get(name, ""))
+    targets[name] = data.take(stratified(data.labels, min(c.data.n_target_test, len(data.labels)),
+                                         rng))
+  splits = Splits(gan_train=source.take(train_pool),
+                  real_train=source.take(np.setdiff1d(real_idx, val_idx)),
+                  real_val=source.take(val_idx), source_test=source.take(test_idx),
+                  targets=targets, class_names=class_names, description="")
+  parts = [f"source {source_name}: GAN training {splits.gan_train.counts()}, real training "
+           f"{splits.real_train.counts()} + validation {splits.real_val.counts()}, test "
+           f"{splits.source_test.counts()}"]
+  parts += [f"target {k}: test {v.counts()}" for k, v in targets.items()]
+  splits.description = "; ".join(parts) + f" (labels: {class_names})"
+  return splits
+
+
+# --------------------------------------------------------------------------- WGAN
+def wgan_losses(generator: Generator, critic: Critic, latent_dim: int, batch_size: int,
+                loss: str, gp_weight: float) -> tuple[Callable, Callable]:
+  """The critic and generator losses in the GAN engine's contract.
+
+  Critic: E[f(G(z))] - E[f(x)] (+ gp_weight * GP for "wgan_gp"). Real and fake pass the
+  critic as one batch, so spectral norm runs one power iteration per critic update.
+  Generator: -E[f(G(z))], the critic's statistics frozen. The generator runs in training
+  mode in both (its BatchNorm uses batch statistics and updates its running averages, as
+  PyTorch does while it makes fakes for the critic).
+  """
+
+  def generate(params, model_state, rng):
+    z = jax.random.normal(rng, (batch_size, latent_dim))
+    return generator.apply({"params": params["g"], **model_state["g"]}, z, train=True,
+                           mutable=["batch_stats"])
+
+  def critic_loss(params, model_state, batch, rng):
+    z_rng, gp_rng = jax.random.split(rng)
+    fake, g_state = generate(params, model_state, z_rng)
+    fake = jax.lax.stop_gradient(fake)
+    real = batch["image"]
+    scores, d_state = critic.apply({"params": params["d"], **model_state["d"]},
+                                   jnp.concatenate([real, fake]), update_stats=True,
+                                   mutable=["batch_stats"])
+    real_scores, fake_scores = scores[: real.shape[0]], scores[real.shape[0]:]
+    value = losses.wgan_critic_loss(real_scores, fake_scores)
+    metrics = {"wasserstein": -value}
+    if loss == "wgan_gp":
+      score_fn = lambda x: critic.apply({"params": params["d"], **d_state}, x,
+                                        update_stats=False)
+      gp = losses.gradient_penalty(score_fn, real, fake, gp_rng)
+      value = value + gp_weight * gp
+      metrics["gp"] = gp
+    return value, ({"g": g_state, "d": d_state}, metrics)
+
+  def generator_loss(params, model_state, batch, rng):
+    del batch  # an unconditional WGAN's generator sees no real image
+    fake, g_state = generate(params, model_state, rng)
+    scores = critic.apply({"params": params["d"], **model_state["d"]}, fake, update_stats=False)
+    return losses.wgan_generator_loss(scores), ({"g": g_state, "d": model_state["d"]}, {})
+
+  return critic_loss, generator_loss
+
+
+def gan_batches(images: np.ndarray, calls: int, steps_per_call: int, n_critic: int,
+                batch_size: int, seed: int) -> grain.MapDataset:
+  """grain dataset of chunks [steps_per_call, n_critic, batch, ...] of real images in
+  [-1, 1]; element k is a pure function of (seed, k), so a resumed run sees the same data.
+  Each batch is drawn without replacement (with replacement if the class is smaller)."""
+  scaled = images * 2.0 - 1.0
+
+  def chunk(k):
+    rng = np.random.default_rng((seed, k))
+    n = steps_per_call * n_critic
+    idx = np.stack([rng.choice(len(scaled), batch_size, replace=len(scaled) < batch_size)
+                    for _ in range(n)])
+    return {"image": scaled[idx].reshape(steps_per_call, n_critic, batch_size,
+                                         *scaled.shape[1:])}
+
+  return grain.MapDataset.range(calls).map(chunk)
+
+
+class ClassGAN:
+  """The per-class WGAN of the config: networks, optimisers, one compiled chunk."""
+
+  def __init__(self, c, mesh, writer: MetricWriter, inner_loop: str, dtype):
+    g = c.gan
+    size, channels = c.data.size, c.data.channels
+    self.c, self.mesh, self.writer = c, mesh, writer
+    self.generator = Generator(size=size, channels=channels, latent_dim=g.latent_dim,
+                               max_channels=g.g_max_channels, min_channels=g.g_min_channels,
+                               dtype=dtype)
+    self.critic = Critic(size=size, base_channels=g.d_base_channels,
+                         max_channels=g.d_max_channels, spectral_norm=g.spectral_norm,
+                         dtype=dtype)
+    if g.optimizer == "rmsprop":  # torch defaults: alpha 0.99, eps 1e-8 (optax: decay 0.9)
+      make_tx = lambda: optax.rmsprop(g.learning_rate, decay=0.99, eps=1e-8)
+    else:
+      make_tx = lambda: optax.adam(g.learning_rate, b1=g.adam_b1, b2=g.adam_b2)
+    self.g_tx, self.d_tx = make_tx(), make_tx()
+    critic_loss, generator_loss = wgan_losses(self.generator, self.critic, g.latent_dim,
+                                              g.batch_size, g.loss, g.gp_weight)
+    self.chunk = gan.build_gan_chunk(critic_loss, generator_loss, self.g_tx, self.d_tx,
+                                     n_critic=g.n_critic, clip_value=g.clip_value,
+                                     inner_loop=inner_loop)
+    z = jnp.zeros((g.batch_size, g.latent_dim))
+    x = jnp.zeros((g.batch_size, size, size, channels))
+    self._init = jax.jit(lambda k: (self.generator.init(k, z),
+                                    self.critic.init(jax.random.fold_in(k, 1), x,
+                                                     update_stats=True)))
+    self._sample = jax.jit(lambda v, k: self.generator.apply(
+        v, jax.random.normal(k, (g.batch_size, g.latent_dim)), train=True,
+        mutable=["batch_stats"])[0])
+
+  def init_state(self, seed: int) -> gan.GANState:
+    g_vars, d_vars = self._init(jax.random.PRNGKey(seed))
+    params = {"g": g_vars["params"], "d": d_vars["params"]}
+    model_state = {"g": {"batch_stats": g_vars["batch_stats"]},
+                   "d": {"batch_stats": d_vars.get("batch_stats", {})}}
+    state = gan.GANState.create(params, model_state, self.g_tx, self.d_tx,
+                                jax.random.PRNGKey(seed + 1))
+    # Replicated on the mesh from the start, like the chunk's outputs (no second compile).
+    return jax.device_put(state, parallel.replicated(self.mesh))
+
+  def train(self, images: np.ndarray, name: str, workdir: pathlib.Path, seed: int):
+    g = self.c.gan
+    calls = g.g_steps // g.steps_per_call
+    ds = gan_batches(images, calls, g.steps_per_call, g.n_critic, g.batch_size, seed)
+    it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
+    ckpt = Checkpointer(workdir / "checkpoints" / name, max_to_keep=1)
+    try:
+      result = run_loop(name, self.init_state(seed), self.chunk, it, total_calls=calls,
+                        steps_per_call=g.steps_per_call, checkpointer=ckpt, writer=self.writer,
+                        checkpoint_every=g.checkpoint_every,
+                        prepare=lambda b: gan.shard_batches(b, self.mesh), loss_key="d_loss")
+    finally:
+      ckpt.close()
+    return result
+
+  def sample(self, state: gan.GANState, n: int, seed: int) -> np.ndarray:
+    """n images in [0, 1]. BatchNorm uses the statistics of each sampling batch (the size
+    of a training batch), as the generator ran in training."""
+    variables = {"params": state.params["g"], **state.model_state["g"]}
+    batches = [self._sample(variables, jax.random.fold_in(jax.random.PRNGKey(seed), i))
+               for i in range(math.ceil(n / self.c.gan.batch_size))]
+    return ((np.concatenate(jax.device_get(batches))[:n] + 1.0) / 2.0).clip(0, 1)
+
+
+# --------------------------------------------------------------------------- synthetic sets
+def synthetic_pool(samples: dict[int, np.ndarray], real: ImageSet, flip_synth: bool,
+                   flip_real: bool) -> dict[int, np.ndarray]:
+  """Per class: the WGAN samples, their horizontal flips and flips of the real training
+  images, as the switches say (the paper counts flipped copies as synthetic)."""
+  pool = {}
+  for k, images in samples.items():
+    parts = [images] + ([images[:, :, ::-1]] if flip_synth else [])
+    if flip_real:
+      parts.append(real.images[real.labels == k][:, :, ::-1])
+    pool[k] = np.concatenate(parts)
+  return pool
+
+
+def class_counts(total: int, real: ImageSet, split: str) -> dict[int, int]:
+  """Synthetic images per class: proportional to the real class shares, or equal."""
+  classes = sorted(real.counts())
+  if split == "equal":
+    shares = {k: 1 / len(classes) for k in classes}
+  else:
+    counts = real.counts()
+    shares = {k: counts[k] / sum(counts.values()) for k in classes}
+  out = {k: int(math.floor(total * shares[k])) for k in classes}
+  for k in sorted(classes, key=lambda k: -(total * shares[k] - out[k]))[: total - sum(out.values())]:
+    out[k] += 1
+  return out
+
+
+def mixed_training_set(real: ImageSet, pool: dict[int, np.ndarray], total: int, split: str,
+                       seed: int) -> ImageSet:
+  """The real images plus `total` synthetic ones drawn from the pool without replacement."""
+  rng = np.random.default_rng(seed)
+  images, labels = [real.images], [real.labels]
+  for k, n in class_counts(total, real, split).items():
+    if n > len(pool[k]):
+      raise ConfigError(f"{total} synthetic images need {n} of class {k} but the pool has "
+                        f"{len(pool[k])}; raise config.synthetic.samples_per_class")
+    images.append(pool[k][rng.choice(len(pool[k]), n, replace=False)])
+    labels.append(np.full(n, k, np.int32))
+  return ImageSet(np.concatenate(images).astype(np.float32), np.concatenate(labels))
+
+
+def check_pool_sizes(c, real: ImageSet) -> None:
+  """Fails before any training when the largest synthetic count needs more images of a
+  class than its pool will hold."""
+  real_counts = real.counts()
+  for k, n in class_counts(max(c.synthetic.counts), real, c.synthetic.class_split).items():
+    size = c.synthetic.samples_per_class * (2 if c.synthetic.flip_synth else 1)
+    size += real_counts.get(k, 0) if c.synthetic.flip_real else 0
+    if n > size:
+      raise ConfigError(f"{max(c.synthetic.counts)} synthetic images need {n} of class {k} but "
+                        f"the pool will hold {size}; raise config.synthetic.samples_per_class")
+
+
+# --------------------------------------------------------------------------- classifiers
+def classifier_batches(data: ImageSet, steps: int, batch_size: int, seed: int):
+  """[steps, batch, ...] over consecutive shuffled epochs (each a fresh permutation)."""
+  n = len(data.labels)
+  epochs = math.ceil(steps * batch_size / n)
+  rng = np.random.default_rng(seed)
+  order = np.concatenate([rng.permutation(n) for _ in range(epochs)])[: steps * batch_size]
+  idx = order.reshape(steps, batch_size)
+  return {"image": data.images[idx], "label": data.labels[idx]}
+
+
+class Classifiers:
+  """One compiled training chunk and one compiled prediction per classifier."""
+
+  def __init__(self, c, mesh, inner_loop: str, dtype):
+    from medda_jax.models.cnn_transformer import build_classifier
+    self.c, self.mesh = c, mesh
+    t = c.train
+    self.tx = optax.adamw(t.learning_rate, weight_decay=t.weight_decay)
+    self.models, self.chunks, self.predicts, self.inits = {}, {}, {}, {}
+    x = jnp.zeros((1, c.data.size, c.data.size, c.data.channels))
+    for name in c.classifiers:
+      model = build_classifier(name, num_classes=2, dtype=dtype,
+                               **dict(c.classifier_overrides[name]))
+      self.models[name] = model
+
+      def loss_fn(params, model_state, batch, rng, model=model):
+        variables = {"params": params, **model_state}
+        kwargs = dict(train=True, rngs={"dropout": rng})
+        if model_state:  # BatchNorm statistics (ResNet, hybrid); the ViT has none
+          logits, model_state = model.apply(variables, batch["image"], mutable=list(model_state),
+                                            **kwargs)
+        else:
+          logits = model.apply(variables, batch["image"], **kwargs)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, (model_state, {})
+
+      self.chunks[name] = build_model_train_chunk(loss_fn, self.tx, inner_loop)
+      self.predicts[name] = jax.jit(
+          lambda v, images, model=model: jnp.argmax(model.apply(v, images, train=False), -1))
+      self.inits[name] = jax.jit(lambda k, model=model: model.init(k, x, train=False))
+
+  def accuracy(self, name: str, variables, data: ImageSet) -> tuple[float, dict[int, float]]:
+    """Accuracy (%) and per-class recall (%) on a set, predicted in fixed-size batches."""
+    bs = self.c.train.eval_batch_size
+    n = len(data.labels)
+    padded = np.concatenate([data.images, np.zeros((-n % bs,) + data.images.shape[1:],
+                                                   np.float32)])
+    preds = np.concatenate([np.asarray(self.predicts[name](variables, padded[i:i + bs]))
+                            for i in range(0, len(padded), bs)])[:n]
+    correct = preds == data.labels
+    recall = {int(k): float(100 * correct[data.labels == k].mean()) for k in np.unique(data.labels)}
+    return float(100 * correct.mean()), recall
+
+  def train(self, name: str, data: ImageSet, val: ImageSet, seed: int):
+    """Trains for `train.epochs` epochs and returns the variables of the evaluation (every
+    `steps_per_call` steps) with the best validation accuracy, and that accuracy."""
+    t = self.c.train
+    steps_per_epoch = math.ceil(len(data.labels) / t.batch_size)
+    calls = math.ceil(t.epochs * steps_per_epoch / t.steps_per_call)
+    variables = self.inits[name](jax.random.PRNGKey(seed))
+    params = variables.pop("params")
+    state = ModelTrainState.create(params, variables, self.tx, jax.random.PRNGKey(seed + 1))
+    state = jax.device_put(state, parallel.replicated(self.mesh))
+    batches = classifier_batches(data, calls * t.steps_per_call, t.batch_size, seed)
+    best_acc, best = -1.0, None
+    for call in range(calls):
+      chunk = jax.tree.map(lambda x: x[call * t.steps_per_call:(call + 1) * t.steps_per_call],
+                           batches)
+      state, metrics = self.chunks[name](
+          state, parallel.global_batch(chunk, self.mesh, "data", batch_dim=1))
+      if not bool(metrics["finite"]):
+        raise NonFiniteLossError(f"non-finite loss training {name} (seed {seed}) at step "
+                                 f"{(call + 1) * t.steps_per_call}")
+      current = {"params": state.params, **state.model_state}
+      acc, _ = self.accuracy(name, current, val)
+      if acc >= best_acc:  # ties: the later, better-trained checkpoint
+        best_acc, best = acc, jax.device_get(current)
+    return best, best_acc
+
+
+# --------------------------------------------------------------------------- tables
+def domain_gap(acc_in: float, acc_out: float) -> float:
+  """Percentage points lost out of domain (the paper's Table 5)."""
+  return acc_in - acc_out
+
+
+def ratio_label(real: int, synth: int) -> str:
+  if synth == 0:
+    return "real only"
+  g = math.gcd(real, synth)
+  return f"{real // g}:{synth // g}"
+
+
+def summarise(results: dict, c, n_real: int) -> dict:
+  """table[classifier][count] = {"source": (mean, std), target: (mean, std), "gap/<t>": ...}."""
+  table = {}
+  for name in c.classifiers:
+    rows = {}
+    base = [results[f"{name}/0/{s}"]["source"] for s in c.seeds if f"{name}/0/{s}" in results]
+    acc_in_real_only = float(np.mean(base)) if base else float("nan")
+    for count in c.synthetic.counts:
+      runs = [results[f"{name}/{count}/{s}"] for s in c.seeds if f"{name}/{count}/{s}" in results]
+      if not runs:
+        continue
+      ms = lambda v: (float(np.mean(v)), float(np.std(v)))
+      row = {"label": ratio_label(n_real, count), "synthetic": count, "runs": len(runs),
+             "source": ms([r["source"] for r in runs])}
+      for target in c.data.targets:
+        accs = [r["targets"][target] for r in runs]
+        row[target] = ms(accs)
+        row[f"gap/{target}"] = ms([domain_gap(acc_in_real_only, a) for a in accs])
+        row[f"gap_row/{target}"] = ms([domain_gap(r["source"], r["targets"][target])
+                                       for r in runs])
+        row[f"recall/{target}"] = {k: float(np.mean([r["target_recall"][target][k] for r in runs]))
+                                   for k in runs[0]["target_recall"][target]}
+      rows[str(count)] = row
+    table[name] = rows
+  return table
+
+
+def tables_markdown(table: dict, c, label: str, n_real: int, class_names) -> str:
+  out = ["# Class-wise WGAN augmentation: accuracy (%) against the synthetic share", "",
+         f"**{label}**", "",
+         f"{n_real} real training images (+ validation share), mean ± std over seeds "
+         f"{list(c.seeds)}. `gap` = real-only in-domain accuracy - out-of-domain accuracy "
+         "(the paper's Table 5); `gap_row` uses the row's own in-domain accuracy. Recall "
+         f"per class: {class_names}.", ""]
+  for name, rows in table.items():
+    out += [f"## {name}", ""]
+    head = ["ratio", "real + synthetic", "source test"]
+    for t in c.data.targets:
+      head += [f"{t}", f"gap {t}", f"gap_row {t}", f"recall {t}"]
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|" + "---|" * len(head))
+    for row in rows.values():
+      cells = [row["label"], f"{n_real} + {row['synthetic']}",
+               f"{row['source'][0]:.1f} ± {row['source'][1]:.1f}"]
+      for t in c.data.targets:
+        recall = ", ".join(f"{class_names[int(k)]} {v:.0f}" for k, v in
+                           sorted(row[f"recall/{t}"].items()))
+        cells += [f"{row[t][0]:.1f} ± {row[t][1]:.1f}", f"{row[f'gap/{t}'][0]:.1f}",
+                  f"{row[f'gap_row/{t}'][0]:.1f}", recall]
+      out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+  return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- driver
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+  validate(config)
+  c = config
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  splits = load_splits(c)
+  demo = c.data.source == "digits"
+  label = ("DEMO DATA (real handwritten digits standing in for breast ultrasound) — not a "
+           "reproduction of the paper's numbers" if demo else "breast ultrasound")
+  inner_loop, dtype = cu.inner_loop(c), cu.compute_dtype(c)
+  mesh = parallel.data_mesh()
+  writer = MetricWriter(workdir)
+  main = parallel.is_main_process()
+  if main:
+    print(f"data: {splits.description}\nclassifiers {list(c.classifiers)}; synthetic counts "
+          f"{list(c.synthetic.counts)}; seeds {list(c.seeds)}; inner loop: {inner_loop}",
+          file=sys.stderr)
+
+  check_pool_sizes(c, splits.real_train)
+
+  # Steps 2-3: one WGAN per class, then its samples (kept in synthetic.npz).
+  synth_path = workdir / "synthetic.npz"
+  if synth_path.exists():
+    with np.load(synth_path) as f:
+      samples = {k: f[f"class_{k}"] for k in (0, 1)}
+  else:
+    class_gan = ClassGAN(c, mesh, writer, inner_loop, dtype)
+    samples, curves = {}, {}
+    for k in (0, 1):
+      images = splits.gan_train.images[splits.gan_train.labels == k]
+      result = class_gan.train(images, f"wgan_class{k}", workdir, c.seed + k)
+      curves[f"critic loss, {splits.class_names[k]}"] = result.curve
+      samples[k] = class_gan.sample(result.state, c.synthetic.samples_per_class, c.seed + 100 + k)
+    if main:
+      np.savez_compressed(synth_path, class_0=samples[0], class_1=samples[1],
+                          manifest=json.dumps({"class_names": splits.class_names,
+                                               "g_steps": c.gan.g_steps, "seed": c.seed,
+                                               "loss": c.gan.loss}))
+      plots.learning_curves(workdir / "wgan_curves.png", curves, "WGAN critic loss per class")
+  if main:
+    for k, name in splits.class_names.items():
+      real = splits.gan_train.images[splits.gan_train.labels == k]
+      plots.sample_grid(workdir / f"samples_{name.replace(' ', '_')}.png", real, samples[k],
+                        title=f"{name}: real (left) and WGAN samples (right)")
+
+  # Steps 4-5: the ratio sweep.
+  pool = synthetic_pool(samples, splits.real_train, c.synthetic.flip_synth,
+                        c.synthetic.flip_real)
+  classifiers = Classifiers(c, mesh, inner_loop, dtype)
+  path = workdir / RESULTS_FILE
+  results = json.loads(path.read_text()) if path.exists() else {}
+  runs = [(n, k, s) for n in c.classifiers for k in c.synthetic.counts for s in c.seeds]
+  with Progress("ratio sweep (classifier x synthetic count x seed)", len(runs),
+                sum(f"{n}/{k}/{s}" in results for n, k, s in runs)) as progress:
+    for name, count, seed in runs:
+      key = f"{name}/{count}/{seed}"
+      if key in results:
+        continue
+      data = mixed_training_set(splits.real_train, pool, count, c.synthetic.class_split, seed)
+      variables, val_acc = classifiers.train(name, data, splits.real_val, seed)
+      source_acc, source_recall = classifiers.accuracy(name, variables, splits.source_test)
+      target_accs, target_recalls = {}, {}
+      for t, data_t in splits.targets.items():
+        target_accs[t], target_recalls[t] = classifiers.accuracy(name, variables, data_t)
+      results[key] = {"source": source_acc, "source_recall": source_recall,
+                      "targets": target_accs, "target_recall": target_recalls,
+                      "val": val_acc, "train_images": int(len(data.labels))}
+      if main:
+        path.write_text(json.dumps(results, indent=1))
+      writer.write("ratio", len(results), {f"{key}/source": source_acc,
+                                           **{f"{key}/{t}": a for t, a in target_accs.items()}})
+      progress.update(1, source=source_acc, **target_accs)
+
+  n_real = len(splits.real_train.labels)
+  table = summarise(results, c, n_real)
+  final = {}
+  for name, rows in table.items():
+    for count, row in rows.items():
+      final[f"source_acc/{name}/{count}"] = row["source"][0]
+      for t in c.data.targets:
+        final[f"{t}_acc/{name}/{count}"] = row[t][0]
+        final[f"gap/{t}/{name}/{count}"] = row[f"gap/{t}"][0]
+  if main:
+    (workdir / "results.md").write_text(
+        tables_markdown(table, c, label, n_real, splits.class_names))
+    (workdir / "results.json").write_text(json.dumps(
+        {"label": label, "variant": c.variant, "data": splits.description,
+         "counts": list(c.synthetic.counts), "seeds": list(c.seeds), "table": table}, indent=1))
+    plots.ratio_figure(workdir / "ratio.png", table, list(c.data.targets),
+                       title="accuracy against synthetic images" + (" (demo data)" if demo
+                                                                     else ""))
+    writer.write("final", 0, final)
+  writer.close()
+  return final

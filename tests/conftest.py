@@ -52,3 +52,46 @@ def kill_after_results(child, results_file, min_entries: int, timeout: float = 4
   assert child.poll() is None, "the run finished before it could be interrupted"
   child.send_signal(signal.SIGKILL)
   child.communicate()
+
+
+def abstract_variables(model, shape, dtype=None):
+  """The variables `model.init(..., train=False)` would make for an input of `shape`, as
+  shapes only (jax.eval_shape: nothing is allocated or compiled)."""
+  import functools
+
+  import jax
+  import jax.numpy as jnp
+  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                        jax.ShapeDtypeStruct(shape, dtype or jnp.float32))
+
+
+def fill_variables(shapes, seed=0):
+  """Variables of the right structure drawn with NumPy (fast; `init` compiles slowly on CPU).
+
+  Kernels get He-like scales so activations stay O(1); BN scales near 1, running variances
+  positive; everything else (biases, class token, position embeddings, BN running means)
+  small and non-zero, so that e.g. ViT's zero-initialised head does not hide the encoder.
+  """
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      x = rng.normal(scale=np.sqrt(2.0 / fan_in), size=leaf.shape)
+    elif name in ("scale", "var"):
+      x = rng.uniform(0.5, 1.5, size=leaf.shape)
+    else:
+      x = rng.normal(scale=0.1, size=leaf.shape)
+    return jnp.asarray(x, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def param_count(tree) -> int:
+  import jax
+  import numpy as np
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))

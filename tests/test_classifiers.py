@@ -17,6 +17,7 @@ from medda_jax.models import resnet
 from medda_jax.models.cnn_transformer import CNNTransformer, build_classifier
 from medda_jax.models.resnet import ResNet, load_torchvision_resnet, resnet50
 from medda_jax.models.vit import VisionTransformer, vit_b16
+from conftest import abstract_variables as _shapes, fill_variables as _fill, param_count as _count
 
 # Tiny configurations keep XLA compilation on CPU short; the layout code is the same.
 TINY_RESNET = dict(stage_sizes=(1, 1), width=4)
@@ -27,40 +28,8 @@ TINY = {"resnet50": TINY_RESNET, "vit_b16": TINY_VIT, "cnn_transformer": TINY_HY
 NAMES = tuple(TINY)
 
 
-def _count(tree) -> int:
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
-def _shapes(model, shape, dtype=jnp.float32):
-  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
-                        jax.ShapeDtypeStruct(shape, dtype))
-
-
 def _images(shape, seed=0):
   return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
-
-
-def _fill(shapes, seed=0):
-  """Variables of the right structure drawn with NumPy (fast; `init` compiles slowly on CPU).
-
-  Kernels get He-like scales so activations stay O(1); BN scales near 1, running variances
-  positive; everything else (biases, class token, position embeddings, BN running means)
-  small and non-zero, so that e.g. ViT's zero-initialised head does not hide the encoder.
-  """
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      x = rng.normal(scale=np.sqrt(2.0 / fan_in), size=leaf.shape)
-    elif name in ("scale", "var"):
-      x = rng.uniform(0.5, 1.5, size=leaf.shape)
-    else:
-      x = rng.normal(scale=0.1, size=leaf.shape)
-    return jnp.asarray(x, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 @functools.lru_cache(maxsize=None)

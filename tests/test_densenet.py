@@ -12,41 +12,11 @@ from absl.testing import absltest
 
 from medda_jax.models import densenet
 from medda_jax.models.densenet import DenseNet, MultiHeadDenseNet, densenet121
+from conftest import abstract_variables as _shapes, fill_variables as _fill, param_count as _count
 
 # A small variant keeps XLA compilation on CPU short; the layout code is the same.
 SMALL = dict(block_sizes=(2, 3), growth_rate=8, bn_size=2, init_features=16)
 SMALL_FEATURES = (16 + 2 * 8) // 2 + 3 * 8  # stem, block 1, transition (x0.5), block 2
-
-
-def _shapes(model, shape, **kw):
-  return jax.eval_shape(functools.partial(model.init, train=False, **kw), jax.random.key(0),
-                        jax.ShapeDtypeStruct(shape, jnp.float32))
-
-
-def _fill(shapes, seed=0):
-  """Variables of the right structure drawn with NumPy (fast; `init` compiles slowly on CPU).
-
-  Kernels get He-like scales so activations stay O(1); BN scales near 1, running variances
-  positive.
-  """
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      x = rng.normal(scale=np.sqrt(2.0 / fan_in), size=leaf.shape)
-    elif name in ("scale", "var"):
-      x = rng.uniform(0.5, 1.5, size=leaf.shape)
-    else:
-      x = rng.normal(scale=0.1, size=leaf.shape)
-    return jnp.asarray(x, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-def _count(tree) -> int:
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
 class DenseNetTest(absltest.TestCase):

@@ -9,8 +9,13 @@ everything a method's paper updates in one iteration.
 
 Step. One engine step = `n_critic` critic updates, each on its own batch, then one
 generator update on the last of those batches (as StarGAN's reference loop does; a WGAN
-generator ignores the batch). Weight clipping of the critic after each of its updates is
-optional (`clip_value`, the original WGAN). A method supplies two losses with one contract:
+generator ignores the batch), then any `SideUpdate`s on that batch: further networks the
+method trains in the same iteration (CyCADA's task classifiers), each on its own loss and
+optimiser, every `every` generator steps. Their parameters sit in the same state under
+their own key, so the critic and generator losses can read them (frozen there: each loss
+is differentiated with respect to its own side only). Weight clipping of the critic after
+each of its updates is optional (`clip_value`, the original WGAN). A method supplies its
+losses with one contract:
 
     loss_fn(params, model_state, batch, rng) -> (loss, (model_state, metrics))
 
@@ -35,6 +40,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import dataclasses
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -50,20 +57,35 @@ BATCH_DIM = 2  # [steps_per_call, n_critic, batch, ...]
 
 @flax.struct.dataclass
 class GANState:
-  params: dict       # {"g": ..., "d": ...}
-  model_state: dict  # {"g": ..., "d": ...}: batch_stats, spectral-norm u and sigma
-  opt_state: dict    # {"g": ..., "d": ...}
+  params: dict       # {"g": ..., "d": ..., plus one key per SideUpdate}
+  model_state: dict  # the same keys: batch_stats, spectral-norm u and sigma
+  opt_state: dict    # the same keys
   rng: jax.Array
   step: jax.Array    # generator updates done
 
   @classmethod
   def create(cls, params: dict, model_state: dict, g_tx: optax.GradientTransformation,
-             d_tx: optax.GradientTransformation, rng: jax.Array) -> "GANState":
-    if set(params) != {"g", "d"} or set(model_state) != {"g", "d"}:
-      raise ValueError("params and model_state must be dicts with exactly the keys 'g' and 'd'")
+             d_tx: optax.GradientTransformation, rng: jax.Array,
+             side_txs: dict[str, optax.GradientTransformation] | None = None) -> "GANState":
+    """`side_txs` names the optimiser of every extra side (`SideUpdate.side`)."""
+    txs = {"g": g_tx, "d": d_tx, **(side_txs or {})}
+    if set(params) != set(txs) or set(model_state) != set(txs):
+      raise ValueError(f"params and model_state must be dicts with exactly the keys "
+                       f"{sorted(txs)} (g, d and the sides of side_txs); got {sorted(params)} "
+                       f"and {sorted(model_state)}")
     return cls(params=params, model_state=model_state,
-               opt_state={"g": g_tx.init(params["g"]), "d": d_tx.init(params["d"])},
+               opt_state={k: tx.init(params[k]) for k, tx in txs.items()},
                rng=rng, step=jnp.zeros((), jnp.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class SideUpdate:
+  """A further network trained after each generator update (every `every` of them), on the
+  step's last batch: `params[side] <- tx(grad loss_fn)`. Metrics get the prefix `side_`."""
+  side: str
+  loss_fn: LossFn
+  tx: optax.GradientTransformation
+  every: int = 1
 
 
 def clip_params(params, clip_value: float):
@@ -92,11 +114,17 @@ def _update_side(side: str, loss_fn: LossFn, tx: optax.GradientTransformation,
 def build_gan_step(critic_loss: LossFn, generator_loss: LossFn,
                    g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation, *,
                    n_critic: int = 1, clip_value: float | None = None,
-                   inner_loop: str = "scan") -> Callable:
+                   inner_loop: str = "scan", side_updates: tuple[SideUpdate, ...] = ()
+                   ) -> Callable:
   """One engine step, not jitted: `step(state, batches) -> (state, metrics)` with every
-  leaf of `batches` shaped [n_critic, batch, ...]. Metric names get a `d_` / `g_` prefix."""
+  leaf of `batches` shaped [n_critic, batch, ...]. Metric names get a `d_` / `g_` prefix
+  (`<side>_` for side updates; zeros at the steps a side skips)."""
   if n_critic < 1:
     raise ValueError(f"n_critic must be >= 1, got {n_critic}")
+  for side in side_updates:
+    if side.side in ("g", "d") or side.every < 1:
+      raise ValueError(f"a side update needs its own key (not 'g' or 'd') and every >= 1; "
+                       f"got side={side.side!r}, every={side.every}")
   if inner_loop not in INNER_LOOPS:
     raise ValueError(f"inner_loop must be one of {INNER_LOOPS}, got {inner_loop!r}")
 
@@ -120,6 +148,18 @@ def build_gan_step(critic_loss: LossFn, generator_loss: LossFn,
                                     jax.random.fold_in(step_rng, 1))
     metrics = {**{f"d_{k}": jnp.mean(v) for k, v in d_metrics.items()},
                **{f"g_{k}": v for k, v in g_metrics.items()}}
+    for i, side in enumerate(side_updates):
+      side_rng = jax.random.fold_in(step_rng, 2 + i)
+      update = lambda s, side=side, side_rng=side_rng: _update_side(
+          side.side, side.loss_fn, side.tx, s, last_batch, side_rng)
+      if side.every == 1:
+        state, s_metrics = update(state)
+      else:
+        skipped = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                               jax.eval_shape(update, state)[1])
+        state, s_metrics = jax.lax.cond(state.step % side.every == 0, update,
+                                        lambda s: (s, skipped), state)
+      metrics.update({f"{side.side}_{k}": v for k, v in s_metrics.items()})
     return state.replace(rng=rng, step=state.step + 1), metrics
 
   return step
@@ -128,13 +168,15 @@ def build_gan_step(critic_loss: LossFn, generator_loss: LossFn,
 def build_gan_chunk(critic_loss: LossFn, generator_loss: LossFn,
                     g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation, *,
                     n_critic: int = 1, clip_value: float | None = None,
-                    inner_loop: str = "scan", jit: bool = True) -> Callable:
+                    inner_loop: str = "scan", side_updates: tuple[SideUpdate, ...] = (),
+                    jit: bool = True) -> Callable:
   """`chunk(state, batches) -> (state, metrics)`: `steps_per_call` engine steps in one
   jitted call (state donated). Every leaf of `batches` is [steps_per_call, n_critic,
   batch, ...]; every metric comes back stacked to [steps_per_call], plus a scalar `finite`.
   `jit=False` returns the plain function (to vmap over several GANs, or to inspect)."""
   step = build_gan_step(critic_loss, generator_loss, g_tx, d_tx, n_critic=n_critic,
-                        clip_value=clip_value, inner_loop=inner_loop)
+                        clip_value=clip_value, inner_loop=inner_loop,
+                        side_updates=side_updates)
 
   def chunk(state: GANState, batches):
     if inner_loop == "scan":

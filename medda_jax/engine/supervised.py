@@ -7,11 +7,13 @@ one model on a stream of batches. Within a call the updates run as a `lax.scan`
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from medda_jax.engine.meta import all_finite
@@ -109,3 +111,12 @@ def build_model_train_chunk(loss_fn: Callable, tx: optax.GradientTransformation,
     return state, dict(jax.tree.map(jnp.mean, metrics), finite=finite)
 
   return jax.jit(chunk, donate_argnums=(0,))
+
+
+def epoch_indices(n: int, steps: int, batch_size: int, seed: int) -> np.ndarray:
+  """[steps, batch_size] example indices over consecutive shuffled epochs (each a fresh
+  permutation of range(n)), a pure function of the seed."""
+  epochs = math.ceil(steps * batch_size / n)
+  rng = np.random.default_rng(seed)
+  order = np.concatenate([rng.permutation(n) for _ in range(epochs)])[: steps * batch_size]
+  return order.reshape(steps, batch_size)

@@ -49,7 +49,7 @@ from medda_jax.engine import gan
 from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
-from medda_jax.engine.supervised import ModelTrainState, build_model_train_chunk
+from medda_jax.engine.supervised import ModelTrainState, build_model_train_chunk, epoch_indices
 from medda_jax.engine.writers import MetricWriter
 from medda_jax.errors import ConfigError, NonFiniteLossError
 from medda_jax.models.wgan import Critic, Generator
@@ -391,11 +391,7 @@ def check_pool_sizes(c, real: ImageSet) -> None:
 # --------------------------------------------------------------------------- classifiers
 def classifier_batches(data: ImageSet, steps: int, batch_size: int, seed: int):
   """[steps, batch, ...] over consecutive shuffled epochs (each a fresh permutation)."""
-  n = len(data.labels)
-  epochs = math.ceil(steps * batch_size / n)
-  rng = np.random.default_rng(seed)
-  order = np.concatenate([rng.permutation(n) for _ in range(epochs)])[: steps * batch_size]
-  idx = order.reshape(steps, batch_size)
+  idx = epoch_indices(len(data.labels), steps, batch_size, seed)
   return {"image": data.images[idx], "label": data.labels[idx]}
 
 

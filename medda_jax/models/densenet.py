@@ -199,6 +199,32 @@ class MultiHeadDenseNet(nn.Module):
             for name, n in self.heads}
 
 
+class DenseNetCXR(nn.Module):
+  """The chest X-ray classifier of Valliani et al.: DenseNet features -> [Dense(width) -> BN
+  -> ReLU -> Dropout] per `hidden` width (1000, 100) -> Dense(num_classes). `train` uses
+  batch statistics and dropout (rng "dropout"); the backbone defaults to DenseNet-121."""
+
+  num_classes: int = 2
+  hidden: Sequence[int] = (1000, 100)
+  dropout: float = 0.5
+  block_sizes: Sequence[int] = (6, 12, 24, 16)
+  growth_rate: int = 32
+  bn_size: int = 4
+  init_features: int = 64
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = DenseNetFeatures(tuple(self.block_sizes), self.growth_rate, self.bn_size,
+                         self.init_features, self.dtype, name="features")(x, train)
+    for i, width in enumerate(self.hidden):
+      h = nn.Dense(width, kernel_init=_HEAD_INIT, dtype=self.dtype, name=f"hidden{i}")(h)
+      h = nn.relu(_bn(train, self.dtype, f"hidden{i}_norm")(h))
+      h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    return nn.Dense(self.num_classes, kernel_init=_HEAD_INIT, bias_init=nn.initializers.zeros,
+                    dtype=self.dtype, name="classifier")(h).astype(jnp.float32)
+
+
 def densenet121(num_classes: int = 14, **kw) -> DenseNet:
   """DenseNet-121: blocks (6, 12, 24, 16), growth 32, bottleneck 4, stem 64 channels."""
   return DenseNet(block_sizes=(6, 12, 24, 16), growth_rate=32, bn_size=4, init_features=64,

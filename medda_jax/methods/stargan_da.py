@@ -159,32 +159,41 @@ def _normalise(images01: np.ndarray) -> np.ndarray:
   return (images01.astype(np.float32) - 0.5) / 0.5
 
 
-def _digit_domain(c, name: str) -> Domain:
+def _split(c, name: str, labels: np.ndarray) -> list[np.ndarray]:
+  """Stratified train / validation / test indices of at most `max_per_domain` images."""
   from medda_jax.data import digits
-  kw = {"usps_dir": c.data.dirs.get("usps")} if name == "usps" else {}
-  dom = digits.load_digit_domain(name, size=c.data.size, channels=3, seed=c.data.split_seed,
-                                 resize="nearest", **kw)
   rng = np.random.default_rng((c.data.split_seed, zlib.crc32(name.encode())))
-  n = len(dom.labels) if not c.data.max_per_domain else min(c.data.max_per_domain,
-                                                            len(dom.labels))
+  n = min(c.data.max_per_domain or len(labels), len(labels))
   sizes = [int(round(n * f)) for f in c.data.split[:2]]
-  sizes.append(n - sum(sizes))
-  parts = digits.stratified_splits(dom.labels, sizes, rng)
-  images = _normalise(dom.images)
-  sets = [ImageSet(images[i], dom.labels[i].astype(np.int32)) for i in parts]
-  return Domain(name, *sets)
+  return digits.stratified_splits(labels, sizes + [n - sum(sizes)], rng)
+
+
+def _digit_domain(c, name: str) -> Domain:
+  if name == "usps":  # read from its published files, nearest-neighbour resized
+    from skimage.transform import resize
+    from medda_jax.data.usps import load_usps
+    raw, labels = load_usps(c.data.dirs.usps, "all")
+    images = np.stack([resize(im, (c.data.size, c.data.size), order=0, preserve_range=True,
+                              anti_aliasing=False) for im in raw])[..., None] / 255.0
+  else:
+    from medda_jax.data import digits
+    dom = digits.load_digit_domain(name, size=c.data.size, channels=3,
+                                   seed=c.data.split_seed, resize="nearest")
+    images, labels = dom.images, dom.labels
+  images = _normalise(images)
+  return Domain(name, *[ImageSet(images[i], labels[i].astype(np.int32))
+                        for i in _split(c, name, labels)])
 
 
 def _cxr_domain(c, name: str) -> Domain:
-  from medda_jax.data import chestxray
-  table = chestxray.load_opacity_site(name, c.data.dirs[name], uncertain=c.data.uncertain)
+  from medda_jax.data import cxr_sites
+  table = cxr_sites.load_opacity_site(name, c.data.dirs[name], uncertain=c.data.uncertain)
   rng = np.random.default_rng((c.data.split_seed, zlib.crc32(name.encode())))
   if c.data.max_per_domain and len(table) > c.data.max_per_domain:
     table = table.subset(np.sort(rng.choice(len(table), c.data.max_per_domain, replace=False)))
-  splits = chestxray.patient_split(table, tuple(c.data.split), seed=c.data.split_seed)
-  sets = [ImageSet(_normalise(chestxray.read_images(t, np.arange(len(t)), c.data.size)),
-                   np.asarray(t.labels, np.int32)) for t in splits]
-  return Domain(name, *sets)
+  splits = cxr_sites.patient_split(table, tuple(c.data.split), seed=c.data.split_seed)
+  return Domain(name, *[ImageSet(_normalise(cxr_sites.read_images(t, c.data.size)), t.labels)
+                        for t in splits])
 
 
 def load_domains(c) -> dict[str, Domain]:
@@ -274,7 +283,7 @@ class TaskTrainer:
     params = variables.pop("params")
     state = ModelTrainState.create(params, variables, self.tx, jax.random.PRNGKey(seed + 1))
     state = jax.device_put(state, parallel.replicated(self.mesh))
-    best_auc, best, waited = -1.0, None, 0
+    best_auc, best, waited = -2.0, None, 0
     for epoch in range(t.max_epochs):
       if t.balanced:
         idx = balanced_indices(data.labels, steps, t.batch_size, seed * 1000 + epoch)
@@ -290,6 +299,7 @@ class TaskTrainer:
                                    f"in epoch {epoch + 1}")
       current = {"params": state.params, **state.model_state}
       auc = self.auc(current, val)
+      auc = -1.0 if np.isnan(auc) else auc  # a validation set of one class scores nothing
       if auc > best_auc:
         best_auc, best, waited = auc, jax.device_get(current), 0
       else:

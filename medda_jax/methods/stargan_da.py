@@ -226,6 +226,14 @@ def apply_task(net, params, model_state, x, train: bool, rng=None):
   return net.apply(variables, x, train=True, rngs={"dropout": rng}), model_state
 
 
+def in_batches(fn, images: np.ndarray, batch_size: int) -> np.ndarray:
+  """`fn` over `images` in zero-padded batches of one size (one compiled shape)."""
+  n = len(images)
+  padded = np.concatenate([images, np.zeros((-n % batch_size,) + images.shape[1:], np.float32)])
+  return np.concatenate([np.asarray(fn(padded[i:i + batch_size]))
+                         for i in range(0, len(padded), batch_size)])[:n]
+
+
 def balanced_indices(labels: np.ndarray, steps: int, batch_size: int, seed: int) -> np.ndarray:
   """[steps, batch_size] indices with every class equally represented per batch (drawn
   with replacement within each class), the paper's label-balanced chest X-ray batches."""
@@ -262,12 +270,9 @@ class TaskTrainer:
     return self._init(jax.random.PRNGKey(seed))
 
   def probs(self, variables, images: np.ndarray) -> np.ndarray:
-    """Class probabilities [N, K], in fixed-size batches (one compiled shape)."""
-    bs = self.c.classifier.eval_batch_size
-    n = len(images)
-    padded = np.concatenate([images, np.zeros((-n % bs,) + images.shape[1:], np.float32)])
-    out = [np.asarray(self._probs(variables, padded[i:i + bs])) for i in range(0, len(padded), bs)]
-    return np.concatenate(out)[:n] if out else np.zeros((0, self.num_classes), np.float32)
+    """Class probabilities [N, K]."""
+    return in_batches(lambda x: self._probs(variables, x), images,
+                      self.c.classifier.eval_batch_size)
 
   def auc(self, variables, data: ImageSet) -> float:
     return metrics.multiclass_auc(data.labels, self.probs(variables, data.images))
@@ -494,12 +499,8 @@ class PairGAN:
       ckpt.close()
 
   def translate(self, g_params, images: np.ndarray, domain: int) -> np.ndarray:
-    bs = self.c.classifier.eval_batch_size
-    n = len(images)
-    padded = np.concatenate([images, np.zeros((-n % bs,) + images.shape[1:], np.float32)])
-    out = [np.asarray(self._translate(g_params, padded[i:i + bs], domain))
-           for i in range(0, len(padded), bs)]
-    return np.concatenate(out)[:n]
+    return in_batches(lambda x: self._translate(g_params, x, domain), images,
+                      self.c.classifier.eval_batch_size)
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -7,37 +7,81 @@ axis. The same code runs on 1 CPU, on simulated CPU devices, on one GPU and on a
 
 from __future__ import annotations
 
-import logging
 import math
 import os
+import sys
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from medda_jax.errors import MeddaError
 
 _INITIALISED = False
 
 
+class LaunchError(MeddaError):
+  """The launch environment is incomplete or inconsistent."""
+
+
+def _int_setting(env, name: str) -> int:
+  value = env.get(name)
+  if value is None:
+    raise LaunchError(f"MEDDA_COORDINATOR is set but {name} is not: set MEDDA_COORDINATOR, "
+                      "MEDDA_NUM_PROCESSES and MEDDA_PROCESS_ID together (launch/local.sh does)")
+  try:
+    return int(value)
+  except ValueError:
+    raise LaunchError(f"{name}={value!r} is not an integer") from None
+
+
+def distributed_settings(env=None) -> dict | None:
+  """The keyword arguments for `jax.distributed.initialize`, or None for one process.
+
+  Explicit settings win: MEDDA_COORDINATOR=host:port, MEDDA_NUM_PROCESSES, MEDDA_PROCESS_ID.
+  Otherwise JAX's own cluster detection is used when SLURM runs several tasks, when a Cloud
+  TPU slice has several workers, or when MEDDA_DISTRIBUTED=1 asks for it. MEDDA_INIT_TIMEOUT
+  (seconds, default 300) bounds the wait for every process to join.
+  """
+  env = os.environ if env is None else env
+  timeout = _int_setting(env, "MEDDA_INIT_TIMEOUT") if "MEDDA_INIT_TIMEOUT" in env else 300
+  if env.get("MEDDA_COORDINATOR"):
+    num = _int_setting(env, "MEDDA_NUM_PROCESSES")
+    pid = _int_setting(env, "MEDDA_PROCESS_ID")
+    if num < 1 or not 0 <= pid < num:
+      raise LaunchError(f"MEDDA_PROCESS_ID={pid} must lie in [0, MEDDA_NUM_PROCESSES={num})")
+    if ":" not in env["MEDDA_COORDINATOR"]:
+      raise LaunchError(f"MEDDA_COORDINATOR={env['MEDDA_COORDINATOR']!r} must be host:port")
+    return {"coordinator_address": env["MEDDA_COORDINATOR"], "num_processes": num,
+            "process_id": pid, "initialization_timeout": timeout}
+  slurm = int(env.get("SLURM_NTASKS", "1")) > 1
+  tpu_pod = "," in env.get("TPU_WORKER_HOSTNAMES", "")
+  if slurm or tpu_pod or env.get("MEDDA_DISTRIBUTED") == "1":
+    return {"initialization_timeout": timeout}  # cluster auto-detection fills in the rest
+  return None
+
+
 def maybe_initialize_distributed() -> None:
-  """Calls `jax.distributed.initialize()` once when the environment says there are several
-  processes (explicit MEDDA_* settings, SLURM, or a TPU pod's own metadata)."""
+  """Calls `jax.distributed.initialize` once when the environment says there are several
+  processes (see `distributed_settings`), then reports the topology once, from process 0."""
   global _INITIALISED
   if _INITIALISED:
     return
-  env = os.environ
-  if "MEDDA_COORDINATOR" in env:
-    jax.distributed.initialize(coordinator_address=env["MEDDA_COORDINATOR"],
-                               num_processes=int(env["MEDDA_NUM_PROCESSES"]),
-                               process_id=int(env["MEDDA_PROCESS_ID"]),
-                               initialization_timeout=int(env.get("MEDDA_INIT_TIMEOUT", "300")))
-  elif int(env.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in env and "," in env[
-      "TPU_WORKER_HOSTNAMES"]:
-    jax.distributed.initialize()  # cluster auto-detection (SLURM, Cloud TPU)
+  settings = distributed_settings()
+  if settings is not None:
+    jax.distributed.initialize(**settings)
   _INITIALISED = True
-  if jax.process_count() > 1 or jax.device_count() > 1:
-    logging.info("devices: %d total, %d local, process %d of %d, platform %s",
-                 jax.device_count(), jax.local_device_count(), jax.process_index(),
-                 jax.process_count(), jax.devices()[0].platform)
+  if is_main_process() and (jax.process_count() > 1 or jax.device_count() > 1):
+    print(topology(), file=sys.stderr)
+
+
+def topology() -> str:
+  devices = jax.devices()
+  kinds = sorted({d.device_kind for d in devices})
+  return (f"devices: {len(devices)} x {'/'.join(kinds)} ({devices[0].platform}) on "
+          f"{jax.process_count()} process(es), {jax.local_device_count()} local to process "
+          f"{jax.process_index()}")
 
 
 def task_mesh(num_tasks: int, devices=None) -> Mesh:
@@ -66,18 +110,71 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
-def global_batch(batch: dict, mesh: Mesh | None, axis: str, batch_dim: int = 0):
+def global_batch(batch: dict, mesh: Mesh | None, axis: str, batch_dim: int = 0,
+                 process_local: bool = True):
   """Places a host batch on the mesh, sharded on dimension `batch_dim` (0; 1 for a chunk
   of steps [steps_per_call, batch, ...], so every device takes its share of every step).
 
-  With several processes each passes only its own slice of that dimension (the data
-  pipelines shard by `jax.process_index()`), and the global array is assembled with
-  `jax.make_array_from_process_local_data`. Without a mesh the batch stays on the host and
-  the jitted step transfers it."""
+  With several processes and `process_local`, each passes only its own slice of that
+  dimension (the data pipelines shard by `jax.process_index()`) and the global array is
+  assembled with `jax.make_array_from_process_local_data`; with `process_local=False` every
+  process passes the whole batch and keeps the shards its devices hold. Without a mesh the
+  batch stays on the host and the jitted step transfers it."""
   if mesh is None:
     return batch
   sharding = NamedSharding(mesh, P(*([None] * batch_dim), axis))
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
+  if not process_local:
+    return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
+            for k, v in batch.items()}
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
+
+def host_local(x) -> bool:
+  """True for a jax.Array that lives on this process's devices only, while other processes
+  exist: a value each process computed for itself (a replicated run of a serial stage)."""
+  return isinstance(x, jax.Array) and jax.process_count() > 1 and x.is_fully_addressable
+
+
+def replicate(tree, mesh: Mesh | None = None):
+  """The same values as global arrays replicated over every device of every process (each
+  process passes identical values). With one process: a device_put onto the mesh."""
+  mesh = data_mesh() if mesh is None else mesh
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                      tree)
+
+
+def to_local(tree):
+  """This process's copy of replicated global arrays, as arrays on its first device."""
+  return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
+
+
+def allgather(tree):
+  """Concatenates every process's leaves along their leading axis, in process order; the
+  same numpy result on every process. With one process: the tree, unchanged."""
+  if jax.process_count() == 1:
+    return tree
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def sync(name: str) -> None:
+  """Waits until every process reaches the barrier `name` (nothing with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def allgather_json(obj) -> list:
+  """Every process's JSON-serialisable `obj`, in process order, on every process."""
+  if jax.process_count() == 1:
+    return [obj]
+  import json
+  data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+  lengths = allgather(np.array([data.size]))
+  padded = np.zeros(int(lengths.max()), np.uint8)
+  padded[:data.size] = data
+  gathered = allgather(padded[None])
+  return [json.loads(bytes(row[:n])) for row, n in zip(gathered, lengths)]

@@ -101,7 +101,9 @@ def main(argv):
   except MeddaError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(e.exit_code)
-  print(json.dumps(final, indent=1, sort_keys=True))
+  from medda_jax import parallel
+  if parallel.is_main_process():  # one copy of the result, not one per process
+    print(json.dumps(final, indent=1, sort_keys=True))
 
 
 if __name__ == "__main__":

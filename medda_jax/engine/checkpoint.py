@@ -1,5 +1,10 @@
 """orbax checkpoints of a train state plus JSON side data (data-iterator state, stage
-bookkeeping). Every process writes its shards; reads and writes go through one manager."""
+bookkeeping). Every process writes its shards; reads and writes go through one manager.
+
+With several processes, a state that each process computes for itself (a serial stage run
+replicated, its arrays on local devices only) is saved as one replicated global array and
+restored back onto the local device: orbax refuses host-local arrays in a multi-process
+run, and identical copies need only be written once."""
 
 from __future__ import annotations
 
@@ -8,6 +13,27 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from medda_jax import parallel
+from medda_jax.errors import DataError
+
+
+def _to_global(state):
+  if not any(parallel.host_local(x) for x in jax.tree.leaves(state)):
+    return state
+  return jax.tree.map(lambda x: parallel.replicate(x) if parallel.host_local(x) else x, state)
+
+
+def _abstract(state_like):
+  """Shapes and shardings to restore into; host-local leaves become replicated global."""
+  sharding = parallel.replicated(parallel.data_mesh())
+
+  def leaf(x):
+    if parallel.host_local(x):
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+    return ocp.utils.to_shape_dtype_struct(x)
+
+  return jax.tree.map(leaf, state_like)
 
 
 class Checkpointer:
@@ -24,17 +50,32 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state, extra: dict[str, Any] | None = None) -> None:
+    """`extra["data"]`, a data iterator's state, is kept per process: process 0 writes the
+    JSON, so the states of all processes are gathered into `data_per_process` first."""
+    extra = dict(extra or {})
+    if "data" in extra and jax.process_count() > 1:
+      extra["data_per_process"] = parallel.allgather_json(extra["data"])
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra or {})))
+        state=ocp.args.StandardSave(_to_global(state)), extra=ocp.args.JsonSave(extra)))
     self.manager.wait_until_finished()
 
   def restore(self, state_like, step: int | None = None):
     """Restores (state, extra) at `step` (default latest) into the structure of `state_like`."""
     step = self.latest_step() if step is None else step
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
     restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()))
-    return restored["state"], dict(restored["extra"] or {})
+        state=ocp.args.StandardRestore(_abstract(state_like)), extra=ocp.args.JsonRestore()))
+    state = jax.tree.map(lambda ref, x: x.addressable_data(0) if parallel.host_local(ref) else x,
+                         state_like, restored["state"])
+    extra = dict(restored["extra"] or {})
+    per_process = extra.pop("data_per_process", None)
+    if per_process is not None:
+      if len(per_process) == jax.process_count():
+        extra["data"] = per_process[jax.process_index()]
+      elif any(s != per_process[0] for s in per_process):
+        raise DataError(f"{self.directory} step {step} was written by {len(per_process)} "
+                        "processes whose data pipelines stood at different positions; resume "
+                        f"it with {len(per_process)} processes, not {jax.process_count()}")
+    return state, extra
 
   def close(self) -> None:
     self.manager.close()
@@ -47,10 +88,11 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    abstract = {field: jax.tree.map(ocp.utils.to_shape_dtype_struct, like)}
+    abstract = {field: _abstract(like)}
     with ocp.CheckpointManager(self.directory, item_names=("state", "extra")) as reader:
       restored = reader.restore(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeRestore(
               item=abstract, partial_restore=True,
               restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))))
-    return restored["state"][field]
+    return jax.tree.map(lambda ref, x: x.addressable_data(0) if parallel.host_local(ref) else x,
+                        like, restored["state"][field])

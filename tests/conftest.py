@@ -37,6 +37,23 @@ def demo_cache(tmp_path_factory):
   return tmp_path_factory.mktemp("demo_cache")
 
 
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, demo_cache):
+  """One uninterrupted single-process run of the MetaMedSeg smoke config: (workdir, proc)."""
+  workdir = tmp_path_factory.mktemp("smoke")
+  proc = run_train(workdir, f"--config.data.cache_dir={demo_cache}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, proc
+
+
+def final_metrics(workdir) -> dict:
+  """The `final` record of a run's metrics.jsonl (exactly one must exist)."""
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  finals = [r for r in records if r["stage"] == "final"]
+  assert len(finals) == 1
+  return {k: v for k, v in finals[0].items() if k not in ("stage", "step")}
+
+
 def kill_after_results(child, results_file, min_entries: int, timeout: float = 400) -> None:
   """SIGKILLs a background trainer once its JSON file of finished runs holds at least
   `min_entries` entries; fails if the run ends first."""

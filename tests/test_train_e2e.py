@@ -13,21 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import conftest
-from conftest import run_train
-
-def _final(workdir):
-  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  finals = [r for r in records if r["stage"] == "final"]
-  assert len(finals) == 1
-  return {k: v for k, v in finals[0].items() if k not in ("stage", "step")}
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, demo_cache):
-  workdir = tmp_path_factory.mktemp("smoke")
-  proc = run_train(workdir, f"--config.data.cache_dir={demo_cache}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir, proc
+from conftest import final_metrics as _final, run_train
 
 
 def test_smoke_writes_table_plots_checkpoints(smoke_run):

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from medda_jax import parallel
 from medda_jax.engine.adapt import AdaptConfig, adapt, adapt_chunked
 from medda_jax.optim.maml import maml_meta_gradient
 
@@ -60,14 +61,16 @@ def build_meta_step(apply_fn: Callable, loss_fn: Callable, adapt_cfg: AdaptConfi
                     maml_inner_steps: int = 5, maml_inner_lr: float = 0.01,
                     mesh: Mesh | None = None, task_parallelism: str = "vmap",
                     inner_loop: str = "scan", steps_per_call: int = 1,
-                    donate: bool = True):
+                    gather_tasks: bool = False, donate: bool = True):
   """Returns `step(state, batch) -> (state, metrics)`.
 
   inner_loop="scan": the whole meta-iteration is one jitted call (tasks side by side as
   `task_parallelism` says, inner steps in a `lax.scan`). inner_loop="host" (Reptile only,
   the CPU default): tasks one after another, each inner loop run by
   `adapt_chunked` in chunks of `steps_per_call` unrolled steps, then one jitted
-  aggregation; same numbers, see `medda_jax.engine.adapt` for why.
+  aggregation; same numbers, see `medda_jax.engine.adapt` for why. With `gather_tasks`
+  (several processes, host loop) each process adapts only its own slice of the task axis
+  and the deltas of all processes are all-gathered, in process order, before the update.
 
   batch: images/masks [L, K, H, W, C] float32, valid [L, K] bool.
   algorithm: "reptile" — meta_tx receives the stacked deltas θ_l − θ (use
@@ -141,7 +144,9 @@ def build_meta_step(apply_fn: Callable, loss_fn: Callable, adapt_cfg: AdaptConfi
 
     def host_step(state: MetaState, batch):
       num_tasks = batch["images"].shape[0]
-      rng, keys = split_keys(state, num_tasks)
+      rng, keys = split_keys(state, num_tasks * (jax.process_count() if gather_tasks else 1))
+      if gather_tasks:  # this process's tasks keep the keys they have in one process
+        keys = keys[jax.process_index() * num_tasks:][:num_tasks]
       deltas, losses = [], []
       for t in range(num_tasks):
         adapted, loss = adapt_chunked(state.params, batch["images"][t], batch["masks"][t],
@@ -151,7 +156,10 @@ def build_meta_step(apply_fn: Callable, loss_fn: Callable, adapt_cfg: AdaptConfi
         deltas.append(_subtract(adapted, state.params))
         losses.append(loss)
       stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *deltas)
-      return jit_update(state, stacked, jnp.stack(losses), rng)
+      losses = jnp.stack(losses)
+      if gather_tasks:
+        stacked, losses = parallel.allgather((stacked, losses))
+      return jit_update(state, stacked, losses, rng)
 
     return host_step
 

@@ -251,7 +251,7 @@ class Experiment:
   def train(self, name: str, ckpt_dir, state, step, it, calls, show_progress):
     # Replicated on the mesh from the start: the step's outputs are, and a state that
     # changed placement after the first call would be traced and compiled twice.
-    state = jax.device_put(state, parallel.replicated(self.mesh))
+    state = parallel.replicate(state, self.mesh)
     ckpt = Checkpointer(ckpt_dir, max_to_keep=1) if ckpt_dir is not None else None
     try:
       result = run_loop(

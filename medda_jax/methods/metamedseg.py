@@ -235,18 +235,25 @@ class Experiment:
       raise ConfigError(f"config.engine.steps_per_call={spc} must divide the inner steps "
                         f"meta.inner.epochs x meta.shots = {steps}")
     mesh = parallel.task_mesh(L) if self.inner_loop == "scan" else None
+    # Several processes split the task axis when it divides evenly; otherwise every process
+    # loads the whole meta-batch and keeps the tasks its devices hold.
+    split = L % jax.process_count() == 0
     step_fn = build_meta_step(self.model.apply, losses_lib.SEGMENTATION_LOSSES[c.loss],
                               adapt_cfg, meta_tx, algorithm=c.algorithm,
                               maml_inner_steps=c.maml_inner_steps, maml_inner_lr=c.maml_inner_lr,
                               mesh=mesh, task_parallelism=self.c.engine.task_parallelism,
-                              inner_loop=self.inner_loop, steps_per_call=spc)
+                              inner_loop=self.inner_loop, steps_per_call=spc,
+                              gather_tasks=split and jax.process_count() > 1)
     ds = tasks.meta_batch_dataset(
         self.collection, self.sources, seed=self.c.seed, tasks_per_batch=L, shots=c.shots,
         task_definition=c.task_definition, num_batches=c.meta_iterations,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index() if split else 0,
+        process_count=jax.process_count() if split else 1)
     it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
     state = MetaState.create(jax.tree.map(jnp.array, self.init_params), meta_tx,
                              jax.random.PRNGKey(self.c.seed + 1))
+    if mesh is not None:
+      state = parallel.replicate(state, mesh)
     name = f"meta_{rule}" if c.algorithm == "reptile" else c.algorithm
     ckpt = self.checkpointer(name)
     done = 0
@@ -260,7 +267,7 @@ class Experiment:
       while done < c.meta_iterations:
         batch = next(it)
         batch = parallel.global_batch({k: batch[k] for k in ("images", "masks", "valid")},
-                                      mesh, "task")
+                                      mesh, "task", process_local=split)
         state, m = step_fn(state, batch)
         m = jax.device_get(m)
         done += 1
@@ -275,7 +282,7 @@ class Experiment:
         if done % self.c.engine.checkpoint_every == 0 or done == c.meta_iterations:
           ckpt.save(done, state, {"data": it.get_state(), "curve": curve})
     ckpt.close()
-    return state.params
+    return parallel.to_local(state.params)
 
   # ---- stage: fine-tuning and evaluation
   def target_split(self, target: str):
@@ -309,45 +316,62 @@ class Experiment:
     return np.concatenate(out)
 
   def finetune_all(self, inits: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
-    """IoU x100 per (init, target) and seed; finished runs are read back, not redone."""
+    """IoU x100 per (init, target) and seed; finished runs are read back, not redone.
+
+    With several processes the runs are dealt out in rounds, one per process, and their
+    results all-gathered, so every process ends with the same table."""
     path = self.workdir / RESULTS_FILE
     results = json.loads(path.read_text()) if path.exists() else {}
     finetune = self.build_finetune()
     c = self.c.finetune
-    runs = [(i, t, s) for i in inits for t in self.targets for s in c.seeds]
-    with Progress("fine-tuning", len(runs)) as progress:
-      overlays = {}
-      for target in self.targets:
-        train, test = self.target_split(target)
-        if len(train) < c.shots:
-          raise ConfigError(f"target {target} has {len(train)} training slices, fewer than "
-                            f"config.finetune.shots={c.shots}")
-        test_x, test_y = test.batch(np.arange(len(test)))
-        for init_name, params in inits.items():
-          for seed in c.seeds:
-            key = f"{init_name}/{target}/{seed}"
-            if key not in results:
-              shots = tasks.fixed_shots(train, c.shots, seed)
-              x, y = train.batch(shots)
-              tuned, loss = finetune(params, x, y, np.ones(len(shots), bool),
-                                     jax.random.PRNGKey(seed))
-              if not np.isfinite(float(loss)):
-                raise NonFiniteLossError(f"non-finite loss while fine-tuning {key}")
-              logits = self.predict(tuned, test_x)
-              iou = np.asarray(metrics_lib.binary_iou_per_slice(logits, test_y))
-              results[key] = {"iou": float(iou.mean() * 100), "train_loss": float(loss)}
-              if parallel.is_main_process():
-                path.write_text(json.dumps(results, indent=1))
-              if seed == c.seeds[0]:
-                overlays[(init_name, target)] = logits
-            progress.update(1, iou=results[key]["iou"])
-        # Only when every initialisation was fine-tuned in this process (a resumed run
-        # keeps the figure of the run that made it).
-        if parallel.is_main_process() and all((i, target) in overlays for i in inits):
-          plots.overlays(self.workdir / f"overlay_{target}.png", test_x, test_y,
-                         {i: overlays[(i, target)] for i in inits},
-                         title=f"{target}: held-out test slices (demo data)"
-                         if self.c.data.source != "msd" else target)
+    splits = {}
+    for target in self.targets:
+      train, test = self.target_split(target)
+      if len(train) < c.shots:
+        raise ConfigError(f"target {target} has {len(train)} training slices, fewer than "
+                          f"config.finetune.shots={c.shots}")
+      test_x, test_y = test.batch(np.arange(len(test)))
+      picks = np.linspace(0, len(test) - 1, min(4, len(test))).astype(int)  # shown slices
+      splits[target] = (train, test_x, test_y, picks)
+
+    def run(target, init_name, seed):
+      train, test_x, test_y, picks = splits[target]
+      x, y = train.batch(tasks.fixed_shots(train, c.shots, seed))
+      tuned, loss = finetune(inits[init_name], x, y, np.ones(len(x), bool),
+                             jax.random.PRNGKey(seed))
+      logits = self.predict(tuned, test_x)
+      iou = np.asarray(metrics_lib.binary_iou_per_slice(logits, test_y))
+      return np.array([iou.mean() * 100, float(loss)]), logits[picks] > 0
+
+    runs = [(t, i, s) for t in self.targets for i in inits for s in c.seeds]
+    pending = [(t, i, s) for t, i, s in runs if f"{i}/{t}/{s}" not in results]
+    count, me = jax.process_count(), jax.process_index()
+    previews = {}
+    with Progress("fine-tuning", len(runs), len(runs) - len(pending)) as progress:
+      for start in range(0, len(pending), count):
+        batch = pending[start:start + count]
+        mine = batch[me] if me < len(batch) else batch[0]  # spare processes repeat a run
+        values, preview = run(*mine)
+        values, preview = parallel.allgather((values[None], preview[None]))
+        for (target, init_name, seed), v, p in zip(batch, values, preview):
+          key = f"{init_name}/{target}/{seed}"
+          if not np.isfinite(v[1]):
+            raise NonFiniteLossError(f"non-finite loss while fine-tuning {key}")
+          results[key] = {"iou": float(v[0]), "train_loss": float(v[1])}
+          if seed == c.seeds[0]:
+            previews[(init_name, target)] = p
+          progress.update(1, iou=v[0])
+        if parallel.is_main_process():
+          path.write_text(json.dumps(results, indent=1))
+    # Only when every initialisation was fine-tuned in this run (a resumed run keeps the
+    # figure of the run that made it).
+    for target in self.targets:
+      if parallel.is_main_process() and all((i, target) in previews for i in inits):
+        _, test_x, test_y, picks = splits[target]
+        plots.overlays(self.workdir / f"overlay_{target}.png", test_x[picks], test_y[picks],
+                       {i: previews[(i, target)].astype(np.float32) * 2 - 1 for i in inits},
+                       title=f"{target}: held-out test slices (demo data)"
+                       if self.c.data.source != "msd" else target)
     return results
 
 

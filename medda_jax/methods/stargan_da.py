@@ -287,7 +287,7 @@ class TaskTrainer:
     variables = dict(self.init(seed) if variables is None else variables)
     params = variables.pop("params")
     state = ModelTrainState.create(params, variables, self.tx, jax.random.PRNGKey(seed + 1))
-    state = jax.device_put(state, parallel.replicated(self.mesh))
+    state = parallel.replicate(state, self.mesh)
     best_auc, best, waited = -2.0, None, 0
     for epoch in range(t.max_epochs):
       if t.balanced:
@@ -298,7 +298,7 @@ class TaskTrainer:
         part = idx[call * t.steps_per_call:(call + 1) * t.steps_per_call]
         batch = {"image": data.images[part], "label": data.labels[part]}
         state, m = self.chunk(state, parallel.global_batch(batch, self.mesh, "data",
-                                                           batch_dim=1))
+                                                           batch_dim=1, process_local=False))
         if not bool(m["finite"]):
           raise NonFiniteLossError(f"non-finite loss training classifier {name} (seed {seed}) "
                                    f"in epoch {epoch + 1}")
@@ -481,7 +481,7 @@ class PairGAN:
       sides["fs"] = optax.set_to_zero()
     state = gan.GANState.create(params, model_state, self.g_tx, self.d_tx,
                                 jax.random.PRNGKey(seed + 1), side_txs=sides)
-    return jax.device_put(state, parallel.replicated(self.mesh))
+    return parallel.replicate(state, self.mesh)
 
   def train(self, source: ImageSet, target: ImageSet, classifier, name: str,
             workdir: pathlib.Path, seed: int):

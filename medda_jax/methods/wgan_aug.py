@@ -308,7 +308,7 @@ class ClassGAN:
     state = gan.GANState.create(params, model_state, self.g_tx, self.d_tx,
                                 jax.random.PRNGKey(seed + 1))
     # Replicated on the mesh from the start, like the chunk's outputs (no second compile).
-    return jax.device_put(state, parallel.replicated(self.mesh))
+    return parallel.replicate(state, self.mesh)
 
   def train(self, images: np.ndarray, name: str, workdir: pathlib.Path, seed: int):
     g = self.c.gan
@@ -447,14 +447,15 @@ class Classifiers:
     variables = self.inits[name](jax.random.PRNGKey(seed))
     params = variables.pop("params")
     state = ModelTrainState.create(params, variables, self.tx, jax.random.PRNGKey(seed + 1))
-    state = jax.device_put(state, parallel.replicated(self.mesh))
+    state = parallel.replicate(state, self.mesh)
     batches = classifier_batches(data, calls * t.steps_per_call, t.batch_size, seed)
     best_acc, best = -1.0, None
     for call in range(calls):
       chunk = jax.tree.map(lambda x: x[call * t.steps_per_call:(call + 1) * t.steps_per_call],
                            batches)
       state, metrics = self.chunks[name](
-          state, parallel.global_batch(chunk, self.mesh, "data", batch_dim=1))
+          state, parallel.global_batch(chunk, self.mesh, "data", batch_dim=1,
+                                       process_local=False))
       if not bool(metrics["finite"]):
         raise NonFiniteLossError(f"non-finite loss training {name} (seed {seed}) at step "
                                  f"{(call + 1) * t.steps_per_call}")

@@ -1,0 +1,246 @@
+"""Several JAX processes on localhost through launch/local.sh: the MetaMedSeg smoke run on
+2 processes equals 1 process, a killed 2-process run resumes, and the launcher fails fast."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import conftest
+from conftest import final_metrics, run_train
+
+LOCAL = str(conftest.REPO / "launch" / "local.sh")
+
+
+def _launch(num_processes, *command, env=None, timeout=600, background=False, log_dir=None):
+  full_env = dict(os.environ, **conftest._CACHE_ENV, **(env or {}))
+  if log_dir is not None:
+    full_env["MEDDA_LOG_DIR"] = str(log_dir)
+  cmd = ["bash", LOCAL, str(num_processes), "--", *command]
+  if background:  # own session: the test can kill every process of the run at once
+    return subprocess.Popen(cmd, cwd=conftest.REPO, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+  return subprocess.run(cmd, cwd=conftest.REPO, env=full_env, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def _train_command(workdir, demo_cache):
+  return [sys.executable, "-m", "medda_jax.train", "--config=configs/metamedseg.py:smoke",
+          f"--workdir={workdir}", f"--config.data.cache_dir={demo_cache}"]
+
+
+def _values(final):
+  return np.array([final[k] for k in sorted(final)])
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, demo_cache):
+  workdir = tmp_path_factory.mktemp("two_processes")
+  proc = _launch(2, *_train_command(workdir, demo_cache), log_dir=workdir / "logs")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, proc
+
+
+def test_two_processes_equal_one_process(two_process_run, smoke_run, tmp_path, demo_cache):
+  workdir, proc = two_process_run
+  assert "devices: 2 x cpu (cpu) on 2 process(es)" in proc.stderr
+  two = final_metrics(workdir)
+  # Same devices in one process: two simulated CPU devices, one task each. Same numbers.
+  one_process = tmp_path / "one_process"
+  single = run_train(one_process, f"--config.data.cache_dir={demo_cache}",
+                     env={"JAX_NUM_CPU_DEVICES": "2"})
+  assert single.returncode == 0, single.stderr[-3000:]
+  reference = final_metrics(one_process)
+  assert two.keys() == reference.keys()
+  np.testing.assert_allclose(_values(two), _values(reference), rtol=1e-6, atol=1e-6)
+  runs = json.loads((workdir / "finetune_results.json").read_text())
+  reference_runs = json.loads((one_process / "finetune_results.json").read_text())
+  assert runs.keys() == reference_runs.keys()  # every run, fine-tuned on either process
+  for key, run in runs.items():
+    assert run == pytest.approx(reference_runs[key], rel=1e-6, abs=1e-6), key
+  # One device: the two tasks are vmapped on it instead of split over devices, which
+  # changes the float rounding of the convolutions, not the result.
+  one_device = final_metrics(smoke_run[0])
+  np.testing.assert_allclose(_values(two), _values(one_device), rtol=1e-2, atol=1e-2)
+
+
+def test_only_process_zero_writes(two_process_run):
+  workdir, _ = two_process_run
+  records = (workdir / "metrics.jsonl").read_text().splitlines()
+  assert sum(json.loads(r)["stage"] == "final" for r in records) == 1  # not one per process
+  assert (workdir / "results.md").exists() and (workdir / "learning_curves.png").exists()
+  log = (workdir / "logs" / "process_1.log").read_text()
+  assert "fine-tuning" not in log and "iou/" not in log  # no progress bars or table
+
+
+def _meta_checkpoints(workdir):
+  directory = workdir / "checkpoints" / "meta_aw"
+  if not directory.exists():
+    return []
+  return [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+
+
+def test_killed_two_process_run_resumes(two_process_run, tmp_path, demo_cache):
+  killed = tmp_path / "killed"
+  child = _launch(2, *_train_command(killed, demo_cache), background=True,
+                  log_dir=tmp_path / "logs")
+  deadline = time.time() + 400
+  while time.time() < deadline and child.poll() is None:
+    if max(_meta_checkpoints(killed), default=0) >= 2:
+      break
+    time.sleep(0.02)
+  assert child.poll() is None, "the run finished before it could be interrupted"
+  os.killpg(child.pid, signal.SIGKILL)  # the launcher and both trainer processes
+  child.communicate()
+  assert not (killed / "results.md").exists()
+  interrupted_at = ocp.CheckpointManager(killed / "checkpoints" / "meta_aw").latest_step()
+  assert interrupted_at is not None and interrupted_at < 4
+  lines_before = len((killed / "metrics.jsonl").read_text().splitlines())
+
+  proc = _launch(2, *_train_command(killed, demo_cache), log_dir=tmp_path / "logs")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+  resumed = records[lines_before:]
+  assert not [r for r in resumed if r["stage"] == "transfer"]
+  assert min(r["step"] for r in resumed if r["stage"] == "meta_aw") == interrupted_at + 1
+  np.testing.assert_allclose(_values(final_metrics(killed)),
+                             _values(final_metrics(two_process_run[0])), rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the launcher
+PROBE = """
+import os, sys
+if os.environ["MEDDA_PROCESS_ID"] == os.environ.get("STALL_PROCESS", "-1"):
+  import time; time.sleep(600)  # never joins
+from medda_jax import parallel
+parallel.maybe_initialize_distributed()
+import jax, numpy as np
+me = jax.process_index()
+print("gathered", parallel.allgather(np.array([me * 10, me * 10 + 1])).tolist(),
+      parallel.allgather_json({"p": me, "name": "x" * me}), flush=True)
+sys.exit(int(os.environ.get("EXIT_CODE_OF_1", "0")) if me == 1 else 0)
+"""
+
+
+def test_launcher_gathers_across_processes(tmp_path):
+  proc = _launch(3, sys.executable, "-c", PROBE, log_dir=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  gathered = ("gathered [0, 1, 10, 11, 20, 21] [{'p': 0, 'name': ''}, {'p': 1, 'name': 'x'}, "
+              "{'p': 2, 'name': 'xx'}]")
+  assert gathered in proc.stdout
+  assert gathered in (tmp_path / "process_2.log").read_text()
+
+
+CHECKPOINT_PROBE = """
+import sys
+from medda_jax import parallel
+parallel.maybe_initialize_distributed()
+import jax, jax.numpy as jnp
+from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.errors import DataError
+me, directory = jax.process_index(), sys.argv[1]
+local = {"w": jnp.arange(4.0) * 3, "step": jnp.array(7)}  # the same on every process
+ckpt = Checkpointer(directory)
+if ckpt.latest_step() is None:
+  ckpt.save(5, local, {"data": {"next_index": 10 + me}, "note": "n"})
+  ckpt.close()
+  ckpt = Checkpointer(directory)
+try:
+  state, extra = ckpt.restore(jax.tree.map(jnp.zeros_like, local))
+except DataError as e:
+  print("refused:", e, flush=True)
+  sys.exit(0)
+assert all(parallel.host_local(x) for x in jax.tree.leaves(state)) == (jax.process_count() > 1)
+print("restored", me, state["w"].tolist(), int(state["step"]), extra, flush=True)
+"""
+
+
+def test_checkpoint_keeps_each_process_data_position(tmp_path):
+  directory = tmp_path / "ckpt"
+  proc = _launch(2, sys.executable, "-c", CHECKPOINT_PROBE, str(directory), log_dir=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "restored 0 [0.0, 3.0, 6.0, 9.0] 7 {'data': {'next_index': 10}, 'note': 'n'}" in \
+      proc.stdout
+  assert "restored 1 [0.0, 3.0, 6.0, 9.0] 7 {'data': {'next_index': 11}, 'note': 'n'}" in \
+      (tmp_path / "process_1.log").read_text()
+  # One process cannot continue two pipelines that stood at different positions.
+  single = subprocess.run([sys.executable, "-c", CHECKPOINT_PROBE, str(directory)],
+                          capture_output=True, text=True, cwd=conftest.REPO, timeout=120)
+  assert single.returncode == 0, single.stderr[-3000:]
+  assert "refused:" in single.stdout and "resume it with 2 processes, not 1" in single.stdout
+
+
+def test_launcher_reports_a_failing_process(tmp_path):
+  proc = _launch(2, sys.executable, "-c", PROBE, env={"EXIT_CODE_OF_1": "7"}, log_dir=tmp_path)
+  assert proc.returncode == 7
+  assert "process 1 failed: exit code 7" in proc.stderr
+
+
+def test_launcher_bounds_the_wait_for_a_process_that_never_joins(tmp_path):
+  start = time.time()
+  proc = _launch(2, sys.executable, "-c", PROBE, log_dir=tmp_path, timeout=120,
+                 env={"STALL_PROCESS": "1", "MEDDA_INIT_TIMEOUT": "5"})
+  assert proc.returncode != 0
+  assert "process 0 failed" in proc.stderr
+  assert time.time() - start < 90
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "usage"),
+    (["two", "--", "true"], "N must be a positive integer"),
+    (["2", "true"], "usage"),
+    (["2", "--devices-per-process", "x", "--", "true"], "--devices-per-process needs"),
+])
+def test_launcher_rejects_bad_arguments(args, message):
+  proc = subprocess.run(["bash", LOCAL, *args], capture_output=True, text=True, timeout=30)
+  assert proc.returncode == 2
+  assert message in proc.stderr
+
+
+# ------------------------------------------------------------------- the other methods
+def _flat(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}/"))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def _printed_metrics(stdout: str) -> dict:
+  """The final metrics a run prints (gloo may print a line of its own before them)."""
+  return _flat(json.loads(stdout[stdout.index("{"):]))
+
+
+OTHER_METHODS = {
+    # MMTL's mixed mini-batches are loaded per process; FTA and OCTL run replicated stages.
+    "transfer": ["--config=configs/transfer.py:smoke", "--config.optimizers=('adam',)",
+                 "--config.methods=('fta','octl','mmtl')", "--config.seeds=(0,)"],
+    "wgan": ["--config=configs/wgan_synth.py:smoke"],
+    "stargan": ["--config=configs/stargan.py:smoke"],
+}
+
+
+@pytest.mark.parametrize("method", sorted(OTHER_METHODS))
+def test_other_methods_on_two_processes_equal_one_process(method, tmp_path, demo_cache):
+  args = OTHER_METHODS[method]
+  if method == "transfer":
+    args = args + [f"--config.data.cache_dir={demo_cache}"]
+  two = _launch(2, sys.executable, "-m", "medda_jax.train", f"--workdir={tmp_path / 'two'}",
+                *args, log_dir=tmp_path / "logs")
+  assert two.returncode == 0, two.stderr[-3000:]
+  one = subprocess.run([sys.executable, "-m", "medda_jax.train", f"--workdir={tmp_path / 'one'}",
+                        *args], capture_output=True, text=True, cwd=conftest.REPO, timeout=600,
+                       env=dict(os.environ, **conftest._CACHE_ENV, JAX_NUM_CPU_DEVICES="2"))
+  assert one.returncode == 0, one.stderr[-3000:]
+  got, want = _printed_metrics(two.stdout), _printed_metrics(one.stdout)
+  assert got.keys() == want.keys() and len(got) > 5
+  for key, value in want.items():
+    assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key

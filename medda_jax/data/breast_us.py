@@ -311,25 +311,16 @@ def read_breast_table(path: str | os.PathLike) -> dict[str, str]:
   return table
 
 
-def load_breast(root: str | os.PathLike, size: int = 128, normal: str = "benign",
-                table: str | os.PathLike | None = None) -> UltrasoundSet:
-  """BrEaST-Lesions-USG as benign (1) vs malignant (0).
-
-  Args:
-    root: the release folder (holding `BrEaST-Lesions_USG-images_and_masks/` and the clinical
-      table) or the image folder itself.
-    size: output side in pixels.
-    normal: what the few `normal` images become: "benign" (label 1, BreastMNIST's coding) or
-      "drop".
-    table: the clinical table (.csv, or .xlsx with openpyxl); default: the newest
-      `BrEaST-Lesions-USG-clinical-data-*.csv` (else `.xlsx`) in root, the image folder or its
-      parent.
+def breast_files(root: str | os.PathLike, normal: str = "benign",
+                 table: str | os.PathLike | None = None
+                 ) -> tuple[pathlib.Path, list[str], list[str], list[str]]:
+  """BrEaST's labelled images (masks skipped), without reading them; arguments as
+  `load_breast`.
 
   Returns:
-    The images `caseNNN.png` in case order; masks (`caseNNN_*.png`) are skipped. Every image
-    must have a table row and every row must name an image of the folder.
+    (image folder, file names, class of each, names relative to `root` for display), in
+    case order.
   """
-  size = _check_size(size)
   if normal not in NORMAL_POLICIES:
     raise DataError(f"normal must be one of {NORMAL_POLICIES}, got {normal!r}")
   root = pathlib.Path(root)
@@ -365,9 +356,31 @@ def load_breast(root: str | os.PathLike, size: int = 128, normal: str = "benign"
                     f"of {len(classes_by_name)} listed images missing)\n{_BREAST_LAYOUT}")
   if not names:
     raise DataError(f"no BrEaST images left in {folder} after dropping normal images")
-  labels = [MALIGNANT if c == "malignant" else BENIGN for c in classes]
   rel = folder.relative_to(root).as_posix() if folder != root else ""
-  shown = [f"{rel}/{n}" if rel else n for n in names]
+  return folder, names, classes, [f"{rel}/{n}" if rel else n for n in names]
+
+
+def load_breast(root: str | os.PathLike, size: int = 128, normal: str = "benign",
+                table: str | os.PathLike | None = None) -> UltrasoundSet:
+  """BrEaST-Lesions-USG as benign (1) vs malignant (0).
+
+  Args:
+    root: the release folder (holding `BrEaST-Lesions_USG-images_and_masks/` and the clinical
+      table) or the image folder itself.
+    size: output side in pixels.
+    normal: what the few `normal` images become: "benign" (label 1, BreastMNIST's coding) or
+      "drop".
+    table: the clinical table (.csv, or .xlsx with openpyxl); default: the newest
+      `BrEaST-Lesions-USG-clinical-data-*.csv` (else `.xlsx`) in root, the image folder or its
+      parent.
+
+  Returns:
+    The images `caseNNN.png` in case order; masks (`caseNNN_*.png`) are skipped. Every image
+    must have a table row and every row must name an image of the folder.
+  """
+  size = _check_size(size)
+  folder, names, classes, shown = breast_files(root, normal, table)
+  labels = [MALIGNANT if c == "malignant" else BENIGN for c in classes]
   return _finish(_read_all(folder, names, size), labels, shown, "breast", classes)
 
 

@@ -244,3 +244,25 @@ def test_other_methods_on_two_processes_equal_one_process(method, tmp_path, demo
   assert got.keys() == want.keys() and len(got) > 5
   for key, value in want.items():
     assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+
+
+def test_host_inner_loop_on_two_processes_equals_one_process(tmp_path, demo_cache):
+  """The CPU default: each process adapts its own task, the deltas are all-gathered."""
+  host = ["--config.engine.inner_loop=host", "--config.meta.rules=('idw',)",
+          "--config.finetune.scratch=False", "--config.transfer.enabled=False"]
+  two = _launch(2, *_train_command(tmp_path / "two", demo_cache), *host,
+                log_dir=tmp_path / "logs")
+  assert two.returncode == 0, two.stderr[-3000:]
+  one = run_train(tmp_path / "one", f"--config.data.cache_dir={demo_cache}", *host)
+  assert one.returncode == 0, one.stderr[-3000:]
+  got, want = final_metrics(tmp_path / "two"), final_metrics(tmp_path / "one")
+  assert got.keys() == want.keys() == {"iou/meta_idw/thalamus_t1w", "iou/meta_idw/caudate_t2w_like",
+                                       "iou/meta_idw/putamen_lowres_noisy",
+                                       "iou_std/meta_idw/thalamus_t1w",
+                                       "iou_std/meta_idw/caudate_t2w_like",
+                                       "iou_std/meta_idw/putamen_lowres_noisy"}
+  np.testing.assert_allclose(_values(got), _values(want), rtol=1e-6, atol=1e-6)
+  losses = [[r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+             if r["stage"] == "meta_idw"] for d in (tmp_path / "two", tmp_path / "one")]
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
+  assert len(losses[0]) == 4

@@ -1,6 +1,7 @@
 """TFDS builders prepare the loader fixtures as array_record and read them back, through
 tfds.data_source and grain, without TensorFlow (checked in a fresh interpreter)."""
 
+import gzip
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,9 @@ import tensorflow_datasets as tfds  # the tfds extra, installed by the test comm
 
 import conftest
 import test_breast_us
+import test_cc359
 import test_msd
+import test_usps_cxr_sites
 from medda_jax.data.builders import build
 
 
@@ -78,6 +81,43 @@ def test_busi_and_breast_round_trip(tmp_path):
   labels = {source[i]["file"].decode() if isinstance(source[i]["file"], bytes)
             else source[i]["file"]: source[i]["malignant_vs_benign"] for i in range(len(source))}
   assert labels == dict(zip(loader.names, loader.labels.tolist()))
+
+
+@pytest.mark.parametrize("layout", ["meta", "original"])
+def test_cc359_volumes_round_trip(tmp_path, layout):
+  cases = {stem: test_cc359._arrays(i) for i, stem in enumerate(test_cc359.STEMS)}
+  write = test_cc359._write_meta if layout == "meta" else test_cc359._write_original
+  root = tmp_path / layout
+  write(root, cases)
+  builder = _prepare("cc359", root, tmp_path / "tfds")
+  source = builder.as_data_source()["train"]
+  assert len(source) == len(cases)
+  records = {_text(source[i]["id"]): source[i] for i in range(len(source))}
+  domains = builder.info.features["domain"]
+  for stem, (image, mask) in cases.items():
+    record = records[stem.split("_")[0]]
+    np.testing.assert_array_equal(record["image"], image.astype(np.float32))
+    np.testing.assert_array_equal(record["mask"], (mask >= 0.5).astype(np.uint8))
+    assert domains.int2str(record["domain"]) == "_".join(stem.split("_")[1:3])
+    np.testing.assert_allclose(record["spacing"], test_cc359.ZOOMS)
+
+
+def test_usps_splits_round_trip(tmp_path):
+  values, digits = test_usps_cxr_sites._usps_records(n=7, seed=2)
+  for name, rows in (("zip.train.gz", slice(0, 4)), ("zip.test.gz", slice(4, 7))):
+    with gzip.open(tmp_path / name, "wt") as f:
+      for v, d in zip(values[rows], digits[rows]):
+        f.write(f"{d:.4f} " + " ".join(f"{x:.4f}" for x in v) + "\n")
+  builder = _prepare("usps", tmp_path, tmp_path / "tfds")
+  images, labels = test_usps_cxr_sites.load_usps(tmp_path, "all")
+  got = [r for split in ("train", "test")
+         for r in sorted(builder.as_data_source()[split], key=lambda r: r["index"])]
+  np.testing.assert_array_equal([r["label"] for r in got], labels)
+  np.testing.assert_array_equal(np.stack([r["image"][..., 0] for r in got]), images)
+
+
+def _text(value) -> str:
+  return value.decode() if isinstance(value, bytes) else value
 
 
 def test_command_line_prepares_without_tensorflow(tmp_path):

@@ -213,6 +213,15 @@ def _load_domain(root: str, domain: str, cases: Sequence[_Case],
   return volumes
 
 
+def cc359_cases(root: str) -> tuple[str, list[_Case]]:
+  """(layout name, cases) of either published layout, files checked but not read."""
+  if os.path.isfile(os.path.join(root, "meta.csv")):
+    return "meta.csv", _read_meta(root)
+  if os.path.isdir(os.path.join(root, "Original")):
+    return "Original/", _read_original(root)
+  raise DataError(f"{root} has neither meta.csv nor an Original/ folder\n{_LAYOUT}")
+
+
 def load_cc359(root: str | os.PathLike, *,
                spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
                domains: Iterable[str] | None = None,
@@ -248,12 +257,7 @@ def load_cc359(root: str | os.PathLike, *,
     if unknown:
       raise DataError(f"unknown CC359 domain(s) {unknown}; known: {', '.join(CC359_DOMAINS)}")
 
-  if os.path.isfile(os.path.join(root, "meta.csv")):
-    layout, cases = "meta.csv", _read_meta(root)
-  elif os.path.isdir(os.path.join(root, "Original")):
-    layout, cases = "Original/", _read_original(root)
-  else:
-    raise DataError(f"{root} has neither meta.csv nor an Original/ folder\n{_LAYOUT}")
+  layout, cases = cc359_cases(root)
 
   by_domain: dict[str, list[_Case]] = {d: [] for d in CC359_DOMAINS}
   for case in cases:

@@ -16,6 +16,8 @@ BUILDERS = {
     "medical_decathlon": "medda_jax.data.builders.medical_decathlon:MedicalDecathlon",
     "busi": "medda_jax.data.builders.breast_ultrasound:Busi",
     "breast_lesions_usg": "medda_jax.data.builders.breast_ultrasound:BreastLesionsUsg",
+    "cc359": "medda_jax.data.builders.cc359:Cc359",
+    "usps": "medda_jax.data.builders.usps:Usps",
 }
 
 

@@ -7,6 +7,7 @@ axis. The same code runs on 1 CPU, on simulated CPU devices, on one GPU and on a
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -161,17 +162,10 @@ def allgather(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def sync(name: str) -> None:
-  """Waits until every process reaches the barrier `name` (nothing with one process)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
-
-
 def allgather_json(obj) -> list:
   """Every process's JSON-serialisable `obj`, in process order, on every process."""
   if jax.process_count() == 1:
     return [obj]
-  import json
   data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
   lengths = allgather(np.array([data.size]))
   padded = np.zeros(int(lengths.max()), np.uint8)

@@ -54,6 +54,13 @@ def final_metrics(workdir) -> dict:
   return {k: v for k, v in finals[0].items() if k not in ("stage", "step")}
 
 
+def checkpoint_steps(directory) -> list[int]:
+  """The steps saved so far in an orbax checkpoint directory (none if it does not exist)."""
+  if not directory.exists():
+    return []
+  return [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+
+
 def kill_after_results(child, results_file, min_entries: int, timeout: float = 400) -> None:
   """SIGKILLs a background trainer once its JSON file of finished runs holds at least
   `min_entries` entries; fails if the run ends first."""

@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import conftest
-from conftest import final_metrics, run_train
+from conftest import checkpoint_steps, final_metrics, run_train
 
 LOCAL = str(conftest.REPO / "launch" / "local.sh")
 
@@ -79,20 +79,13 @@ def test_only_process_zero_writes(two_process_run):
   assert "fine-tuning" not in log and "iou/" not in log  # no progress bars or table
 
 
-def _meta_checkpoints(workdir):
-  directory = workdir / "checkpoints" / "meta_aw"
-  if not directory.exists():
-    return []
-  return [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
-
-
 def test_killed_two_process_run_resumes(two_process_run, tmp_path, demo_cache):
   killed = tmp_path / "killed"
   child = _launch(2, *_train_command(killed, demo_cache), background=True,
                   log_dir=tmp_path / "logs")
   deadline = time.time() + 400
   while time.time() < deadline and child.poll() is None:
-    if max(_meta_checkpoints(killed), default=0) >= 2:
+    if max(checkpoint_steps(killed / "checkpoints" / "meta_aw"), default=0) >= 2:
       break
     time.sleep(0.02)
   assert child.poll() is None, "the run finished before it could be interrupted"

@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import conftest
-from conftest import final_metrics as _final, run_train
+from conftest import checkpoint_steps, final_metrics as _final, run_train
 
 
 def test_smoke_writes_table_plots_checkpoints(smoke_run):
@@ -39,12 +39,6 @@ def test_smoke_writes_table_plots_checkpoints(smoke_run):
   assert {"transfer", "meta_aw", "meta_idw", "final"} <= stages
 
 
-def _checkpoint_steps(directory):
-  if not directory.exists():
-    return []
-  return [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
-
-
 def test_killed_run_resumes_to_the_same_metrics(smoke_run, tmp_path, demo_cache):
   reference, _ = smoke_run
   killed = tmp_path / "killed"
@@ -52,7 +46,7 @@ def test_killed_run_resumes_to_the_same_metrics(smoke_run, tmp_path, demo_cache)
   checkpoints = killed / "checkpoints" / "meta_aw"
   deadline = time.time() + 300
   while time.time() < deadline and child.poll() is None:
-    if max(_checkpoint_steps(checkpoints), default=0) >= 2:
+    if max(checkpoint_steps(checkpoints), default=0) >= 2:
       break
     time.sleep(0.02)
   assert child.poll() is None, "the run finished before it could be interrupted"

@@ -19,9 +19,13 @@ from medda_jax.errors import DataError
 
 
 def _to_global(state):
-  if not any(parallel.host_local(x) for x in jax.tree.leaves(state)):
-    return state
   return jax.tree.map(lambda x: parallel.replicate(x) if parallel.host_local(x) else x, state)
+
+
+def _to_local_like(like, restored):
+  """Restored leaves whose counterpart in `like` was host-local go back onto this process."""
+  return jax.tree.map(lambda ref, x: x.addressable_data(0) if parallel.host_local(ref) else x,
+                      like, restored)
 
 
 def _abstract(state_like):
@@ -64,8 +68,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(_abstract(state_like)), extra=ocp.args.JsonRestore()))
-    state = jax.tree.map(lambda ref, x: x.addressable_data(0) if parallel.host_local(ref) else x,
-                         state_like, restored["state"])
+    state = _to_local_like(state_like, restored["state"])
     extra = dict(restored["extra"] or {})
     per_process = extra.pop("data_per_process", None)
     if per_process is not None:
@@ -94,5 +97,4 @@ class Checkpointer:
           state=ocp.args.PyTreeRestore(
               item=abstract, partial_restore=True,
               restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))))
-    return jax.tree.map(lambda ref, x: x.addressable_data(0) if parallel.host_local(ref) else x,
-                        like, restored["state"][field])
+    return _to_local_like(like, restored["state"][field])

@@ -195,9 +195,9 @@ def build_gan_chunk(critic_loss: LossFn, generator_loss: LossFn,
   return jax.jit(chunk, donate_argnums=(0,)) if jit else chunk
 
 
-def shard_batches(batches: dict, mesh: Mesh | None, process_local: bool = False):
+def shard_batches(batches: dict, mesh: Mesh | None):
   """Places a chunk of batches [steps_per_call, n_critic, batch, ...] on the mesh, sharded
   over `data` on the batch dimension. With several processes each passes the whole chunk
-  and keeps its devices' shards, unless `process_local` says it passes only its share."""
+  and keeps its devices' shards."""
   return parallel.global_batch(batches, mesh, "data", batch_dim=BATCH_DIM,
-                               process_local=process_local)
+                               process_local=False)

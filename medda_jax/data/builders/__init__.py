@@ -11,3 +11,11 @@ loader, and writes array_record files, so a dataset is prepared once and read ba
 
 Only this package imports tensorflow_datasets; nothing else in medda_jax needs it.
 """
+
+
+def png_bytes(image) -> bytes:
+  """A PIL image encoded as PNG: what `tfds.features.Image` stores without TensorFlow."""
+  import io
+  out = io.BytesIO()
+  image.save(out, format="PNG")
+  return out.getvalue()

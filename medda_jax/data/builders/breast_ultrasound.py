@@ -3,13 +3,13 @@ al., 2024), one example per image at its published resolution, as greyscale PNG.
 
 from __future__ import annotations
 
-import io
 import pathlib
 
 import tensorflow_datasets as tfds
 from PIL import Image
 
 from medda_jax.data import breast_us
+from medda_jax.data.builders import png_bytes
 from medda_jax.errors import DataError
 
 
@@ -20,9 +20,7 @@ def _grey_png(path: pathlib.Path) -> bytes:
       grey = image.convert("L")
   except OSError as e:
     raise DataError(f"cannot read image {path}: {e}") from e
-  out = io.BytesIO()
-  grey.save(out, format="PNG")
-  return out.getvalue()
+  return png_bytes(grey)
 
 
 def _features(classes) -> tfds.features.FeaturesDict:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+from PIL import Image
+
 from medda_jax.data import usps
+from medda_jax.data.builders import png_bytes
 
 
 class Usps(tfds.core.GeneratorBasedBuilder):
@@ -36,13 +39,4 @@ class Usps(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, root, split):
     images, labels = usps.load_usps(root, split)
     for i, (image, label) in enumerate(zip(images, labels)):
-      yield i, {"image": _png(image), "label": int(label), "index": i}
-
-
-def _png(image) -> bytes:
-  import io
-
-  from PIL import Image
-  out = io.BytesIO()
-  Image.fromarray(image).save(out, format="PNG")
-  return out.getvalue()
+      yield i, {"image": png_bytes(Image.fromarray(image)), "label": int(label), "index": i}

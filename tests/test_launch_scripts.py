@@ -49,10 +49,11 @@ status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
 exit $status
 """
+# A long node list: a script that reads only the first line must survive the rest (SIGPIPE).
 FAKE_SCONTROL = """
 [[ "$1 $2" == "show hostnames" ]] || exit 1
 echo 127.0.0.1
-echo node-b
+for ((i = 0; i < 20000; i++)); do echo "node-$i"; done
 """
 SLURM_PROBE = """
 import os

@@ -88,15 +88,23 @@ def topology() -> str:
 def task_mesh(num_tasks: int, devices=None) -> Mesh:
   """A ('task', 'data') mesh: the task axis takes the largest share of the devices that
   divides the number of tasks, the data axis the rest."""
-  devices = list(jax.devices() if devices is None else devices)
+  devices = process_major(jax.devices() if devices is None else devices)
   n = len(devices)
   task = math.gcd(num_tasks, n)
   return Mesh(np.array(devices).reshape(task, n // task), ("task", "data"))
 
 
 def data_mesh(devices=None) -> Mesh:
-  devices = list(jax.devices() if devices is None else devices)
-  return Mesh(np.array(devices), ("data",))
+  return Mesh(np.array(process_major(jax.devices() if devices is None else devices)), ("data",))
+
+
+def process_major(devices) -> list:
+  """The devices ordered by process, then id, so that each process's devices form one
+  contiguous block of every mesh axis: the data pipelines load process p's block
+  (`[p * n / P, (p + 1) * n / P)` of the batch or the tasks), and
+  `make_array_from_process_local_data` needs the block to be where they put it. Device ids
+  need not be grouped by host (on TPU pods they follow the chips' physical layout)."""
+  return sorted(devices, key=lambda d: (d.process_index, d.id))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -1,5 +1,9 @@
 """When medda_jax.parallel starts JAX's distributed runtime, and with which settings."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from medda_jax import parallel
@@ -48,3 +52,41 @@ def test_single_process_helpers_are_identities():
   assert parallel.allgather(tree) is tree
   assert not parallel.host_local(np.arange(3))
   assert "on 1 process(es)" in parallel.topology()
+
+
+class _Chip:
+  """A stand-in device: a process index and an id, as on a TPU pod where ids follow the
+  chips' physical layout and are not grouped by host."""
+
+  def __init__(self, process_index, id):
+    self.process_index, self.id = process_index, id
+
+
+def test_process_major_puts_each_process_in_one_contiguous_block():
+  hosts, per_host = 4, 4
+  chips = [_Chip(h, h + hosts * j) for j in range(per_host) for h in range(hosts)]
+  ordered = parallel.process_major(chips)
+  assert [c.process_index for c in ordered] == [i // per_host for i in range(hosts * per_host)]
+  for h in range(hosts):  # within a process, by id
+    ids = [c.id for c in ordered if c.process_index == h]
+    assert ids == sorted(ids) and len(ids) == per_host
+
+
+MESH_ORDER = """
+import jax
+from medda_jax import parallel
+shuffled = list(reversed(jax.devices()))
+assert len(shuffled) == 4, shuffled
+ids = sorted(d.id for d in shuffled)
+assert [d.id for d in parallel.data_mesh(shuffled).devices.ravel()] == ids
+assert [d.id for d in parallel.task_mesh(2, shuffled).devices.ravel()] == ids
+print("OK")
+"""
+
+
+def test_meshes_order_devices_by_process_then_id():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", MESH_ORDER], env=env, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0 and proc.stdout.strip() == "OK", proc.stderr[-3000:]

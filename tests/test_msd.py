@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import importlib.util
 import json
 import os
+import pathlib
 
 import nibabel as nib
 import numpy as np
@@ -12,8 +14,8 @@ import pytest
 from skimage.transform import resize
 
 from medda_jax.data import msd
-from medda_jax.data.collection import split_volumes
-from medda_jax.errors import DataError
+from medda_jax.data.collection import SliceCollection, SliceDataset, split_volumes
+from medda_jax.errors import ConfigError, DataError
 
 SIZE = 16
 
@@ -456,3 +458,38 @@ def test_error_three_d_where_four_d_expected(tmp_path):
 def test_error_no_task_folder(tmp_path):
   with pytest.raises(DataError, match="no MSD task folder found"):
     msd.load_msd(str(tmp_path))
+
+
+def _metamedseg_config():
+  spec = importlib.util.spec_from_file_location(
+      "metamedseg_config",
+      pathlib.Path(__file__).resolve().parents[1] / "configs" / "metamedseg.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.data.source = "msd"
+  return config
+
+
+def _collection(names):
+  empty = np.zeros((0, 2, 2))
+  return SliceCollection({n: SliceDataset(n, msd.MSD_DATASETS[n].group, empty, empty, (1,),
+                                          np.zeros(0, int), np.zeros(0, int), np.zeros(0, int), ())
+                          for n in names})
+
+
+def test_colon_is_held_out_by_default_only_when_loaded():
+  from medda_jax.methods.metamedseg import targets_and_sources
+  config = _metamedseg_config()
+  with_colon = ["heart", "spleen", "lung", "colon", "pancreas"]
+  assert targets_and_sources(config, _collection(with_colon)) == (
+      ["heart", "spleen"], ["lung", "pancreas"])
+  # A download without the colon task trains on what is there.
+  assert targets_and_sources(config, _collection(["heart", "lung", "pancreas"])) == (
+      ["heart"], ["lung", "pancreas"])
+  config.data.exclude = ("pancreas",)  # an explicit exclusion replaces the default
+  assert targets_and_sources(config, _collection(with_colon)) == (
+      ["heart", "spleen"], ["lung", "colon"])
+  config.data.exclude = ("colon",)
+  with pytest.raises(ConfigError, match="'colon'.*is not in the data"):
+    targets_and_sources(config, _collection(["heart", "lung"]))

@@ -123,13 +123,15 @@ def load_collection(c, workdir: pathlib.Path) -> SliceCollection:
 def targets_and_sources(c, collection: SliceCollection) -> tuple[list[str], list[str]]:
   default_targets = msd.TARGETS if c.data.source == "msd" else DEMO_TARGETS
   targets = list(c.data.targets) or [t for t in default_targets if t in collection.datasets]
-  exclude = list(c.data.exclude) or (["colon"] if c.data.source == "msd" else [])
+  exclude = list(c.data.exclude)
   for name in targets + exclude:
     if name not in collection.datasets:
       raise ConfigError(f"dataset {name!r} (config.data.targets / data.exclude) is not in the "
                         f"data; available: {sorted(collection.datasets)}")
   if not targets:
     raise ConfigError("no fine-tuning target found in the data; set config.data.targets")
+  if not c.data.exclude and c.data.source == "msd" and "colon" in collection.datasets:
+    exclude = ["colon"]  # the default, when the colon task is there (reference code)
   held_out_groups = {collection[t].group for t in targets}
   sources = [n for n in collection.names()
              if collection[n].group not in held_out_groups and n not in exclude]

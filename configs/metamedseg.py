@@ -22,6 +22,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.source = "demo_brain"  # "demo_brain" (embedded, no download) or "msd" (Decathlon)
   c.data.root = ""  # Decathlon root holding TaskXX_Name/ folders (data.source="msd")
+  # msd: "files" reads the published NIfTI layout under root; "tfds" reads the datasets
+  # `python -m medda_jax.data.builders.build medical_decathlon/<task>` prepared in root.
+  c.data.layout = "files"
   c.data.cache_dir = ""  # preprocessed-slice cache; "" = <workdir>/cache
   c.data.image_size = 256  # slices are resized to image_size x image_size
   c.data.subjects_per_anatomy = 4  # demo: real volume + deformed copies per anatomy

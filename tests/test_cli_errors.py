@@ -50,6 +50,15 @@ def test_missing_data_root(tmp_path):
   assert "dataset.json" in proc.stderr  # the expected layout is shown
 
 
+def test_tfds_layout_without_prepared_dataset(tmp_path):
+  (tmp_path / "tfds").mkdir()
+  proc = run_train(tmp_path / "w", "--config.data.source=msd", "--config.data.layout=tfds",
+                   "--config.data.targets=('heart',)", f"--config.data.root={tmp_path / 'tfds'}")
+  _assert_clean_error(proc, "no prepared medical_decathlon task",
+                      "python -m medda_jax.data.builders.build medical_decathlon/<task>",
+                      "task02_heart")
+
+
 def test_root_without_dataset_json(tmp_path):
   (tmp_path / "msd" / "Task02_Heart" / "imagesTr").mkdir(parents=True)
   proc = run_train(tmp_path / "w", "--config.data.source=msd",

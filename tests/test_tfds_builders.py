@@ -18,7 +18,9 @@ import test_breast_us
 import test_cc359
 import test_msd
 import test_usps_cxr_sites
+from medda_jax.data import msd
 from medda_jax.data.builders import build
+from medda_jax.errors import ConfigError, DataError
 
 
 def _prepare(name, manual_dir, data_dir):
@@ -48,6 +50,60 @@ def test_msd_volumes_round_trip(tmp_path):
       np.testing.assert_array_equal(got["spacing"], [1, 1, 1])
   assert list((data_dir / "medical_decathlon" / "task02_heart" / "1.0.0").glob(
       "*.array_record*"))
+
+
+def _assert_same_collection(a, b):
+  assert a.names() == b.names()
+  for name in a.names():
+    x, y = a[name], b[name]
+    for field in ("images", "labels", "rows", "volume", "slice_index"):
+      np.testing.assert_array_equal(getattr(x, field), getattr(y, field), err_msg=field)
+      assert getattr(x, field).dtype == getattr(y, field).dtype
+    assert (x.group, x.label_values, x.volume_names) == (y.group, y.label_values, y.volume_names)
+
+
+def test_msd_loader_reads_prepared_datasets_like_the_files(tmp_path, monkeypatch):
+  """`load_msd(layout="tfds")` on the prepared datasets gives the slices the NIfTI files
+  give: 3-D, 4-D (channel split) and shared banks alike, cached under their own key."""
+  root = tmp_path / "msd"
+  root.mkdir()
+  rng = np.random.default_rng(3)
+  heart = test_msd._make_heart(root, rng)
+  test_msd._make_prostate(root, rng)
+  test_msd._make_brain(root, rng)
+  data_dir = tmp_path / "tfds"
+  for config in ("task01_braintumour", "task02_heart", "task05_prostate"):
+    _prepare(f"medical_decathlon/{config}", root, data_dir)
+  size = test_msd.SIZE
+  for options in ({}, {"threshold_space": "resized", "normalisation": "slice_minmax"}):
+    files = msd.load_msd(str(root), image_size=size, **options)
+    prepared = msd.load_msd(str(data_dir), image_size=size, layout="tfds", **options)
+    _assert_same_collection(files, prepared)
+    assert "TFDS datasets" in prepared.description
+  assert test_msd._kept(prepared["heart"]) == test_msd._expected_kept(heart, 1, 700, "resized")
+
+  cache = tmp_path / "cache"
+  first = msd.load_msd(str(data_dir), ["heart"], image_size=size, layout="tfds",
+                       cache_dir=str(cache))
+  def not_cached(*args):
+    raise AssertionError("cache not used")
+
+  monkeypatch.setattr(msd, "_process_case", not_cached)
+  _assert_same_collection(first, msd.load_msd(str(data_dir), ["heart"], image_size=size,
+                                              layout="tfds", cache_dir=str(cache)))
+  with pytest.raises(AssertionError, match="cache not used"):  # the files have their own key
+    msd.load_msd(str(root), ["heart"], image_size=size, cache_dir=str(cache))
+
+
+def test_msd_loader_names_the_build_command_for_a_missing_dataset(tmp_path):
+  with pytest.raises(DataError, match="build medical_decathlon/task09_spleen --manual_dir"):
+    msd.load_msd(str(tmp_path), ["spleen"], layout="tfds")
+  with pytest.raises(DataError, match="no prepared medical_decathlon task found"):
+    msd.load_msd(str(tmp_path), layout="tfds")
+  with pytest.raises(DataError, match="TFDS data dir .* does not exist"):
+    msd.load_msd(str(tmp_path / "absent"), layout="tfds")
+  with pytest.raises(ConfigError, match="layout must be one of"):
+    msd.load_msd(str(tmp_path), layout="tfrecord")
 
 
 def test_msd_builder_names_the_missing_file(tmp_path):

@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
+import glob
 import hashlib
 import json
 import logging
 import os
+import threading
 from typing import Iterable, Sequence
 
 import nibabel as nib
@@ -46,6 +49,7 @@ from medda_jax.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 THRESHOLD_SPACES = ("native", "resized")
+LAYOUTS = ("files", "tfds")  # the published NIfTI files, or the prepared TFDS datasets
 NORMALISATIONS = ("zscore_nonzero", "slice_minmax")
 # Thresholds are given in pixels of a 256 x 256 slice (paper) when counted after resizing.
 _REFERENCE_SIZE = 256
@@ -135,9 +139,22 @@ def case_stem(path: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class _Case:
+  """A training case in the published layout: two NIfTI files."""
   stem: str
   image: str
   label: str
+
+  def fingerprint(self) -> tuple:  # file sizes: a re-extracted data set misses the cache
+    return (self.stem, os.path.getsize(self.image), os.path.getsize(self.label))
+
+  def check(self, task: str) -> None:
+    _check_shapes(task, self)
+
+  def read_image(self) -> np.ndarray:
+    return _read_array(self.image, np.float32)
+
+  def read_label(self) -> np.ndarray:
+    return _read_array(self.label, np.int64)
 
 
 def _read_cases(task_dir: str) -> list[_Case]:
@@ -171,6 +188,87 @@ def _read_cases(task_dir: str) -> list[_Case]:
     raise DataError(f"{meta_path} lists no training cases")
   cases.sort(key=lambda c: c.stem)
   return cases
+
+
+TFDS_NAME = "medical_decathlon"  # the builder in medda_jax.data.builders
+
+
+def tfds_config(task: str) -> str:
+  return task.lower()  # Task02_Heart -> task02_heart
+
+
+def _tfds_task_dir(data_dir: str, task: str) -> str:
+  return os.path.join(data_dir, TFDS_NAME, tfds_config(task))
+
+
+def _tfds_missing(data_dir: str, task: str) -> str:
+  return (f"{_tfds_task_dir(data_dir, task)} holds no prepared dataset; prepare it with\n"
+          f"  python -m medda_jax.data.builders.build {TFDS_NAME}/{tfds_config(task)} "
+          f"--manual_dir=<Decathlon root> --data_dir={data_dir}")
+
+
+class _TfdsTask:
+  """An MSD task prepared by the `medical_decathlon` TFDS builder, read with random access
+  (`builder_from_directory(...).as_data_source`, no TensorFlow). Volumes are stored as
+  published, so the slices equal those of the NIfTI files."""
+
+  def __init__(self, data_dir: str, task: str):
+    try:
+      import tensorflow_datasets as tfds  # the tfds extra; only this source needs it
+    except ImportError as e:
+      raise ConfigError("layout='tfds' needs tensorflow-datasets: pip install "
+                        "'medda_jax[tfds]'") from e
+
+    versions = sorted(glob.glob(os.path.join(_tfds_task_dir(data_dir, task), "*",
+                                             "dataset_info.json")))
+    if not versions:
+      raise DataError(_tfds_missing(data_dir, task))
+    self.task, self.where = task, os.path.dirname(versions[-1])
+    builder = tfds.builder_from_directory(self.where)
+    skip = tfds.decode.SkipDecoding()  # reads one feature without inflating the others
+    self._sources = {kind: builder.as_data_source("train", decoders={
+        other: skip for other in ("image", "label") if other != kind})
+        for kind in ("image", "label", "case")}
+    self._lock = threading.Lock()  # one reader at a time; resizing runs in parallel
+    # Shard sizes: a re-prepared dataset misses the slice cache.
+    self.fingerprint = sorted((os.path.basename(f), os.path.getsize(f))
+                              for f in glob.glob(os.path.join(self.where, "*.array_record*")))
+
+  def cases(self) -> list["_TfdsCase"]:
+    names = self._sources["case"]
+    cases = []
+    for i in range(len(names)):
+      stem = names[i]["case"]
+      cases.append(_TfdsCase(stem.decode() if isinstance(stem, bytes) else str(stem), self, i))
+    if not cases:
+      raise DataError(f"{self.where} holds no training case")
+    return sorted(cases, key=lambda c: c.stem)
+
+  def read(self, index: int, kind: str) -> np.ndarray:
+    with self._lock:
+      return np.asarray(self._sources[kind][index][kind])
+
+
+@dataclasses.dataclass(frozen=True)
+class _TfdsCase:
+  """A training case of a prepared TFDS dataset; shapes were checked when it was built."""
+  stem: str
+  source: _TfdsTask
+  index: int
+
+  def fingerprint(self) -> tuple:
+    return (self.stem, self.source.fingerprint)
+
+  def check(self, task: str) -> None:
+    pass
+
+  def read_image(self) -> np.ndarray:
+    image = self.source.read(self.index, "image").astype(np.float32, copy=False)
+    # The builder stores 3-D tasks with a channel axis of 1.
+    return image if self.source.task in FOUR_D_TASKS else image[..., 0]
+
+  def read_label(self) -> np.ndarray:
+    return self.source.read(self.index, "label").astype(np.int64)
 
 
 def _header_shape(path: str) -> tuple[int, ...]:
@@ -245,7 +343,7 @@ def _process_case(task: str, case: _Case, datasets: Sequence[MsdDataset],
                   options: _Options) -> dict:
   """Kept slices of every dataset, and the preprocessed slices they need, for one case."""
   size = options.image_size
-  label = _read_array(case.label, np.int64)
+  label = case.read_label()
   if np.issubdtype(label.dtype, np.floating):
     label = np.rint(label)
   values = sorted({d.label for d in MSD_DATASETS.values() if d.task == task})
@@ -284,7 +382,7 @@ def _process_case(task: str, case: _Case, datasets: Sequence[MsdDataset],
   channels = sorted({d.channel for d in datasets}, key=lambda c: -1 if c is None else c)
   by_channel = {}
   if union.size:
-    image = _read_array(case.image, np.float32)
+    image = case.read_image()
     if task in FOUR_D_TASKS and max(channels) >= image.shape[3]:
       raise DataError(f"{case.image}: needs channel {max(channels)} but the image has "
                       f"{image.shape[3]} channel(s), shape {image.shape}")
@@ -342,11 +440,10 @@ def _assemble(results: list[dict], datasets: Sequence[MsdDataset]) -> dict[str, 
 
 def _cache_path(cache_dir: str, task: str, cases: Sequence[_Case],
                 datasets: Sequence[MsdDataset], options: _Options) -> str:
-  # File sizes make a changed or re-extracted data set miss the cache.
   key = json.dumps({
       "version": _CACHE_VERSION, "task": task, "options": dataclasses.asdict(options),
       "datasets": sorted(d.name for d in datasets),
-      "cases": [(c.stem, os.path.getsize(c.image), os.path.getsize(c.label)) for c in cases],
+      "cases": [c.fingerprint() for c in cases],
   }, sort_keys=True)
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
   return os.path.join(cache_dir, f"{task}_{digest}.npz")
@@ -372,10 +469,8 @@ def _save_cache(path: str, arrays: dict[str, np.ndarray]) -> None:
   os.replace(tmp, path)
 
 
-def _load_task(root: str, task: str, datasets: Sequence[MsdDataset], options: _Options,
-               cache_dir: str | None) -> dict[str, SliceDataset]:
-  task_dir = os.path.join(root, task)
-  cases = _read_cases(task_dir)
+def _load_task(cases: Sequence[_Case], task: str, datasets: Sequence[MsdDataset],
+               options: _Options, cache_dir: str | None) -> dict[str, SliceDataset]:
   arrays = None
   path = None
   if cache_dir is not None:
@@ -383,7 +478,7 @@ def _load_task(root: str, task: str, datasets: Sequence[MsdDataset], options: _O
     arrays = _load_cache(path)
   if arrays is None:
     for case in cases:
-      _check_shapes(task, case)
+      case.check(task)
     log.info("preprocessing %s: %d cases", task, len(cases))
     workers = min(4, os.cpu_count() or 1, len(cases))
     # zlib inflation and numpy release the GIL for part of the time; results keep case order.
@@ -410,12 +505,14 @@ def _load_task(root: str, task: str, datasets: Sequence[MsdDataset], options: _O
 
 def load_msd(root: str, datasets: Iterable[str] | None = None, image_size: int = 256,
              threshold_space: str = "native", normalisation: str = "zscore_nonzero",
-             cache_dir: str | None = None) -> SliceCollection:
-  """Loads MSD datasets (names of `MSD_DATASETS`) from the published layout under `root`.
+             cache_dir: str | None = None, layout: str = "files") -> SliceCollection:
+  """Loads MSD datasets (names of `MSD_DATASETS`) from the published layout under `root`,
+  or from the TFDS datasets the `medical_decathlon` builder prepared there.
 
   Args:
-    root: folder holding the `TaskXX_Name` folders.
-    datasets: names to load; None loads every dataset whose task folder exists.
+    root: folder holding the `TaskXX_Name` folders (`layout="files"`), or the TFDS data
+      dir holding `medical_decathlon/<taskxx_name>/<version>/` (`layout="tfds"`).
+    datasets: names to load; None loads every dataset whose task is there.
     image_size: side of the square slices.
     threshold_space: count the inclusion threshold on the "native" or the "resized" mask.
     normalisation: "zscore_nonzero" (per volume) or "slice_minmax" (per slice, to [0, 1]).
@@ -431,14 +528,23 @@ def load_msd(root: str, datasets: Iterable[str] | None = None, image_size: int =
     raise ConfigError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
   if not isinstance(image_size, (int, np.integer)) or image_size < 1:
     raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
+  if layout not in LAYOUTS:
+    raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
   root = os.fspath(root)
+  tfds_layout = layout == "tfds"
   if not os.path.isdir(root):
-    raise DataError(f"MSD root folder {root} does not exist\n{_layout()}")
+    what = "TFDS data dir" if tfds_layout else "MSD root folder"
+    raise DataError(f"{what} {root} does not exist" + ("" if tfds_layout else f"\n{_layout()}"))
+  task_dir = functools.partial(_tfds_task_dir if tfds_layout else os.path.join, root)
 
   if datasets is None:
-    names = [n for n, d in MSD_DATASETS.items() if os.path.isdir(os.path.join(root, d.task))]
+    names = [n for n, d in MSD_DATASETS.items() if os.path.isdir(task_dir(d.task))]
     if not names:
-      raise DataError(f"no MSD task folder found in {root}\n{_layout()}")
+      raise DataError(
+          f"no prepared {TFDS_NAME} task found in {root}; prepare each task with\n"
+          f"  python -m medda_jax.data.builders.build {TFDS_NAME}/<task> --manual_dir=<Decathlon "
+          f"root> --data_dir={root}\n(tasks: {', '.join(map(tfds_config, MSD_TASKS))})"
+          if tfds_layout else f"no MSD task folder found in {root}\n{_layout()}")
   else:
     requested = [datasets] if isinstance(datasets, str) else list(datasets)
     unknown = [n for n in requested if n not in MSD_DATASETS]
@@ -446,18 +552,23 @@ def load_msd(root: str, datasets: Iterable[str] | None = None, image_size: int =
       raise DataError(f"unknown MSD dataset(s) {unknown}; known: {', '.join(MSD_DATASETS)}")
     names = [n for n in MSD_DATASETS if n in requested]
     for n in names:
-      task_dir = os.path.join(root, MSD_DATASETS[n].task)
-      if not os.path.isdir(task_dir):
-        raise DataError(f"dataset {n} needs the task folder {task_dir}, which does not exist\n"
-                        f"{_layout()}")
+      task = MSD_DATASETS[n].task
+      if tfds_layout and not os.path.isdir(task_dir(task)):
+        raise DataError(f"dataset {n} needs {task}: " + _tfds_missing(root, task))
+      if not os.path.isdir(task_dir(task)):
+        raise DataError(f"dataset {n} needs the task folder {task_dir(task)}, which does not "
+                        f"exist\n{_layout()}")
 
   options = _Options(int(image_size), threshold_space, normalisation)
   loaded: dict[str, SliceDataset] = {}
   tasks = list(dict.fromkeys(MSD_DATASETS[n].task for n in names))
   for task in tasks:
-    loaded.update(_load_task(root, task, [MSD_DATASETS[n] for n in names
-                                          if MSD_DATASETS[n].task == task], options, cache_dir))
-  description = (f"Medical Segmentation Decathlon from {root} ({', '.join(tasks)}): "
+    cases = (_TfdsTask(root, task).cases() if tfds_layout
+             else _read_cases(os.path.join(root, task)))
+    loaded.update(_load_task(cases, task, [MSD_DATASETS[n] for n in names
+                                           if MSD_DATASETS[n].task == task], options, cache_dir))
+  origin = f"the TFDS datasets in {root}" if tfds_layout else root
+  description = (f"Medical Segmentation Decathlon from {origin} ({', '.join(tasks)}): "
                  f"{len(names)} datasets, {image_size}x{image_size} slices, "
                  f"threshold_space={threshold_space}, normalisation={normalisation}")
   return SliceCollection({n: loaded[n] for n in names}, description)

@@ -53,9 +53,11 @@ RESULTS_FILE = "finetune_results.json"
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first wrong field and what is allowed."""
   cu.check_choice(c, "data.source", ("demo_brain", "msd"))
+  cu.check_choice(c, "data.layout", msd.LAYOUTS)
   if c.data.source == "msd" and not c.data.root:
     raise ConfigError("config.data.root must name the Medical Segmentation Decathlon folder "
-                      "(holding TaskXX_Name/dataset.json) when config.data.source='msd'")
+                      "(holding TaskXX_Name/dataset.json), or with config.data.layout='tfds' "
+                      "the TFDS data dir, when config.data.source='msd'")
   cu.check_range(c, "data.image_size", 16, 1024, integer=True)
   if c.data.image_size % 2 ** (c.model.levels - 1):
     raise ConfigError(f"config.data.image_size={c.data.image_size} must be divisible by "
@@ -114,7 +116,8 @@ def load_collection(c, workdir: pathlib.Path) -> SliceCollection:
   if c.data.source == "msd":
     return msd.load_msd(c.data.root, image_size=c.data.image_size,
                         threshold_space=c.data.threshold_space,
-                        normalisation=c.data.normalisation, cache_dir=cache)
+                        normalisation=c.data.normalisation, cache_dir=cache,
+                        layout=c.data.layout)
   return demo_brain.build_demo_brain(image_size=c.data.image_size,
                                      subjects_per_anatomy=c.data.subjects_per_anatomy,
                                      seed=c.data.split_seed, cache_dir=cache)

@@ -9,10 +9,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from medda_jax.data import msd
-
-
-def _config_name(task: str) -> str:
-  return task.lower()  # Task02_Heart -> task02_heart
+from medda_jax.errors import DataError
 
 
 class MedicalDecathlon(tfds.core.GeneratorBasedBuilder):
@@ -20,7 +17,7 @@ class MedicalDecathlon(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Volumes and label maps of the training cases as published."}
-  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=_config_name(task), description=task)
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=msd.tfds_config(task), description=task)
                      for task in msd.MSD_TASKS]
   MANUAL_DOWNLOAD_INSTRUCTIONS = msd._layout() + (
       "\nDownload the task tarballs from http://medicaldecathlon.com/, extract them into one "
@@ -49,11 +46,17 @@ class MedicalDecathlon(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, task_dir: str, task: str):
     for case in msd._read_cases(task_dir):  # checks the layout, names what is missing
-      msd._check_shapes(task, case)
-      image = msd._read_array(case.image, np.float32)
+      case.check(task)
+      image = case.read_image()
       if image.ndim == 3:
         image = image[..., None]
-      label = msd._read_array(case.label, np.uint8).astype(np.uint8)
+      label = case.read_label()  # integers; float label maps are rounded, as the loader does
+      if np.issubdtype(label.dtype, np.floating):
+        label = np.rint(label)
+      if label.min() < 0 or label.max() > 255:
+        raise DataError(f"{case.label}: label values must lie in [0, 255], got "
+                        f"[{label.min()}, {label.max()}]")
+      label = label.astype(np.uint8)
       zooms = nib.load(case.image).header.get_zooms()[:3]
       yield case.stem, {"case": case.stem, "image": image, "label": label,
                         "spacing": np.asarray(zooms, np.float32)}

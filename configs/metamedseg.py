@@ -34,7 +34,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # () = the source's standard targets: msd heart, spleen, prostate P. and T.; demo_brain
   # thalamus_t1w, caudate_t2w_like, putamen_lowres_noisy.
   c.data.targets = ()
-  c.data.exclude = ()  # further datasets kept out of meta-training; () = msd: colon (ref. code)
+  c.data.exclude = ()  # datasets kept out of meta-training; () = msd: colon if loaded (ref. code)
   c.data.test_fraction = 0.2  # share of each target's volumes held out for testing
   c.data.split_seed = 6  # seed of the volume-level train/test split (reference code: 6)
 

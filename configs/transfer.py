@@ -31,6 +31,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.source = "cc359"  # "cc359" (published layout) or "demo_skull" (embedded, no download)
   c.data.root = ""  # CC359 folder (meta.csv + images/ + masks/, or Original/ + Silver-standard/)
+  # cc359: "files" reads a published layout under root; "tfds" reads the dataset
+  # `python -m medda_jax.data.builders.build cc359` prepared in root (a TFDS data dir).
+  c.data.layout = "files"
   c.data.cache_dir = ""  # preprocessed-volume cache; "" = <workdir>/cache
   c.data.spacing = (1.0, 1.0, 1.0)  # cc359: resampling target in mm (reference code: 1, .95, .95)
   c.data.crop = 256  # training crop side (demo: also the slice side); divisible by 8

@@ -18,7 +18,7 @@ import test_breast_us
 import test_cc359
 import test_msd
 import test_usps_cxr_sites
-from medda_jax.data import msd
+from medda_jax.data import cc359, msd
 from medda_jax.data.builders import build
 from medda_jax.errors import ConfigError, DataError
 
@@ -85,10 +85,12 @@ def test_msd_loader_reads_prepared_datasets_like_the_files(tmp_path, monkeypatch
   cache = tmp_path / "cache"
   first = msd.load_msd(str(data_dir), ["heart"], image_size=size, layout="tfds",
                        cache_dir=str(cache))
-  def not_cached(*args):
+  def not_cached(*args, **kwargs):
     raise AssertionError("cache not used")
 
+  # The second run reads no record: the case listing and the slices come from the cache.
   monkeypatch.setattr(msd, "_process_case", not_cached)
+  monkeypatch.setattr(tfds.core.read_only_builder.ReadOnlyBuilder, "as_data_source", not_cached)
   _assert_same_collection(first, msd.load_msd(str(data_dir), ["heart"], image_size=size,
                                               layout="tfds", cache_dir=str(cache)))
   with pytest.raises(AssertionError, match="cache not used"):  # the files have their own key
@@ -96,7 +98,7 @@ def test_msd_loader_reads_prepared_datasets_like_the_files(tmp_path, monkeypatch
 
 
 def test_msd_loader_names_the_build_command_for_a_missing_dataset(tmp_path):
-  with pytest.raises(DataError, match="build medical_decathlon/task09_spleen --manual_dir"):
+  with pytest.raises(DataError, match="build medical_decathlon/task09_spleen --manual_dir=<Dec"):
     msd.load_msd(str(tmp_path), ["spleen"], layout="tfds")
   with pytest.raises(DataError, match="no prepared medical_decathlon task found"):
     msd.load_msd(str(tmp_path), layout="tfds")
@@ -153,9 +155,45 @@ def test_cc359_volumes_round_trip(tmp_path, layout):
   for stem, (image, mask) in cases.items():
     record = records[stem.split("_")[0]]
     np.testing.assert_array_equal(record["image"], image.astype(np.float32))
-    np.testing.assert_array_equal(record["mask"], (mask >= 0.5).astype(np.uint8))
+    np.testing.assert_array_equal(record["mask"], mask)
+    assert record["mask"].dtype == np.float32 and record["spacing"].dtype == np.float64
     assert domains.int2str(record["domain"]) == "_".join(stem.split("_")[1:3])
     np.testing.assert_allclose(record["spacing"], test_cc359.ZOOMS)
+
+
+@pytest.mark.parametrize("layout", ["meta", "original"])
+def test_cc359_loader_reads_the_prepared_dataset_like_the_files(tmp_path, layout, monkeypatch):
+  """`load_cc359(layout="tfds")` gives the files' volumes to the bit, resampled or not."""
+  cases = {stem: test_cc359._arrays(i) for i, stem in enumerate(test_cc359.STEMS)}
+  # A soft mask edge: the loader resamples the mask as stored before binarising it.
+  for _, mask in cases.values():
+    mask[3:9, 2:8, 6:8] = 0.45  # flips 48 of 504 voxels if binarised before resampling
+  root = tmp_path / layout
+  (test_cc359._write_meta if layout == "meta" else test_cc359._write_original)(root, cases)
+  data_dir = tmp_path / "tfds"
+  _prepare("cc359", root, data_dir)
+  cache = tmp_path / "cache"
+  for options in ({"spacing": None}, {"spacing": (1.0, 1.2, 0.9), "domains": ["siemens_15"]},
+                  {"max_volumes_per_domain": 1, "cache_dir": str(cache)}):
+    files = cc359.load_cc359(root, **options)
+    prepared = cc359.load_cc359(data_dir, layout="tfds", **options)
+    assert list(files.domains) == list(prepared.domains)
+    for domain, volumes in files.domains.items():
+      assert [v.id for v in volumes] == [v.id for v in prepared[domain]]
+      for a, b in zip(volumes, prepared[domain]):
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.mask, b.mask)
+        assert a.spacing == b.spacing and a.domain == b.domain
+  assert "prepared TFDS" in prepared.description
+
+  def no_reading(*args, **kwargs):
+    raise AssertionError("record read although the cache holds it")
+
+  monkeypatch.setattr(tfds.core.read_only_builder.ReadOnlyBuilder, "as_data_source", no_reading)
+  cc359.load_cc359(data_dir, layout="tfds", max_volumes_per_domain=1, cache_dir=str(cache))
+  monkeypatch.undo()
+  with pytest.raises(DataError, match="build cc359 --manual_dir=<CC359 root>"):
+    cc359.load_cc359(tmp_path / "cache", layout="tfds")
 
 
 def test_usps_splits_round_trip(tmp_path):

@@ -83,3 +83,13 @@ def test_config_mistakes_end_with_one_error_line(tmp_path, demo_cache, override,
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert message in proc.stderr.strip().splitlines()[-1]
+
+
+def test_tfds_layout_without_prepared_dataset_names_the_build_command(tmp_path):
+  (tmp_path / "tfds").mkdir()
+  proc = run_train(tmp_path / "bad", "--config.data.source=cc359", "--config.data.layout=tfds",
+                   f"--config.data.root={tmp_path / 'tfds'}", config=CONFIG, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr and "holds no prepared dataset" in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].strip().startswith(
+      "python -m medda_jax.data.builders.build cc359 --manual_dir=")

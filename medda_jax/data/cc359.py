@@ -43,11 +43,12 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from medda_jax.data import prepared
 from medda_jax.data.msd import case_stem
 from medda_jax.data.volumes import (DomainVolumes, Volume, load_volume_cache,
                                      read_nifti, save_volume_cache)
 from medda_jax.data.tables import read_csv_rows
-from medda_jax.errors import DataError
+from medda_jax.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 CC359_DOMAINS = ("siemens_15", "siemens_3", "ge_15", "ge_3", "philips_15", "philips_3")
 REFERENCE_CODE_SPACING = (1.0, 0.95, 0.95)
 _CACHE_VERSION = 1
+LAYOUTS = ("files", "tfds")  # a published layout, or the prepared TFDS dataset
 _META_COLUMNS = ("id", "MRI", "brain_mask", "fold", "x", "y", "z")
 _MASK_DIRS = ("Silver-standard", os.path.join("Silver-standard-machine-learning",
                                               "Silver-standard"))
@@ -84,11 +86,42 @@ def parse_cc359_name(stem: str) -> tuple[str, str]:
 
 @dataclasses.dataclass(frozen=True)
 class _Case:
+  """A case in a published layout: image and mask NIfTI files."""
   id: str
   domain: str
   image: str
   mask: str
   spacing: tuple[float, float, float] | None  # from meta.csv; None: read the header
+
+  def read(self) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Image and mask as stored, and the voxel size (meta.csv's, else the header's)."""
+    image, zooms = read_nifti(self.image, squeeze_trailing=True)
+    mask, _ = read_nifti(self.mask, squeeze_trailing=True)
+    if image.shape != mask.shape:
+      raise DataError(f"case {self.id}: image {self.image} has shape {image.shape} but mask "
+                      f"{self.mask} has shape {mask.shape}")
+    return image, mask, self.spacing if self.spacing is not None else zooms
+
+  def fingerprint(self, root: str) -> tuple:  # file sizes: a re-extracted set misses the cache
+    return (self.id, os.path.relpath(self.image, root), os.path.relpath(self.mask, root),
+            os.path.getsize(self.image), os.path.getsize(self.mask), self.spacing)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TfdsCase:
+  """A case of the dataset the `cc359` TFDS builder prepared (stored as published)."""
+  id: str
+  domain: str
+  source: prepared.PreparedDataset
+  index: int
+
+  def read(self) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    spacing = self.source.read(self.index, "spacing")
+    return (self.source.read(self.index, "image"), self.source.read(self.index, "mask"),
+            tuple(float(s) for s in spacing))
+
+  def fingerprint(self, root: str) -> tuple:
+    return (self.id, self.source.fingerprint)
 
 
 def _is_nifti(name: str) -> bool:
@@ -156,13 +189,8 @@ def scale_mri(image: np.ndarray, q_min: float = 1.0, q_max: float = 99.0) -> np.
   return ((np.clip(image, lo, hi) - lo) / span).astype(np.float32)
 
 
-def _process(case: _Case, spacing: tuple[float, float, float] | None) -> Volume:
-  image, zooms = read_nifti(case.image, squeeze_trailing=True)
-  mask, _ = read_nifti(case.mask, squeeze_trailing=True)
-  if image.shape != mask.shape:
-    raise DataError(f"case {case.id}: image {case.image} has shape {image.shape} but mask "
-                    f"{case.mask} has shape {mask.shape}")
-  source = case.spacing if case.spacing is not None else zooms
+def _process(case: _Case | _TfdsCase, spacing: tuple[float, float, float] | None) -> Volume:
+  image, mask, source = case.read()
   if spacing is None:
     new_spacing = tuple(float(s) for s in source)
     mask = mask >= 0.5
@@ -182,19 +210,17 @@ def _process(case: _Case, spacing: tuple[float, float, float] | None) -> Volume:
                 spacing=(new_spacing[2], new_spacing[0], new_spacing[1]))
 
 
-def _cache_path(cache_dir: str, root: str, domain: str, cases: Sequence[_Case],
+def _cache_path(cache_dir: str, root: str, domain: str, cases: Sequence[_Case | _TfdsCase],
                 spacing: tuple[float, float, float] | None) -> str:
-  # File sizes make a changed or re-extracted data set miss the cache.
   key = json.dumps({
       "version": _CACHE_VERSION, "domain": domain, "spacing": spacing,
-      "cases": [(c.id, os.path.relpath(c.image, root), os.path.relpath(c.mask, root),
-                 os.path.getsize(c.image), os.path.getsize(c.mask), c.spacing) for c in cases],
+      "cases": [c.fingerprint(root) for c in cases],
   }, sort_keys=True)
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
   return os.path.join(cache_dir, f"cc359_{domain}_{digest}.npz")
 
 
-def _load_domain(root: str, domain: str, cases: Sequence[_Case],
+def _load_domain(root: str, domain: str, cases: Sequence[_Case | _TfdsCase],
                  spacing: tuple[float, float, float] | None,
                  cache_dir: str | None) -> list[Volume]:
   path = None
@@ -213,6 +239,16 @@ def _load_domain(root: str, domain: str, cases: Sequence[_Case],
   return volumes
 
 
+TFDS_NAME = "cc359"  # the builder in medda_jax.data.builders
+
+
+def _tfds_cases(data_dir: str, cache_dir: str | None) -> list[_TfdsCase]:
+  source = prepared.PreparedDataset(data_dir, TFDS_NAME, "<CC359 root>")
+  return [_TfdsCase(case_id, CC359_DOMAINS[domain], source, i)
+          for i, (case_id, domain) in enumerate(source.columns("id", "domain",
+                                                               cache_dir=cache_dir))]
+
+
 def cc359_cases(root: str) -> tuple[str, list[_Case]]:
   """(layout name, cases) of either published layout, files checked but not read."""
   if os.path.isfile(os.path.join(root, "meta.csv")):
@@ -226,11 +262,13 @@ def load_cc359(root: str | os.PathLike, *,
                spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
                domains: Iterable[str] | None = None,
                max_volumes_per_domain: int | None = None,
-               cache_dir: str | os.PathLike | None = None) -> DomainVolumes:
+               cache_dir: str | os.PathLike | None = None,
+               layout: str = "files") -> DomainVolumes:
   """Loads CC359 image / silver-standard mask pairs per scanner domain.
 
   Args:
-    root: folder with `meta.csv` (preprocessed release) or `Original/` (original download).
+    root: folder with `meta.csv` (preprocessed release) or `Original/` (original download);
+      with `layout="tfds"` the TFDS data dir where the `cc359` builder prepared either.
     spacing: target voxel size in mm along the NIfTI array axes (x, y, z); None keeps the
       native grid.
     domains: names from `CC359_DOMAINS`; None loads every domain that has volumes.
@@ -242,9 +280,12 @@ def load_cc359(root: str | os.PathLike, *,
     DomainVolumes in `CC359_DOMAINS` order; volumes sorted by case id (`CC0001`, ...), images
     [slices, rows, columns] in [0, 1] with slices along the last NIfTI axis.
   """
+  if layout not in LAYOUTS:
+    raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
   root = os.fspath(root)
   if not os.path.isdir(root):
-    raise DataError(f"CC359 root folder {root} does not exist\n{_LAYOUT}")
+    raise DataError(f"TFDS data dir {root} does not exist" if layout == "tfds" else
+                    f"CC359 root folder {root} does not exist\n{_LAYOUT}")
   if spacing is not None:
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
@@ -257,7 +298,11 @@ def load_cc359(root: str | os.PathLike, *,
     if unknown:
       raise DataError(f"unknown CC359 domain(s) {unknown}; known: {', '.join(CC359_DOMAINS)}")
 
-  layout, cases = cc359_cases(root)
+  cache_dir = None if cache_dir is None else os.fspath(cache_dir)
+  if layout == "tfds":
+    cases, layout = _tfds_cases(root, cache_dir), "prepared TFDS"
+  else:
+    layout, cases = cc359_cases(root)
 
   by_domain: dict[str, list[_Case]] = {d: [] for d in CC359_DOMAINS}
   for case in cases:
@@ -275,8 +320,7 @@ def load_cc359(root: str | os.PathLike, *,
   out = {}
   for d in names:
     selected = sorted(by_domain[d], key=lambda c: c.id)[:max_volumes_per_domain]
-    out[d] = _load_domain(root, d, selected, spacing, None if cache_dir is None
-                          else os.fspath(cache_dir))
+    out[d] = _load_domain(root, d, selected, spacing, cache_dir)
   grid = "native spacing" if spacing is None else f"resampled to {spacing} mm (x, y, z)"
   description = (f"CC359 from {root} ({layout} layout): "
                  + ", ".join(f"{d} {len(v)}" for d, v in out.items())

@@ -30,19 +30,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
-import glob
 import hashlib
 import json
 import logging
 import os
-import threading
 from typing import Iterable, Sequence
 
 import nibabel as nib
 import numpy as np
 from skimage.transform import resize
 
+from medda_jax.data import prepared
 from medda_jax.data.collection import SliceCollection, SliceDataset
 from medda_jax.errors import ConfigError, DataError
 
@@ -197,63 +195,27 @@ def tfds_config(task: str) -> str:
   return task.lower()  # Task02_Heart -> task02_heart
 
 
-def _tfds_task_dir(data_dir: str, task: str) -> str:
-  return os.path.join(data_dir, TFDS_NAME, tfds_config(task))
+def _tfds_name(task: str) -> str:
+  return f"{TFDS_NAME}/{tfds_config(task)}"
 
 
-def _tfds_missing(data_dir: str, task: str) -> str:
-  return (f"{_tfds_task_dir(data_dir, task)} holds no prepared dataset; prepare it with\n"
-          f"  python -m medda_jax.data.builders.build {TFDS_NAME}/{tfds_config(task)} "
-          f"--manual_dir=<Decathlon root> --data_dir={data_dir}")
-
-
-class _TfdsTask:
-  """An MSD task prepared by the `medical_decathlon` TFDS builder, read with random access
-  (`builder_from_directory(...).as_data_source`, no TensorFlow). Volumes are stored as
-  published, so the slices equal those of the NIfTI files."""
-
-  def __init__(self, data_dir: str, task: str):
-    try:
-      import tensorflow_datasets as tfds  # the tfds extra; only this source needs it
-    except ImportError as e:
-      raise ConfigError("layout='tfds' needs tensorflow-datasets: pip install "
-                        "'medda_jax[tfds]'") from e
-
-    versions = sorted(glob.glob(os.path.join(_tfds_task_dir(data_dir, task), "*",
-                                             "dataset_info.json")))
-    if not versions:
-      raise DataError(_tfds_missing(data_dir, task))
-    self.task, self.where = task, os.path.dirname(versions[-1])
-    builder = tfds.builder_from_directory(self.where)
-    skip = tfds.decode.SkipDecoding()  # reads one feature without inflating the others
-    self._sources = {kind: builder.as_data_source("train", decoders={
-        other: skip for other in ("image", "label") if other != kind})
-        for kind in ("image", "label", "case")}
-    self._lock = threading.Lock()  # one reader at a time; resizing runs in parallel
-    # Shard sizes: a re-prepared dataset misses the slice cache.
-    self.fingerprint = sorted((os.path.basename(f), os.path.getsize(f))
-                              for f in glob.glob(os.path.join(self.where, "*.array_record*")))
-
-  def cases(self) -> list["_TfdsCase"]:
-    names = self._sources["case"]
-    cases = []
-    for i in range(len(names)):
-      stem = names[i]["case"]
-      cases.append(_TfdsCase(stem.decode() if isinstance(stem, bytes) else str(stem), self, i))
-    if not cases:
-      raise DataError(f"{self.where} holds no training case")
-    return sorted(cases, key=lambda c: c.stem)
-
-  def read(self, index: int, kind: str) -> np.ndarray:
-    with self._lock:
-      return np.asarray(self._sources[kind][index][kind])
+def _tfds_cases(data_dir: str, task: str, cache_dir: str | None) -> list["_TfdsCase"]:
+  """The cases of a task prepared by the `medical_decathlon` builder, sorted by stem."""
+  source = prepared.PreparedDataset(data_dir, _tfds_name(task), "<Decathlon root>")
+  cases = [_TfdsCase(stem, task, source, i)
+           for i, (stem,) in enumerate(source.columns("case", cache_dir=cache_dir))]
+  if not cases:
+    raise DataError(f"{source.where} holds no training case")
+  return sorted(cases, key=lambda c: c.stem)
 
 
 @dataclasses.dataclass(frozen=True)
 class _TfdsCase:
-  """A training case of a prepared TFDS dataset; shapes were checked when it was built."""
+  """A training case of a prepared TFDS dataset; shapes were checked when it was built.
+  The volumes are stored as published, so the slices equal those of the NIfTI files."""
   stem: str
-  source: _TfdsTask
+  task: str
+  source: prepared.PreparedDataset
   index: int
 
   def fingerprint(self) -> tuple:
@@ -265,7 +227,7 @@ class _TfdsCase:
   def read_image(self) -> np.ndarray:
     image = self.source.read(self.index, "image").astype(np.float32, copy=False)
     # The builder stores 3-D tasks with a channel axis of 1.
-    return image if self.source.task in FOUR_D_TASKS else image[..., 0]
+    return image if self.task in FOUR_D_TASKS else image[..., 0]
 
   def read_label(self) -> np.ndarray:
     return self.source.read(self.index, "label").astype(np.int64)
@@ -535,15 +497,17 @@ def load_msd(root: str, datasets: Iterable[str] | None = None, image_size: int =
   if not os.path.isdir(root):
     what = "TFDS data dir" if tfds_layout else "MSD root folder"
     raise DataError(f"{what} {root} does not exist" + ("" if tfds_layout else f"\n{_layout()}"))
-  task_dir = functools.partial(_tfds_task_dir if tfds_layout else os.path.join, root)
+  def present(task: str) -> bool:
+    return (prepared.is_prepared(root, _tfds_name(task)) if tfds_layout
+            else os.path.isdir(os.path.join(root, task)))
 
   if datasets is None:
-    names = [n for n, d in MSD_DATASETS.items() if os.path.isdir(task_dir(d.task))]
+    names = [n for n, d in MSD_DATASETS.items() if present(d.task)]
     if not names:
       raise DataError(
-          f"no prepared {TFDS_NAME} task found in {root}; prepare each task with\n"
-          f"  python -m medda_jax.data.builders.build {TFDS_NAME}/<task> --manual_dir=<Decathlon "
-          f"root> --data_dir={root}\n(tasks: {', '.join(map(tfds_config, MSD_TASKS))})"
+          f"no prepared {TFDS_NAME} task found in {root}; prepare each task with\n  "
+          + prepared.build_command(f"{TFDS_NAME}/<task>", root, "<Decathlon root>")
+          + f"\n(tasks: {', '.join(map(tfds_config, MSD_TASKS))})"
           if tfds_layout else f"no MSD task folder found in {root}\n{_layout()}")
   else:
     requested = [datasets] if isinstance(datasets, str) else list(datasets)
@@ -553,17 +517,18 @@ def load_msd(root: str, datasets: Iterable[str] | None = None, image_size: int =
     names = [n for n in MSD_DATASETS if n in requested]
     for n in names:
       task = MSD_DATASETS[n].task
-      if tfds_layout and not os.path.isdir(task_dir(task)):
-        raise DataError(f"dataset {n} needs {task}: " + _tfds_missing(root, task))
-      if not os.path.isdir(task_dir(task)):
-        raise DataError(f"dataset {n} needs the task folder {task_dir(task)}, which does not "
-                        f"exist\n{_layout()}")
+      if tfds_layout and not present(task):
+        raise DataError(f"dataset {n} needs {task}, not prepared in {root}; prepare it with\n  "
+                        + prepared.build_command(_tfds_name(task), root, "<Decathlon root>"))
+      if not present(task):
+        raise DataError(f"dataset {n} needs the task folder {os.path.join(root, task)}, which "
+                        f"does not exist\n{_layout()}")
 
   options = _Options(int(image_size), threshold_space, normalisation)
   loaded: dict[str, SliceDataset] = {}
   tasks = list(dict.fromkeys(MSD_DATASETS[n].task for n in names))
   for task in tasks:
-    cases = (_TfdsTask(root, task).cases() if tfds_layout
+    cases = (_tfds_cases(root, task, cache_dir) if tfds_layout
              else _read_cases(os.path.join(root, task)))
     loaded.update(_load_task(cases, task, [MSD_DATASETS[n] for n in names
                                            if MSD_DATASETS[n].task == task], options, cache_dir))

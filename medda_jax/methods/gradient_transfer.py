@@ -58,9 +58,11 @@ RESULTS_FILE = "transfer_results.json"
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first wrong field and what is allowed."""
   cu.check_choice(c, "data.source", ("demo_skull", "cc359"))
+  cu.check_choice(c, "data.layout", ("files", "tfds"))
   if c.data.source == "cc359" and not c.data.root:
     raise ConfigError("config.data.root must name the CC359 folder (meta.csv + images/ + "
-                      "masks/, or Original/ + Silver-standard/) when config.data.source='cc359'")
+                      "masks/, or Original/ + Silver-standard/), or with config.data.layout="
+                      "'tfds' the TFDS data dir, when config.data.source='cc359'")
   cu.check_range(c, "data.crop", 16, 1024, integer=True)
   if c.data.crop % 8:
     raise ConfigError(f"config.data.crop={c.data.crop} must be divisible by 8 (three "
@@ -122,7 +124,8 @@ def load_domains(c, workdir: pathlib.Path) -> DomainVolumes:
   cache = pathlib.Path(c.data.cache_dir) if c.data.cache_dir else workdir / "cache"
   if c.data.source == "cc359":
     from medda_jax.data import cc359
-    return cc359.load_cc359(c.data.root, spacing=tuple(c.data.spacing), cache_dir=cache)
+    return cc359.load_cc359(c.data.root, spacing=tuple(c.data.spacing), cache_dir=cache,
+                            layout=c.data.layout)
   from medda_jax.data import demo_skull
   return demo_skull.build_demo_skull(image_size=c.data.crop,
                                      subjects_per_domain=c.data.subjects_per_domain,

@@ -6,7 +6,6 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from medda_jax.data import cc359
-from medda_jax.data.volumes import read_nifti
 
 
 class Cc359(tfds.core.GeneratorBasedBuilder):
@@ -25,10 +24,12 @@ class Cc359(tfds.core.GeneratorBasedBuilder):
             "domain": tfds.features.ClassLabel(names=list(cc359.CC359_DOMAINS)),
             "image": tfds.features.Tensor(shape=(None, None, None), dtype=np.float32,
                                           encoding=tfds.features.Encoding.ZLIB),
-            "mask": tfds.features.Tensor(shape=(None, None, None), dtype=np.uint8,
+            # as stored (the loader resamples it before binarising at 0.5)
+            "mask": tfds.features.Tensor(shape=(None, None, None), dtype=np.float32,
                                          encoding=tfds.features.Encoding.ZLIB),
-            # mm along the stored axes: meta.csv's x, y, z, else the NIfTI header's
-            "spacing": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+            # mm along the stored axes: meta.csv's x, y, z, else the NIfTI header's; float64
+            # so that the loader's resampling factors are those of the files
+            "spacing": tfds.features.Tensor(shape=(3,), dtype=np.float64),
         }),
         homepage="https://sites.google.com/view/calgary-campinas-dataset/",
         license="CC BY 4.0 (as published)")
@@ -39,8 +40,6 @@ class Cc359(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, root):
     _, cases = cc359.cc359_cases(root)
     for case in cases:
-      image, zooms = read_nifti(case.image, squeeze_trailing=True)
-      mask, _ = read_nifti(case.mask, squeeze_trailing=True)
-      yield case.id, {"id": case.id, "domain": case.domain, "image": image,
-                      "mask": (mask >= 0.5).astype(np.uint8),
-                      "spacing": np.asarray(case.spacing or zooms, np.float32)}
+      image, mask, spacing = case.read()
+      yield case.id, {"id": case.id, "domain": case.domain, "image": image, "mask": mask,
+                      "spacing": np.asarray(spacing, np.float64)}

@@ -94,6 +94,24 @@ def task_mesh(num_tasks: int, devices=None) -> Mesh:
   return Mesh(np.array(devices).reshape(task, n // task), ("task", "data"))
 
 
+def padded_tasks(num_tasks: int, num_devices: int) -> int:
+  """The meta-batch size to run L tasks on n devices: L itself when the task axis of
+  `task_mesh(L)` (gcd(L, n) devices) leaves each device no more tasks than padding would,
+  else L rounded up to a multiple of n. With L = 5 on 8 devices, gcd = 1 puts all five
+  tasks on every device; padded to 8, each device adapts one (three copies are dropped
+  before the aggregation, see `engine.meta.build_meta_step`)."""
+  per_device = -(-num_tasks // num_devices)
+  if num_tasks // math.gcd(num_tasks, num_devices) <= per_device:
+    return num_tasks
+  return per_device * num_devices
+
+
+def pad_tasks(batch: dict, num_tasks: int) -> dict:
+  """Repeats the tasks of a host meta-batch (task axis first) cyclically up to `num_tasks`."""
+  order = np.arange(num_tasks) % len(next(iter(batch.values())))
+  return {k: np.take(np.asarray(v), order, axis=0) for k, v in batch.items()}
+
+
 def data_mesh(devices=None) -> Mesh:
   return Mesh(np.array(process_major(jax.devices() if devices is None else devices)), ("data",))
 

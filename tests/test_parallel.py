@@ -1,9 +1,11 @@
 """When medda_jax.parallel starts JAX's distributed runtime, and with which settings."""
 
+import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from medda_jax import parallel
@@ -90,3 +92,26 @@ def test_meshes_order_devices_by_process_then_id():
   proc = subprocess.run([sys.executable, "-c", MESH_ORDER], env=env, capture_output=True,
                         text=True, timeout=120)
   assert proc.returncode == 0 and proc.stdout.strip() == "OK", proc.stderr[-3000:]
+
+
+def test_padded_tasks_never_leaves_a_device_more_tasks():
+  for devices in (1, 2, 3, 4, 8, 16):
+    for tasks in range(1, 40):
+      padded = parallel.padded_tasks(tasks, devices)
+      # Plainly: tasks per device on the gcd task axis, and with padding to a multiple.
+      unpadded_load = tasks // math.gcd(tasks, devices)
+      padded_load = -(-tasks // devices)
+      assert padded >= tasks
+      if padded == tasks:
+        assert unpadded_load <= padded_load
+      else:
+        assert padded % devices == 0 and padded // devices == padded_load < unpadded_load
+  assert parallel.padded_tasks(5, 8) == 8 and parallel.padded_tasks(8, 8) == 8
+  assert parallel.padded_tasks(12, 8) == 16 and parallel.padded_tasks(4, 8) == 4
+
+
+def test_pad_tasks_repeats_tasks_cyclically():
+  batch = {"images": np.arange(3)[:, None] * np.ones((3, 2)), "valid": np.array([1, 0, 1])}
+  padded = parallel.pad_tasks(batch, 7)
+  np.testing.assert_array_equal(padded["images"][:, 0], [0, 1, 2, 0, 1, 2, 0])
+  np.testing.assert_array_equal(padded["valid"], [1, 0, 1, 1, 0, 1, 1])

@@ -1,5 +1,6 @@
 """The meta step on 1 device and on 8 simulated CPU devices (task axis sharded with
-shard_map) gives the same parameters."""
+shard_map) gives the same parameters, also with 5 tasks padded to 8; MetaMedSeg pads its
+meta-batch end to end."""
 
 import os
 import pathlib
@@ -26,34 +27,45 @@ SCRIPT = textwrap.dedent("""
                  valid=np.ones((L, K), bool))
     batch["valid"][3, 2:] = False
     cfg = AdaptConfig(0.01, 0.003, 2, 0.7, 1)
-    results = {}
-    for name, mesh in (("one_device", parallel.task_mesh(L, jax.devices()[:1])),
-                       ("eight_devices", parallel.task_mesh(L))):
-      tx = reptile(0.5, L, rule="idw")
-      step = build_meta_step(model.apply, losses.bce, cfg, tx, mesh=mesh)
+
+    def run(mesh, tasks, padded, rule):  # two meta-steps, the batch padded to `padded`
+      tx = reptile(0.5, tasks, rule=rule)
+      step = build_meta_step(model.apply, losses.bce, cfg, tx, mesh=mesh, num_tasks=tasks)
       state = MetaState.create(jax.tree.map(jnp.array, params), tx, jax.random.PRNGKey(1))
+      sub = {k: v[:tasks] for k, v in batch.items()}
       for _ in range(2):
-        state, metrics = step(state, parallel.global_batch(batch, mesh, "task"))
-      if name == "eight_devices":
-        assert mesh.shape["task"] == 8
-        assert metrics["task_losses"].sharding.is_fully_replicated
-      results[name] = (jax.device_get(state.params), np.asarray(metrics["task_losses"]))
-    a, b = results["one_device"], results["eight_devices"]
-    # A conv bias followed by instance norm has a zero gradient up to rounding noise, and
-    # Adam turns that noise into full-size steps of either sign: it is compared only to
-    # its step size. Every other parameter must agree closely.
-    for (path, x), (_, y) in zip(jax.tree_util.tree_flatten_with_path(a[0])[0],
-                                 jax.tree_util.tree_flatten_with_path(b[0])[0]):
-      key = jax.tree_util.keystr(path)
-      if "DoubleConv" in key and "bias" in key:
-        meta_steps, inner_steps, lr, beta = 2, 2 * K, 0.01, 0.5
-        assert np.abs(x - y).max() <= 2 * meta_steps * inner_steps * lr * beta, key
-      else:
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=key)
-    np.testing.assert_allclose(a[1], b[1], rtol=1e-5, atol=1e-6)
+        state, metrics = step(state, parallel.global_batch(parallel.pad_tasks(sub, padded),
+                                                           mesh, "task"))
+      assert metrics["task_losses"].shape == (tasks,)
+      assert metrics["task_losses"].sharding.is_fully_replicated
+      return jax.device_get(state.params), np.asarray(metrics["task_losses"])
+
+    def assert_same(a, b):
+      # A conv bias followed by instance norm has a zero gradient up to rounding noise, and
+      # Adam turns that noise into full-size steps of either sign: it is compared only to
+      # its step size. Every other parameter must agree closely.
+      for (path, x), (_, y) in zip(jax.tree_util.tree_flatten_with_path(a[0])[0],
+                                   jax.tree_util.tree_flatten_with_path(b[0])[0]):
+        key = jax.tree_util.keystr(path)
+        if "DoubleConv" in key and "bias" in key:
+          meta_steps, inner_steps, lr, beta = 2, 2 * K, 0.01, 0.5
+          assert np.abs(x - y).max() <= 2 * meta_steps * inner_steps * lr * beta, key
+        else:
+          np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=key)
+      np.testing.assert_allclose(a[1], b[1], rtol=1e-5, atol=1e-6)
+
+    assert parallel.task_mesh(L).shape["task"] == 8
+    one = run(parallel.task_mesh(L, jax.devices()[:1]), L, L, "idw")
+    assert_same(one, run(parallel.task_mesh(L), L, L, "idw"))
     moved = max(float(np.abs(x - y).max()) for x, y in
-                zip(jax.tree.leaves(a[0]), jax.tree.leaves(jax.device_get(params))))
+                zip(jax.tree.leaves(one[0]), jax.tree.leaves(jax.device_get(params))))
     assert moved > 1e-3, moved  # the meta step really changed the parameters
+
+    # L = 5 tasks on 8 devices: padded to 8 (one task per device, three copies dropped)
+    # gives the update of the 5 tasks on one device.
+    assert parallel.padded_tasks(5, 8) == 8
+    assert_same(run(parallel.task_mesh(5, jax.devices()[:1]), 5, 5, "aw"),
+                run(parallel.task_mesh(8), 5, 8, "aw"))
     print("OK")
 """)
 
@@ -64,3 +76,22 @@ def test_one_device_equals_eight_devices(tmp_path):
   proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
                         timeout=600, cwd=pathlib.Path(__file__).resolve().parents[1])
   assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-4000:]
+
+
+def test_metamedseg_pads_three_tasks_over_four_devices(tmp_path, demo_cache):
+  """The smoke config with L = 3 on 4 devices (padded to 4, one task each) ends with the
+  metrics of the same run on one device, where the 3 tasks are vmapped."""
+  from conftest import final_metrics, run_train
+  runs = {}
+  for devices in (1, 4):
+    workdir = tmp_path / f"devices_{devices}"
+    proc = run_train(workdir, f"--config.data.cache_dir={demo_cache}",
+                     "--config.meta.tasks_per_batch=3",
+                     env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+                          "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("meta-batch of 3 tasks padded to 4" in proc.stdout) == (devices == 4), proc.stdout
+    runs[devices] = final_metrics(workdir)
+  assert runs[1].keys() == runs[4].keys() and len(runs[1]) == 24
+  for key in runs[1]:  # IoU in [0, 1]; 1e-2 as for the 2-process runs against one device
+    assert abs(runs[1][key] - runs[4][key]) <= 1e-2, key

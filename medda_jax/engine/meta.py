@@ -61,7 +61,8 @@ def build_meta_step(apply_fn: Callable, loss_fn: Callable, adapt_cfg: AdaptConfi
                     maml_inner_steps: int = 5, maml_inner_lr: float = 0.01,
                     mesh: Mesh | None = None, task_parallelism: str = "vmap",
                     inner_loop: str = "scan", steps_per_call: int = 1,
-                    gather_tasks: bool = False, donate: bool = True):
+                    gather_tasks: bool = False, num_tasks: int | None = None,
+                    donate: bool = True):
   """Returns `step(state, batch) -> (state, metrics)`.
 
   inner_loop="scan": the whole meta-iteration is one jitted call (tasks side by side as
@@ -71,6 +72,10 @@ def build_meta_step(apply_fn: Callable, loss_fn: Callable, adapt_cfg: AdaptConfi
   aggregation; same numbers, see `medda_jax.engine.adapt` for why. With `gather_tasks`
   (several processes, host loop) each process adapts only its own slice of the task axis
   and the deltas of all processes are all-gathered, in process order, before the update.
+  With `num_tasks` (scan loop) the batch may hold more tasks than that, padded with
+  copies (`parallel.pad_tasks`) so that the task axis spans every device: the first
+  `num_tasks` tasks keep the keys they have unpadded, and the copies are dropped before
+  the aggregation, so the update is that of the unpadded batch.
 
   batch: images/masks [L, K, H, W, C] float32, valid [L, K] bool.
   algorithm: "reptile" — meta_tx receives the stacked deltas θ_l − θ (use
@@ -164,9 +169,15 @@ def build_meta_step(apply_fn: Callable, loss_fn: Callable, adapt_cfg: AdaptConfi
     return host_step
 
   def step(state: MetaState, batch):
-    rng, keys = split_keys(state, batch["images"].shape[0])
+    padded = batch["images"].shape[0]
+    real = padded if num_tasks is None else num_tasks
+    rng, keys = split_keys(state, real)
+    if padded != real:
+      keys = keys[jnp.arange(padded) % real]
     per_task, task_losses = tasks_fn(state.params, batch["images"], batch["masks"],
                                      batch["valid"], keys)
+    if padded != real:
+      per_task, task_losses = jax.tree.map(lambda x: x[:real], (per_task, task_losses))
     return apply_meta_update(state, per_task, task_losses, rng)
 
   if mesh is None:

@@ -239,16 +239,24 @@ class Experiment:
     if self.inner_loop == "host" and steps % spc:
       raise ConfigError(f"config.engine.steps_per_call={spc} must divide the inner steps "
                         f"meta.inner.epochs x meta.shots = {steps}")
-    mesh = parallel.task_mesh(L) if self.inner_loop == "scan" else None
     # Several processes split the task axis when it divides evenly; otherwise every process
-    # loads the whole meta-batch and keeps the tasks its devices hold.
+    # loads the whole meta-batch and keeps the tasks its devices hold. One process, or
+    # processes holding the whole meta-batch, pad it so that every device adapts tasks.
     split = L % jax.process_count() == 0
+    padded = L
+    if self.inner_loop == "scan" and not (split and jax.process_count() > 1):
+      padded = parallel.padded_tasks(L, jax.device_count())
+    mesh = parallel.task_mesh(padded) if self.inner_loop == "scan" else None
+    if padded != L and parallel.is_main_process():
+      print(f"meta-batch of {L} tasks padded to {padded} (one task axis over "
+            f"{jax.device_count()} devices); the copies are dropped before the update",
+            flush=True)
     step_fn = build_meta_step(self.model.apply, losses_lib.SEGMENTATION_LOSSES[c.loss],
                               adapt_cfg, meta_tx, algorithm=c.algorithm,
                               maml_inner_steps=c.maml_inner_steps, maml_inner_lr=c.maml_inner_lr,
                               mesh=mesh, task_parallelism=self.c.engine.task_parallelism,
                               inner_loop=self.inner_loop, steps_per_call=spc,
-                              gather_tasks=split and jax.process_count() > 1)
+                              gather_tasks=split and jax.process_count() > 1, num_tasks=L)
     ds = tasks.meta_batch_dataset(
         self.collection, self.sources, seed=self.c.seed, tasks_per_batch=L, shots=c.shots,
         task_definition=c.task_definition, num_batches=c.meta_iterations,
@@ -271,8 +279,10 @@ class Experiment:
     with Progress(f"meta-training ({name})", c.meta_iterations, done) as progress:
       while done < c.meta_iterations:
         batch = next(it)
-        batch = parallel.global_batch({k: batch[k] for k in ("images", "masks", "valid")},
-                                      mesh, "task", process_local=split)
+        batch = {k: batch[k] for k in ("images", "masks", "valid")}
+        if padded != L:
+          batch = parallel.pad_tasks(batch, padded)
+        batch = parallel.global_batch(batch, mesh, "task", process_local=split)
         state, m = step_fn(state, batch)
         m = jax.device_get(m)
         done += 1

@@ -3,7 +3,9 @@
 
 * meta-iteration (strong scaling): L = 8 tasks of K shots on a ('task', 'data') mesh from
   `parallel.task_mesh`, each device adapting L / n tasks under shard_map (inner loop: scan,
-  vmap over a device's tasks), then the AW Reptile update. Ideal: time / n.
+  vmap over a device's tasks), then the AW Reptile update. Ideal: time / n. Then the
+  paper's L = 5 on the largest count: the gcd task axis (1 for 8 devices: every device
+  adapts all five) against the meta-batch padded to one task per device.
 * U-Net step (weak scaling): a data-parallel Adam step of MetaMedSeg's U-Net with a fixed
   per-device batch, the global batch sharded on the 'data' axis, parameters replicated.
   Ideal: images/s x n.
@@ -119,6 +121,29 @@ def main():
     print(f"{n} device(s): meta-iteration {entry['meta_iteration']['seconds'] * 1e3:.0f} ms, "
           f"U-Net step {entry['unet_step']['images_per_s']:.1f} images/s", flush=True)
 
+  # --- the paper's L = 5 tasks on the largest device count: the gcd task axis (every
+  # device adapts all five) against the meta-batch padded to one task per device
+  n, odd = counts[-1], 5
+  odd_tx = reptile(0.01, odd, rule="aw")
+  odd_batch = {k: v[:odd] for k, v in meta_batch.items()}
+  padding = {"tasks": odd, "devices": n}
+  for name, padded in (("gcd_task_axis", odd), ("padded", parallel.padded_tasks(odd, n))):
+    mesh = parallel.task_mesh(padded, jax.devices()[:n])
+    step = build_meta_step(model.apply, losses.SEGMENTATION_LOSSES["bce"], adapt_cfg, odd_tx,
+                           mesh=mesh, inner_loop="scan", task_parallelism="vmap",
+                           num_tasks=odd, donate=False)
+    state = parallel.replicate(MetaState.create(params, odd_tx, jax.random.PRNGKey(1)), mesh)
+    batch = parallel.global_batch(parallel.pad_tasks(odd_batch, padded), mesh, "task")
+    timing = common.time_repeats(functools.partial(step, state, batch), common.jax_block,
+                                 warmup=1, repeats=args.repeats, iters=1)
+    padding[name] = {"mesh": dict(mesh.shape), "meta_batch": padded,
+                     "seconds": timing["seconds_per_call"]}
+  padding["speedup"] = padding["gcd_task_axis"]["seconds"] / padding["padded"]["seconds"]
+  print(f"{odd} tasks on {n} device(s): gcd task axis "
+        f"{padding['gcd_task_axis']['seconds'] * 1e3:.0f} ms, padded to "
+        f"{padding['padded']['meta_batch']} {padding['padded']['seconds'] * 1e3:.0f} ms",
+        flush=True)
+
   one = results[str(counts[0])]
   for n in counts:
     meta, unet = results[str(n)]["meta_iteration"], results[str(n)]["unet_step"]
@@ -145,7 +170,7 @@ def main():
                             "shots": shots, "inner_epochs": inner_epochs,
                             "unet_per_device_batch": per_device, "dtype": str(dtype.dtype)
                             if hasattr(dtype, "dtype") else jnp.dtype(dtype).name},
-                    results=results, ratio={}, notes=notes)
+                    results=results, padding=padding, ratio={}, notes=notes)
   print(f"wrote {path}")
 
 

@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 CC359_DOMAINS = ("siemens_15", "siemens_3", "ge_15", "ge_3", "philips_15", "philips_3")
 REFERENCE_CODE_SPACING = (1.0, 0.95, 0.95)
 _CACHE_VERSION = 1
-LAYOUTS = ("files", "tfds")  # a published layout, or the prepared TFDS dataset
 _META_COLUMNS = ("id", "MRI", "brain_mask", "fold", "x", "y", "z")
 _MASK_DIRS = ("Silver-standard", os.path.join("Silver-standard-machine-learning",
                                               "Silver-standard"))
@@ -280,8 +279,8 @@ def load_cc359(root: str | os.PathLike, *,
     DomainVolumes in `CC359_DOMAINS` order; volumes sorted by case id (`CC0001`, ...), images
     [slices, rows, columns] in [0, 1] with slices along the last NIfTI axis.
   """
-  if layout not in LAYOUTS:
-    raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+  if layout not in prepared.LAYOUTS:
+    raise ConfigError(f"layout must be one of {prepared.LAYOUTS}, got {layout!r}")
   root = os.fspath(root)
   if not os.path.isdir(root):
     raise DataError(f"TFDS data dir {root} does not exist" if layout == "tfds" else

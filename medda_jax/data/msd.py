@@ -47,7 +47,6 @@ from medda_jax.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 THRESHOLD_SPACES = ("native", "resized")
-LAYOUTS = ("files", "tfds")  # the published NIfTI files, or the prepared TFDS datasets
 NORMALISATIONS = ("zscore_nonzero", "slice_minmax")
 # Thresholds are given in pixels of a 256 x 256 slice (paper) when counted after resizing.
 _REFERENCE_SIZE = 256
@@ -152,7 +151,9 @@ class _Case:
     return _read_array(self.image, np.float32)
 
   def read_label(self) -> np.ndarray:
-    return _read_array(self.label, np.int64)
+    label = _read_array(self.label, np.int64)
+    # A label map stored as floats is rounded to its integer values.
+    return np.rint(label) if np.issubdtype(label.dtype, np.floating) else label
 
 
 def _read_cases(task_dir: str) -> list[_Case]:
@@ -306,8 +307,6 @@ def _process_case(task: str, case: _Case, datasets: Sequence[MsdDataset],
   """Kept slices of every dataset, and the preprocessed slices they need, for one case."""
   size = options.image_size
   label = case.read_label()
-  if np.issubdtype(label.dtype, np.floating):
-    label = np.rint(label)
   values = sorted({d.label for d in MSD_DATASETS.values() if d.task == task})
   counts = {k: (label == k).sum(axis=(0, 1)) for k in values}
 
@@ -490,8 +489,8 @@ def load_msd(root: str, datasets: Iterable[str] | None = None, image_size: int =
     raise ConfigError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
   if not isinstance(image_size, (int, np.integer)) or image_size < 1:
     raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
-  if layout not in LAYOUTS:
-    raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+  if layout not in prepared.LAYOUTS:
+    raise ConfigError(f"layout must be one of {prepared.LAYOUTS}, got {layout!r}")
   root = os.fspath(root)
   tfds_layout = layout == "tfds"
   if not os.path.isdir(root):
@@ -517,12 +516,12 @@ def load_msd(root: str, datasets: Iterable[str] | None = None, image_size: int =
     names = [n for n in MSD_DATASETS if n in requested]
     for n in names:
       task = MSD_DATASETS[n].task
-      if tfds_layout and not present(task):
-        raise DataError(f"dataset {n} needs {task}, not prepared in {root}; prepare it with\n  "
-                        + prepared.build_command(_tfds_name(task), root, "<Decathlon root>"))
       if not present(task):
-        raise DataError(f"dataset {n} needs the task folder {os.path.join(root, task)}, which "
-                        f"does not exist\n{_layout()}")
+        raise DataError(
+            f"dataset {n} needs {task}, not prepared in {root}; prepare it with\n  "
+            + prepared.build_command(_tfds_name(task), root, "<Decathlon root>") if tfds_layout
+            else f"dataset {n} needs the task folder {os.path.join(root, task)}, which does "
+            f"not exist\n{_layout()}")
 
   options = _Options(int(image_size), threshold_space, normalisation)
   loaded: dict[str, SliceDataset] = {}

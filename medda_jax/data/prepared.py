@@ -18,6 +18,9 @@ import numpy as np
 from medda_jax.errors import ConfigError, DataError
 
 
+LAYOUTS = ("files", "tfds")  # the loaders' sources: published files, or a prepared dataset
+
+
 def build_command(name: str, data_dir: str, manual_dir: str = "<published data>") -> str:
   return (f"python -m medda_jax.data.builders.build {name} --manual_dir={manual_dir} "
           f"--data_dir={data_dir}")
@@ -28,8 +31,16 @@ def dataset_dir(data_dir: str, name: str) -> str:
   return os.path.join(data_dir, *name.split("/"))
 
 
+def _versions(data_dir: str, name: str) -> list[str]:
+  """The prepared versions' folders, oldest first."""
+  infos = glob.glob(os.path.join(dataset_dir(data_dir, name), "*", "dataset_info.json"))
+  folders = [os.path.dirname(p) for p in infos]
+  return sorted(folders, key=lambda f: tuple(int(n) for n in os.path.basename(f).split(".")
+                                             if n.isdigit()))
+
+
 def is_prepared(data_dir: str, name: str) -> bool:
-  return bool(glob.glob(os.path.join(dataset_dir(data_dir, name), "*", "dataset_info.json")))
+  return bool(_versions(data_dir, name))
 
 
 class PreparedDataset:
@@ -42,14 +53,11 @@ class PreparedDataset:
     except ImportError as e:
       raise ConfigError("reading prepared TFDS datasets needs tensorflow-datasets: "
                         "pip install 'medda_jax[tfds]'") from e
-    versions = sorted(glob.glob(os.path.join(dataset_dir(data_dir, name), "*",
-                                             "dataset_info.json")),
-                      key=lambda p: tuple(int(n) for n in os.path.basename(
-                          os.path.dirname(p)).split(".") if n.isdigit()))
+    versions = _versions(data_dir, name)
     if not versions:
       raise DataError(f"{dataset_dir(data_dir, name)} holds no prepared dataset; prepare it "
                       f"with\n  {build_command(name, data_dir, manual_dir)}")
-    self.name, self.where = name, os.path.dirname(versions[-1])
+    self.name, self.where = name, versions[-1]
     self._builder = tfds.builder_from_directory(self.where)
     self._skip = tfds.decode.SkipDecoding()
     self._features = list(self._builder.info.features)
@@ -59,16 +67,17 @@ class PreparedDataset:
     self.fingerprint = sorted((os.path.basename(f), os.path.getsize(f))
                               for f in glob.glob(os.path.join(self.where, "*.array_record*")))
 
-  def _source(self, feature: str):
-    if feature not in self._sources:  # every other feature stays encoded
-      self._sources[feature] = self._builder.as_data_source("train", decoders={
-          other: self._skip for other in self._features if other != feature})
-    return self._sources[feature]
+  def _source(self, features: tuple[str, ...]):
+    """A random-access source that decodes only `features` (call it under the lock)."""
+    if features not in self._sources:
+      self._sources[features] = self._builder.as_data_source("train", decoders={
+          other: self._skip for other in self._features if other not in features})
+    return self._sources[features]
 
   def read(self, index: int, feature: str) -> np.ndarray:
     """One feature (an array) of one example."""
     with self._lock:
-      return np.asarray(self._source(feature)[index][feature])
+      return np.asarray(self._source((feature,))[index][feature])
 
   def columns(self, *features: str, cache_dir: str | None = None) -> list[tuple]:
     """Small features (text, labels) of every example, in stored order.
@@ -85,9 +94,8 @@ class PreparedDataset:
           return [tuple(row) for row in json.load(f)]
       except (OSError, ValueError):
         pass  # absent or unreadable: list again
-    decoders = {other: self._skip for other in self._features if other not in features}
     with self._lock:
-      source = self._builder.as_data_source("train", decoders=decoders)
+      source = self._source(features)
       rows = [tuple(_plain(source[i][f]) for f in features) for i in range(len(source))]
     if path is not None:
       os.makedirs(cache_dir, exist_ok=True)

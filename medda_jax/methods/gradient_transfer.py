@@ -39,7 +39,7 @@ import optax
 from medda_jax import config_utils as cu
 from medda_jax import metrics as metrics_lib
 from medda_jax import parallel, plots
-from medda_jax.data import mixed
+from medda_jax.data import mixed, prepared
 from medda_jax.data.volumes import DomainVolumes, Volume, split_ids
 from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.loop import run_loop
@@ -58,7 +58,7 @@ RESULTS_FILE = "transfer_results.json"
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first wrong field and what is allowed."""
   cu.check_choice(c, "data.source", ("demo_skull", "cc359"))
-  cu.check_choice(c, "data.layout", ("files", "tfds"))
+  cu.check_choice(c, "data.layout", prepared.LAYOUTS)
   if c.data.source == "cc359" and not c.data.root:
     raise ConfigError("config.data.root must name the CC359 folder (meta.csv + images/ + "
                       "masks/, or Original/ + Silver-standard/), or with config.data.layout="

@@ -33,7 +33,7 @@ from medda_jax import config_utils as cu
 from medda_jax import losses as losses_lib
 from medda_jax import metrics as metrics_lib
 from medda_jax import parallel, plots
-from medda_jax.data import demo_brain, msd, tasks
+from medda_jax.data import demo_brain, msd, prepared, tasks
 from medda_jax.data.collection import SliceCollection, split_volumes
 from medda_jax.engine.adapt import AdaptConfig, adapt, adapt_chunked
 from medda_jax.engine.checkpoint import Checkpointer
@@ -53,7 +53,7 @@ RESULTS_FILE = "finetune_results.json"
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first wrong field and what is allowed."""
   cu.check_choice(c, "data.source", ("demo_brain", "msd"))
-  cu.check_choice(c, "data.layout", msd.LAYOUTS)
+  cu.check_choice(c, "data.layout", prepared.LAYOUTS)
   if c.data.source == "msd" and not c.data.root:
     raise ConfigError("config.data.root must name the Medical Segmentation Decathlon folder "
                       "(holding TaskXX_Name/dataset.json), or with config.data.layout='tfds' "

@@ -50,9 +50,7 @@ class MedicalDecathlon(tfds.core.GeneratorBasedBuilder):
       image = case.read_image()
       if image.ndim == 3:
         image = image[..., None]
-      label = case.read_label()  # integers; float label maps are rounded, as the loader does
-      if np.issubdtype(label.dtype, np.floating):
-        label = np.rint(label)
+      label = case.read_label()  # integer values, as the loader reads them
       if label.min() < 0 or label.max() > 255:
         raise DataError(f"{case.label}: label values must lie in [0, 255], got "
                         f"[{label.min()}, {label.max()}]")

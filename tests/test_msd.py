@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import importlib.util
 import json
 import os
 import pathlib
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from skimage.transform import resize
 
+from medda_jax.config_utils import load_config
 from medda_jax.data import msd
 from medda_jax.data.collection import SliceCollection, SliceDataset, split_volumes
 from medda_jax.errors import ConfigError, DataError
@@ -461,12 +461,8 @@ def test_error_no_task_folder(tmp_path):
 
 
 def _metamedseg_config():
-  spec = importlib.util.spec_from_file_location(
-      "metamedseg_config",
-      pathlib.Path(__file__).resolve().parents[1] / "configs" / "metamedseg.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = load_config(str(pathlib.Path(__file__).resolve().parents[1] / "configs" /
+                           "metamedseg.py"))
   config.data.source = "msd"
   return config
 

@@ -85,6 +85,7 @@ def test_msd_loader_reads_prepared_datasets_like_the_files(tmp_path, monkeypatch
   cache = tmp_path / "cache"
   first = msd.load_msd(str(data_dir), ["heart"], image_size=size, layout="tfds",
                        cache_dir=str(cache))
+
   def not_cached(*args, **kwargs):
     raise AssertionError("cache not used")
 

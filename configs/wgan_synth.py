@@ -4,7 +4,12 @@
       --config.data.source_dir=/data/Dataset_BUSI_with_GT \
       --config.data.target_dirs.breast=/data/BrEaST-Lesions_USG-images_and_masks
   python -m medda_jax.train --config=configs/wgan_synth.py:demo --workdir=runs/wgan_demo
-  python -m medda_jax.train --config=configs/wgan_synth.py:smoke --workdir=/tmp/smoke
+  python -m medda_jax.train --config=configs/wgan_synth.py:smoke --workdir=runs/smoke
+  python -m medda_jax.train --config=configs/wgan_synth.py --workdir=runs/ours \
+      --config.data.source=ourhospital=/data/our_us \
+      --config.data.targets="('clinic_b=/data/clinic_b.csv',)" \
+      --config.data.positive_classes="('benign','normal')" \
+      --config.data.negative_classes="('malignant',)"
 
 The default is the paper's ratio experiment (spec wgan_synth_aug.md): source "Egypt" =
 BUSI (or BreastMNIST at 128 px, `data.source=breastmnist`), target "Poland" = BrEaST,
@@ -27,9 +32,17 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.seeds = (0, 1, 2, 3, 4)  # classifier repeats: initialisation, synthetic draw, batches
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "busi"  # "busi", "breastmnist" (published layouts) or "digits" (embedded demo)
+  # "busi", "breastmnist" (published layouts), "digits" (embedded demo) or your own data as
+  # name=path: a class-folder root <path>/<class>/*.png|jpg|tif|dcm or a CSV
+  # path,label[,patient_id]; results call it `name`.
+  c.data.source = "busi"
   c.data.source_dir = ""  # BUSI folder (Dataset_BUSI_with_GT or its parent) / breastmnist npz
-  c.data.targets = ("breast",)  # out-of-domain test hospitals
+  c.data.targets = ("breast",)  # out-of-domain test hospitals: built-in names or name=path
+  # Your domains' classes coded as the paper's label 1 (positive) and 0 (negative); images of
+  # other classes are dropped. Both empty: each of your domains must hold exactly two
+  # classes, the first in sorted order = 0, the second = 1.
+  c.data.positive_classes = ()
+  c.data.negative_classes = ()
   c.data.target_dirs = ml_collections.ConfigDict({"breast": ""})  # BrEaST images + clinical CSV
   c.data.digits_source = "mnist"  # demo: the source "hospital"
   c.data.positive_digit = 3  # demo: label 1 (the paper's benign side)

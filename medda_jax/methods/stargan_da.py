@@ -4,6 +4,12 @@
   python -m medda_jax.train --config=configs/stargan.py:cxr --workdir=runs/cxr \
       --config.data.dirs.nih=/data/ChestX-ray14 \
       --config.data.dirs.chexpert=/data/CheXpert-v1.0-small
+  python -m medda_jax.train --config=configs/stargan.py --workdir=runs/ours \
+      --config.data.domains="('ourhospital=/data/our_xrays','clinic_b=/data/clinic_b.csv')"
+
+A domain given as `name=path` is the user's own (`medda_jax.data.images`: a class-folder
+root or a CSV path,label[,patient_id], any number of classes shared by the domains); results
+and `pairs` call it `name`.
 
 For every ordered pair of domains S -> T (the paper trains one two-domain model per pair;
 S is domain 0, T domain 1):
@@ -207,9 +213,13 @@ def _user_domain(c, name: str, path: str) -> Domain:
   sets = []
   for idx in user_images.split_indices(table, tuple(c.data.split), c.data.split_seed,
                                        c.data.max_per_domain):
-    if not len(idx):
-      raise DataError(f"domain {name}: {len(table)} images leave split "
-                      f"{len(sets) + 1} of config.data.split={tuple(c.data.split)} empty")
+    held = sorted(set(table.labels[idx].tolist()))
+    if len(held) < len(table.class_names):  # its AUC (and early stopping) need every class
+      split = ("training", "validation", "test")[len(sets)]
+      raise DataError(f"domain {name}: its {split} split holds {len(idx)} images of classes "
+                      f"{[table.class_names[k] for k in held]} only, not all of "
+                      f"{list(table.class_names)}; add images or change config.data.split="
+                      f"{tuple(c.data.split)}")
     data = user_images.read_set(source, idx)
     sets.append(ImageSet(_normalise(data.images), data.labels))
   return Domain(name, *sets, classes=table.class_names)

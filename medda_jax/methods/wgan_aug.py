@@ -3,6 +3,14 @@
   python -m medda_jax.train --config=configs/wgan_synth.py --workdir=runs/busi \
       --config.data.source_dir=/data/Dataset_BUSI_with_GT --config.data.target_dir=/data/BrEaST
   python -m medda_jax.train --config=configs/wgan_synth.py:demo --workdir=runs/wgan_demo
+  python -m medda_jax.train --config=configs/wgan_synth.py --workdir=runs/ours \
+      --config.data.source=ourhospital=/data/our_us \
+      --config.data.targets="('clinic_b=/data/clinic_b.csv',)" \
+      --config.data.positive_classes="('benign','normal')" \
+      --config.data.negative_classes="('malignant',)"
+
+A domain given as `name=path` is the user's own (`medda_jax.data.images`: a class-folder
+root or a CSV path,label[,patient_id]); results call it `name`.
 
 Algorithm 1 of the paper, then its ratio experiment:
 1. Split the source hospital's images by class; hold out a source test set first, so that

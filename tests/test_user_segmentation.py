@@ -386,3 +386,43 @@ def test_fine_tune_only_on_a_new_ct_task_from_an_earlier_run(smoke_run, tmp_path
   assert stages == {"final"}
   assert not (workdir / "checkpoints").exists()
   assert "source datasets" in proc.stderr and "demo" not in proc.stderr.lower()
+
+
+# --- gradient transfer ---------------------------------------------------------------------
+
+
+def test_user_sites_as_volumes(liver, manifest):
+  from medda_jax.data.cc359 import scale_mri
+  path, cases = liver
+  csv_path, volumes = manifest
+  sites = user_seg.load_user_sites(user_seg.parse_sources([f"ourliver={path}",
+                                                           f"clinic={csv_path}"]),
+                                   modality="MR")
+  assert sorted(sites) == ["clinic_a", "clinic_b", "ourliver"]
+  ours, _ = sites["ourliver"]
+  assert [v.id for v in ours] == ["ct_2", "ct_7"]
+  image, label = cases["ct_2"]
+  np.testing.assert_allclose(ours[0].image, _windowed(image).transpose(2, 0, 1), atol=1e-6)
+  np.testing.assert_array_equal(ours[0].mask, (label != 0).transpose(2, 0, 1))
+  assert ours[0].spacing == pytest.approx((2.5, 0.8, 0.8))
+  clinic_b, _ = sites["clinic_b"]
+  assert [v.id for v in clinic_b] == ["p1", "p3"]
+  np.testing.assert_allclose(clinic_b[0].image,
+                             scale_mri(volumes["scan1"][0]).transpose(2, 0, 1), atol=1e-6)
+
+
+def test_gradient_transfer_between_user_sites(liver, manifest, tmp_path):
+  path, _ = liver
+  csv_path, _ = manifest
+  workdir = tmp_path / "transfer"
+  proc = run_train(workdir, f"--config.data.user=('ourliver={path}', 'clinic={csv_path}')",
+                   "--config.data.user_modality=CT", "--config.data.test_subjects=1",
+                   "--config.data.pairs=(('clinic_a', 'ourliver'),)", "--config.methods=('fta',)",
+                   "--config.optimizers=('sgd',)", "--config.seeds=(0,)",
+                   "--config.budgets=(('small', 1, 1),)", config="configs/transfer.py:smoke")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads((workdir / "transfer_results.json").read_text())
+  assert sorted(results) == ["sgd/clinic_a->ourliver/small/fta/0",
+                             "sgd/clinic_a->ourliver/source_model/0"]
+  table = (workdir / "results.md").read_text()
+  assert "your sites: clinic_a, ourliver" in table and "DEMO" not in table

@@ -18,9 +18,20 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.method = "metamedseg"  # module in medda_jax/methods/
   c.variant = variant or "paper"  # which preset this is (recorded in the results)
   c.seed = 6  # model init, meta-training RNG and task sampling (reference code: set_seed(6))
+  # Fine-tune only: a workdir of an earlier run (every stage under its checkpoints/) or one
+  # stage's checkpoint folder; its parameters are fine-tuned on the targets, nothing is
+  # pre- or meta-trained and no source dataset is needed. "" = train the stages here.
+  c.init_from = ""
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "demo_brain"  # "demo_brain" (embedded, no download) or "msd" (Decathlon)
+  # "demo_brain" (embedded, no download), "msd" (Decathlon) or "none" (only data.user)
+  c.data.source = "demo_brain"
+  # Your own datasets, 'name=path': a Decathlon-layout folder with any task name (its
+  # dataset.json gives labels and modality) or a CSV manifest image,label[,subject][,site]
+  # [,modality]. Each is a source or, named in data.targets, a target.
+  c.data.user = ()
+  c.data.user_modality = ""  # CSV manifests without a modality column: "CT" or "MR"
+  c.data.user_threshold = 1  # your datasets: foreground pixels a slice needs to be kept
   c.data.root = ""  # Decathlon root holding TaskXX_Name/ folders (data.source="msd")
   # msd: "files" reads the published NIfTI layout under root; "tfds" reads the datasets
   # `python -m medda_jax.data.builders.build medical_decathlon/<task>` prepared in root.
@@ -29,8 +40,14 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.data.image_size = 256  # slices are resized to image_size x image_size
   c.data.subjects_per_anatomy = 4  # demo: real volume + deformed copies per anatomy
   c.data.threshold_space = "native"  # msd: slice threshold before ("native") or after resize
-  c.data.normalisation = "zscore_nonzero"  # msd: paper z-score, or "slice_minmax" (ref. code)
-  # Fine-tuning targets (dataset names); datasets of their organ groups never meta-train.
+  # "modality": CT through data.ct_window, MR by the paper's z-score over non-zero voxels;
+  # "zscore_nonzero": the paper's z-score for every modality; "slice_minmax" (ref. code).
+  c.data.normalisation = "modality"
+  # CT window in Hounsfield units, scaled to [0, 1]: the abdominal soft-tissue window
+  # (level 40, width 400), which spans the organs of the Decathlon's CT tasks.
+  c.data.ct_window = (-160.0, 240.0)
+  # Fine-tuning targets (dataset names, or names of data.user sources); datasets of their
+  # organ groups never meta-train.
   # () = the source's standard targets: msd heart, spleen, prostate P. and T.; demo_brain
   # thalamus_t1w, caudate_t2w_like, putamen_lowres_noisy.
   c.data.targets = ()

@@ -29,7 +29,17 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.pretrain_per_seed = True  # one source model per seed (False: one shared by all seeds)
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "cc359"  # "cc359" (published layout) or "demo_skull" (embedded, no download)
+  # "cc359" (published layout), "demo_skull" (embedded, no download) or "none" (data.user only)
+  c.data.source = "cc359"
+  # Your own sites, 'name=path': a Decathlon-layout folder with any task name (one site) or a
+  # CSV manifest image,label[,subject][,site][,modality] (one site, or <name>_<site> per value
+  # of its site column). Name them in data.pairs; the built-in source is read only when a
+  # pair names one of its sites.
+  c.data.user = ()
+  c.data.user_modality = ""  # CSV manifests without a modality column: "CT" or "MR"
+  # Your CT sites: Hounsfield window scaled to [0, 1] (abdominal soft tissue, level 40 /
+  # width 400); MR sites are scaled as the CC359 sites (1st-99th percentile to [0, 1]).
+  c.data.ct_window = (-160.0, 240.0)
   c.data.root = ""  # CC359 folder (meta.csv + images/ + masks/, or Original/ + Silver-standard/)
   # cc359: "files" reads a published layout under root; "tfds" reads the dataset
   # `python -m medda_jax.data.builders.build cc359` prepared in root (a TFDS data dir).

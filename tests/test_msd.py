@@ -368,8 +368,8 @@ def test_error_named_task_folder_missing(data):
 
 def test_error_unknown_dataset(data):
   root, _ = data
-  with pytest.raises(DataError, match="unknown MSD dataset.*liver"):
-    msd.load_msd(root, ["liver"])
+  with pytest.raises(DataError, match="unknown MSD dataset.*kidney"):
+    msd.load_msd(root, ["kidney"])
 
 
 def test_error_no_dataset_json(data):

@@ -47,7 +47,13 @@ from medda_jax.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 THRESHOLD_SPACES = ("native", "resized")
-NORMALISATIONS = ("zscore_nonzero", "slice_minmax")
+# "modality": CT channels through a Hounsfield window, MR channels by `zscore_nonzero`.
+NORMALISATIONS = ("modality", "zscore_nonzero", "slice_minmax")
+MODALITIES = ("CT", "MR")
+# Abdominal soft-tissue window (level 40 HU, width 400 HU): it spans fat (about -100 HU)
+# to contrast-enhanced parenchyma and vessels (about 200 HU), the structures of the CT
+# tasks (liver, pancreas, spleen, colon, hepatic vessels); air and bone saturate at its ends.
+DEFAULT_CT_WINDOW = (-160.0, 240.0)
 # Thresholds are given in pixels of a 256 x 256 slice (paper) when counted after resizing.
 _REFERENCE_SIZE = 256
 _CACHE_VERSION = 1
@@ -74,8 +80,35 @@ class MsdDataset:
   threshold: int
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+  """What the loader needs to know about a task folder.
+
+  Attributes:
+    name: folder name (also the cache-file prefix), e.g. `Task02_Heart`.
+    channels: image channels of a 4-D task; None for 3-D images.
+    modalities: "CT" or "MR" per channel (one entry for 3-D images).
+    label_values: every foreground value of the label maps that a dataset uses.
+  """
+
+  name: str
+  channels: int | None
+  modalities: tuple[str, ...]
+  label_values: tuple[int, ...]
+
+  def modality(self, channel: int | None) -> str:
+    return self.modalities[0 if channel is None else channel]
+
+
 # Number of image channels of the 4-D tasks; every other task has 3-D images.
 FOUR_D_TASKS = {"Task01_BrainTumour": 4, "Task05_Prostate": 2}
+# Modality per channel of the official tasks (their dataset.json "modality" entries).
+_TASK_MODALITIES = {
+    "Task01_BrainTumour": ("MR",) * 4, "Task02_Heart": ("MR",), "Task03_Liver": ("CT",),
+    "Task04_Hippocampus": ("MR",), "Task05_Prostate": ("MR", "MR"), "Task06_Lung": ("CT",),
+    "Task07_Pancreas": ("CT",), "Task08_HepaticVessel": ("CT",), "Task09_Spleen": ("CT",),
+    "Task10_Colon": ("CT",),
+}
 
 _BRAIN_CHANNELS = ("FLAIR", "T1w", "t1gd", "T2w")
 _BRAIN_LABELS = (("edema", 1, 1000), ("ne_tumour", 2, 400), ("e_tumour", 3, 600))
@@ -103,9 +136,24 @@ def _table() -> dict[str, MsdDataset]:
 
 
 MSD_DATASETS: dict[str, MsdDataset] = _table()
+# Task03 Liver is not among the paper's datasets (spec: "liver is not used"); its datasets
+# load only when named. Thresholds as for the other large CT structures (not from the paper).
+EXTRA_DATASETS: dict[str, MsdDataset] = {
+    "liver": MsdDataset("liver", "Task03_Liver", 1, None, "liver", 1000),
+    "liver_tumour": MsdDataset("liver_tumour", "Task03_Liver", 2, None, "liver", 400),
+}
+KNOWN_DATASETS: dict[str, MsdDataset] = {**MSD_DATASETS, **EXTRA_DATASETS}
 # Fine-tuning targets of the paper; colon is also held out of meta-training (reference code).
 TARGETS = ("heart", "spleen", "prostate_peripheral_T2", "prostate_transitional_T2")
-MSD_TASKS = tuple(dict.fromkeys(d.task for d in MSD_DATASETS.values()))
+MSD_TASKS = tuple(sorted({d.task for d in KNOWN_DATASETS.values()}))
+
+
+def _task_info(task: str) -> TaskInfo:
+  return TaskInfo(task, FOUR_D_TASKS.get(task), _TASK_MODALITIES[task],
+                  tuple(sorted({d.label for d in KNOWN_DATASETS.values() if d.task == task})))
+
+
+KNOWN_TASKS: dict[str, TaskInfo] = {t: _task_info(t) for t in MSD_TASKS}
 
 _LAYOUT = """expected the Medical Segmentation Decathlon layout, one folder per task:
   <root>/Task02_Heart/dataset.json
@@ -116,6 +164,17 @@ _LAYOUT = """expected the Medical Segmentation Decathlon layout, one folder per 
 
 def _layout() -> str:
   return _LAYOUT.format(tasks=", ".join(MSD_TASKS))
+
+
+def _user_hint(root: str) -> str:
+  """Points at config.data.user when `root` is, or holds, a task folder of another name."""
+  folders = [root] + [os.path.join(root, d) for d in sorted(os.listdir(root))]
+  found = [f for f in folders if os.path.isfile(os.path.join(f, "dataset.json"))]
+  if not found:
+    return ""
+  return (f"\n{found[0]} holds a dataset.json: a Decathlon-layout folder with its own task "
+          "name is read as your own dataset, e.g. --config.data.user=\"('mytask=" + found[0]
+          + "',)\"")
 
 
 def effective_threshold(dataset: MsdDataset, image_size: int, threshold_space: str) -> float:
@@ -144,7 +203,7 @@ class _Case:
   def fingerprint(self) -> tuple:  # file sizes: a re-extracted data set misses the cache
     return (self.stem, os.path.getsize(self.image), os.path.getsize(self.label))
 
-  def check(self, task: str) -> None:
+  def check(self, task: TaskInfo) -> None:
     _check_shapes(task, self)
 
   def read_image(self) -> np.ndarray:
@@ -222,7 +281,7 @@ class _TfdsCase:
   def fingerprint(self) -> tuple:
     return (self.stem, self.source.fingerprint)
 
-  def check(self, task: str) -> None:
+  def check(self, task: TaskInfo) -> None:
     pass
 
   def read_image(self) -> np.ndarray:
@@ -251,9 +310,9 @@ def _read_array(path: str, dtype) -> np.ndarray:
     raise DataError(f"cannot read NIfTI file {path}: {e}") from e
 
 
-def _check_shapes(task: str, case: _Case) -> None:
+def _check_shapes(info: TaskInfo, case: _Case) -> None:
   image_shape, label_shape = _header_shape(case.image), _header_shape(case.label)
-  channels = FOUR_D_TASKS.get(task)
+  channels, task = info.channels, info.name
   if channels is not None and len(image_shape) != 4:
     raise DataError(f"{case.image}: {task} images must be 4-D (x, y, z, channel), got shape "
                     f"{image_shape}")
@@ -272,6 +331,40 @@ class _Options:
   image_size: int
   threshold_space: str
   normalisation: str
+  ct_window: tuple[float, float] | None = None  # set only where a CT channel uses it
+
+  def for_task(self, info: TaskInfo) -> "_Options":
+    """The options as they apply to a task: "modality" on an MR-only task is the z-score
+    (same cache key as before CT windows existed); the window is kept only for CT."""
+    if self.normalisation != "modality":
+      return dataclasses.replace(self, ct_window=None)
+    if "CT" not in info.modalities:
+      return dataclasses.replace(self, normalisation="zscore_nonzero", ct_window=None)
+    return self
+
+  def key(self) -> dict:
+    key = dataclasses.asdict(self)
+    if key["ct_window"] is None:
+      del key["ct_window"]
+    return key
+
+
+def ct_window(volume: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+  """Hounsfield units clipped to the window [lo, hi] and scaled to [0, 1]."""
+  lo, hi = (np.float32(w) for w in window)
+  return ((np.clip(volume, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def normalise_slices(volume: np.ndarray, rows: np.ndarray, modality: str,
+                     options: _Options) -> np.ndarray | None:
+  """`volume[:, :, rows]` normalised by the per-volume recipe of `modality`, or None when
+  the normalisation is per slice (after resizing)."""
+  if options.normalisation == "slice_minmax":
+    return None
+  if options.normalisation == "modality" and modality == "CT":
+    return ct_window(volume[:, :, rows], options.ct_window)
+  mean, std = _nonzero_stats(volume)  # statistics of the whole volume
+  return (volume[:, :, rows] - np.float32(mean)) / np.float32(std)
 
 
 def _resize_slices(stack: np.ndarray, size: int) -> np.ndarray:
@@ -302,12 +395,12 @@ def _nonzero_stats(volume: np.ndarray) -> tuple[float, float]:
   return mean, (std if std > 0 else 1.0)
 
 
-def _process_case(task: str, case: _Case, datasets: Sequence[MsdDataset],
+def _process_case(info: TaskInfo, case: _Case, datasets: Sequence[MsdDataset],
                   options: _Options) -> dict:
   """Kept slices of every dataset, and the preprocessed slices they need, for one case."""
   size = options.image_size
   label = case.read_label()
-  values = sorted({d.label for d in MSD_DATASETS.values() if d.task == task})
+  values = list(info.label_values)
   counts = {k: (label == k).sum(axis=(0, 1)) for k in values}
 
   resized = {}
@@ -344,15 +437,14 @@ def _process_case(task: str, case: _Case, datasets: Sequence[MsdDataset],
   by_channel = {}
   if union.size:
     image = case.read_image()
-    if task in FOUR_D_TASKS and max(channels) >= image.shape[3]:
+    if info.channels is not None and max(channels) >= image.shape[3]:
       raise DataError(f"{case.image}: needs channel {max(channels)} but the image has "
                       f"{image.shape[3]} channel(s), shape {image.shape}")
     for c in channels:
       rows = np.unique(np.concatenate([kept[d.name] for d in datasets if d.channel == c]))
       volume = image if c is None else image[..., c]
-      if options.normalisation == "zscore_nonzero":
-        mean, std = _nonzero_stats(volume)
-        stack = (volume[:, :, rows] - np.float32(mean)) / np.float32(std)
+      stack = normalise_slices(volume, rows, info.modality(c), options)
+      if stack is not None:
         slices = _resize_slices(stack, size)
       else:
         slices = _resize_slices(volume[:, :, rows], size)
@@ -399,15 +491,15 @@ def _assemble(results: list[dict], datasets: Sequence[MsdDataset]) -> dict[str, 
   return arrays
 
 
-def _cache_path(cache_dir: str, task: str, cases: Sequence[_Case],
+def _cache_path(cache_dir: str, info: TaskInfo, cases: Sequence[_Case],
                 datasets: Sequence[MsdDataset], options: _Options) -> str:
-  key = json.dumps({
-      "version": _CACHE_VERSION, "task": task, "options": dataclasses.asdict(options),
-      "datasets": sorted(d.name for d in datasets),
-      "cases": [c.fingerprint() for c in cases],
-  }, sort_keys=True)
-  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-  return os.path.join(cache_dir, f"{task}_{digest}.npz")
+  key = {"version": _CACHE_VERSION, "task": info.name, "options": options.key(),
+         "datasets": sorted(d.name for d in datasets),
+         "cases": [c.fingerprint() for c in cases]}
+  if info.name not in KNOWN_TASKS:  # a user's task: its table comes from its files and config
+    key["table"] = [dataclasses.astuple(d) for d in datasets] + [dataclasses.astuple(info)]
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+  return os.path.join(cache_dir, f"{info.name}_{digest}.npz")
 
 
 def _load_cache(path: str) -> dict[str, np.ndarray] | None:
@@ -430,21 +522,22 @@ def _save_cache(path: str, arrays: dict[str, np.ndarray]) -> None:
   os.replace(tmp, path)
 
 
-def _load_task(cases: Sequence[_Case], task: str, datasets: Sequence[MsdDataset],
+def _load_task(cases: Sequence[_Case], info: TaskInfo, datasets: Sequence[MsdDataset],
                options: _Options, cache_dir: str | None) -> dict[str, SliceDataset]:
+  options = options.for_task(info)
   arrays = None
   path = None
   if cache_dir is not None:
-    path = _cache_path(cache_dir, task, cases, datasets, options)
+    path = _cache_path(cache_dir, info, cases, datasets, options)
     arrays = _load_cache(path)
   if arrays is None:
     for case in cases:
-      case.check(task)
-    log.info("preprocessing %s: %d cases", task, len(cases))
+      case.check(info)
+    log.info("preprocessing %s: %d cases", info.name, len(cases))
     workers = min(4, os.cpu_count() or 1, len(cases))
     # zlib inflation and numpy release the GIL for part of the time; results keep case order.
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-      results = list(pool.map(lambda c: _process_case(task, c, datasets, options), cases))
+      results = list(pool.map(lambda c: _process_case(info, c, datasets, options), cases))
     arrays = _assemble(results, datasets)
     arrays["volume_names"] = np.array([c.stem for c in cases], dtype=str)
     if path is not None:
@@ -464,31 +557,49 @@ def _load_task(cases: Sequence[_Case], task: str, datasets: Sequence[MsdDataset]
   return out
 
 
-def load_msd(root: str, datasets: Iterable[str] | None = None, image_size: int = 256,
-             threshold_space: str = "native", normalisation: str = "zscore_nonzero",
-             cache_dir: str | None = None, layout: str = "files") -> SliceCollection:
-  """Loads MSD datasets (names of `MSD_DATASETS`) from the published layout under `root`,
-  or from the TFDS datasets the `medical_decathlon` builder prepared there.
-
-  Args:
-    root: folder holding the `TaskXX_Name` folders (`layout="files"`), or the TFDS data
-      dir holding `medical_decathlon/<taskxx_name>/<version>/` (`layout="tfds"`).
-    datasets: names to load; None loads every dataset whose task is there.
-    image_size: side of the square slices.
-    threshold_space: count the inclusion threshold on the "native" or the "resized" mask.
-    normalisation: "zscore_nonzero" (per volume) or "slice_minmax" (per slice, to [0, 1]).
-    cache_dir: if given, preprocessed banks are stored there (one .npz per task and set of
-      options) and reused.
-
-  Returns:
-    A SliceCollection in `MSD_DATASETS` order; datasets of one task share their banks.
-  """
+def check_options(image_size, threshold_space: str, normalisation: str,
+                  ct_window=DEFAULT_CT_WINDOW) -> _Options:
+  """The preprocessing options, checked."""
   if threshold_space not in THRESHOLD_SPACES:
     raise ConfigError(f"threshold_space must be one of {THRESHOLD_SPACES}, got {threshold_space!r}")
   if normalisation not in NORMALISATIONS:
     raise ConfigError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
   if not isinstance(image_size, (int, np.integer)) or image_size < 1:
     raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
+  window = tuple(ct_window)
+  if (len(window) != 2 or not all(isinstance(w, (int, float)) for w in window)
+      or not window[0] < window[1]):
+    raise ConfigError(f"ct_window must be (low, high) in Hounsfield units with low < high, "
+                      f"got {ct_window!r}")
+  return _Options(int(image_size), threshold_space, normalisation,
+                  tuple(float(w) for w in window))
+
+
+def load_msd(root: str, datasets: Iterable[str] | None = None, image_size: int = 256,
+             threshold_space: str = "native", normalisation: str = "modality",
+             cache_dir: str | None = None, layout: str = "files",
+             ct_window: tuple[float, float] = DEFAULT_CT_WINDOW,
+             include: Iterable[str] = ()) -> SliceCollection:
+  """Loads MSD datasets (names of `KNOWN_DATASETS`) from the published layout under `root`,
+  or from the TFDS datasets the `medical_decathlon` builder prepared there.
+
+  Args:
+    root: folder holding the `TaskXX_Name` folders (`layout="files"`), or the TFDS data
+      dir holding `medical_decathlon/<taskxx_name>/<version>/` (`layout="tfds"`).
+    datasets: names to load; None loads every paper dataset (`MSD_DATASETS`) whose task
+      is there, plus the names in `include` (e.g. `liver`).
+    image_size: side of the square slices.
+    threshold_space: count the inclusion threshold on the "native" or the "resized" mask.
+    normalisation: "modality" (CT: `ct_window`, MR: z-score), "zscore_nonzero" (per
+      volume, every modality: the paper) or "slice_minmax" (per slice, to [0, 1]).
+    cache_dir: if given, preprocessed banks are stored there (one .npz per task and set of
+      options) and reused.
+    ct_window: Hounsfield window (low, high) of CT channels, scaled to [0, 1].
+
+  Returns:
+    A SliceCollection in `KNOWN_DATASETS` order; datasets of one task share their banks.
+  """
+  options = check_options(image_size, threshold_space, normalisation, ct_window)
   if layout not in prepared.LAYOUTS:
     raise ConfigError(f"layout must be one of {prepared.LAYOUTS}, got {layout!r}")
   root = os.fspath(root)
@@ -502,35 +613,35 @@ def load_msd(root: str, datasets: Iterable[str] | None = None, image_size: int =
 
   if datasets is None:
     names = [n for n, d in MSD_DATASETS.items() if present(d.task)]
-    if not names:
+    if not names and not include:
       raise DataError(
           f"no prepared {TFDS_NAME} task found in {root}; prepare each task with\n  "
           + prepared.build_command(f"{TFDS_NAME}/<task>", root, "<Decathlon root>")
           + f"\n(tasks: {', '.join(map(tfds_config, MSD_TASKS))})"
-          if tfds_layout else f"no MSD task folder found in {root}\n{_layout()}")
-  else:
-    requested = [datasets] if isinstance(datasets, str) else list(datasets)
-    unknown = [n for n in requested if n not in MSD_DATASETS]
-    if unknown:
-      raise DataError(f"unknown MSD dataset(s) {unknown}; known: {', '.join(MSD_DATASETS)}")
-    names = [n for n in MSD_DATASETS if n in requested]
-    for n in names:
-      task = MSD_DATASETS[n].task
-      if not present(task):
-        raise DataError(
-            f"dataset {n} needs {task}, not prepared in {root}; prepare it with\n  "
-            + prepared.build_command(_tfds_name(task), root, "<Decathlon root>") if tfds_layout
-            else f"dataset {n} needs the task folder {os.path.join(root, task)}, which does "
-            f"not exist\n{_layout()}")
+          if tfds_layout else f"no MSD task folder found in {root}\n{_layout()}{_user_hint(root)}")
+    datasets = names + list(include)
+  requested = [datasets] if isinstance(datasets, str) else list(datasets)
+  unknown = [n for n in requested if n not in KNOWN_DATASETS]
+  if unknown:
+    raise DataError(f"unknown MSD dataset(s) {unknown}; known: {', '.join(KNOWN_DATASETS)}")
+  names = [n for n in KNOWN_DATASETS if n in requested]
+  for n in names:
+    task = KNOWN_DATASETS[n].task
+    if not present(task):
+      raise DataError(
+          f"dataset {n} needs {task}, not prepared in {root}; prepare it with\n  "
+          + prepared.build_command(_tfds_name(task), root, "<Decathlon root>") if tfds_layout
+          else f"dataset {n} needs the task folder {os.path.join(root, task)}, which does "
+          f"not exist\n{_layout()}")
 
-  options = _Options(int(image_size), threshold_space, normalisation)
   loaded: dict[str, SliceDataset] = {}
-  tasks = list(dict.fromkeys(MSD_DATASETS[n].task for n in names))
+  tasks = list(dict.fromkeys(KNOWN_DATASETS[n].task for n in names))
   for task in tasks:
     cases = (_tfds_cases(root, task, cache_dir) if tfds_layout
              else _read_cases(os.path.join(root, task)))
-    loaded.update(_load_task(cases, task, [MSD_DATASETS[n] for n in names
-                                           if MSD_DATASETS[n].task == task], options, cache_dir))
+    loaded.update(_load_task(cases, KNOWN_TASKS[task], [KNOWN_DATASETS[n] for n in names
+                                                        if KNOWN_DATASETS[n].task == task],
+                             options, cache_dir))
   origin = f"the TFDS datasets in {root}" if tfds_layout else root
   description = (f"Medical Segmentation Decathlon from {origin} ({', '.join(tasks)}): "
                  f"{len(names)} datasets, {image_size}x{image_size} slices, "

@@ -98,3 +98,38 @@ class Checkpointer:
               item=abstract, partial_restore=True,
               restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))))
     return _to_local_like(like, restored["state"][field])
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+  return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(x.shape)
+          for path, x in leaves}
+
+
+def restore_params(directory, like, step: int | None = None, hint: str = ""):
+  """`state.params` of the checkpoint in `directory` (an earlier run's stage; default the
+  latest step) in the structure of `like`. A checkpoint of another model stops with one
+  line naming the first parameter that differs, before anything is read."""
+  directory = pathlib.Path(directory).absolute()
+  handlers = {"state": ocp.StandardCheckpointHandler(), "extra": ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(directory, item_names=("state", "extra"),
+                             item_handlers=handlers) as reader:
+    step = reader.latest_step() if step is None else step
+    if step is None:
+      raise DataError(f"{directory} holds no checkpoint")
+    try:
+      saved = _shapes(reader.item_metadata(step)["state"]["params"])
+    except (KeyError, TypeError) as e:
+      raise DataError(f"{directory} step {step} holds no model parameters (state.params)") from e
+  wanted = _shapes(like)
+  for path in sorted(set(saved) | set(wanted)):
+    if saved.get(path) != wanted.get(path):
+      there = "absent" if path not in saved else f"shape {saved[path]}"
+      here = "absent" if path not in wanted else f"shape {wanted[path]}"
+      raise DataError(f"{directory} step {step} holds another model: parameter {path} is "
+                      f"{there} there and {here} in this config{hint}")
+  ckpt = Checkpointer(directory)
+  try:
+    return ckpt.restore_field("params", like, step)
+  finally:
+    ckpt.close()

@@ -39,7 +39,7 @@ import optax
 from medda_jax import config_utils as cu
 from medda_jax import metrics as metrics_lib
 from medda_jax import parallel, plots
-from medda_jax.data import mixed, prepared
+from medda_jax.data import mixed, prepared, user_seg
 from medda_jax.data.volumes import DomainVolumes, Volume, split_ids
 from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.loop import run_loop
@@ -57,9 +57,19 @@ RESULTS_FILE = "transfer_results.json"
 # --------------------------------------------------------------------------- config
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first wrong field and what is allowed."""
-  cu.check_choice(c, "data.source", ("demo_skull", "cc359"))
+  cu.check_choice(c, "data.source", ("demo_skull", "cc359", "none"))
   cu.check_choice(c, "data.layout", prepared.LAYOUTS)
-  if c.data.source == "cc359" and not c.data.root:
+  if c.data.source == "none" and not c.data.user:
+    raise ConfigError("config.data.source='none' needs your sites in config.data.user, e.g. "
+                      "\"('mysite=/path/to/TaskXX_Folder',)\"")
+  if c.data.user_modality:
+    user_seg.modality_of(c.data.user_modality, "config.data.user_modality")
+  window = tuple(c.data.ct_window)
+  if len(window) != 2 or not all(isinstance(w, (int, float)) for w in window) or not (
+      window[0] < window[1]):
+    raise ConfigError(f"config.data.ct_window={window!r} must be (low, high) in Hounsfield "
+                      "units with low < high")
+  if c.data.source == "cc359" and not c.data.root and _needs_builtin(c):
     raise ConfigError("config.data.root must name the CC359 folder (meta.csv + images/ + "
                       "masks/, or Original/ + Silver-standard/), or with config.data.layout="
                       "'tfds' the TFDS data dir, when config.data.source='cc359'")
@@ -120,16 +130,44 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 
 # --------------------------------------------------------------------------- data
+def user_site(c, site: str) -> bool:
+  """Whether a site name belongs to one of the data.user sources."""
+  names = {entry.partition("=")[0].strip() for entry in c.data.user}
+  return any(site == u or site.startswith(f"{u}_") for u in names)
+
+
+def _needs_builtin(c) -> bool:
+  return c.data.source != "none" and not all(user_site(c, s) for p in c.data.pairs for s in p)
+
+
 def load_domains(c, workdir: pathlib.Path) -> DomainVolumes:
   cache = pathlib.Path(c.data.cache_dir) if c.data.cache_dir else workdir / "cache"
-  if c.data.source == "cc359":
+  domains, descriptions = {}, []
+  if _needs_builtin(c) and c.data.source == "cc359":
     from medda_jax.data import cc359
-    return cc359.load_cc359(c.data.root, spacing=tuple(c.data.spacing), cache_dir=cache,
-                            layout=c.data.layout)
-  from medda_jax.data import demo_skull
-  return demo_skull.build_demo_skull(image_size=c.data.crop,
-                                     subjects_per_domain=c.data.subjects_per_domain,
-                                     seed=c.data.split_seed, cache_dir=cache)
+    builtin = cc359.load_cc359(c.data.root, spacing=tuple(c.data.spacing), cache_dir=cache,
+                               layout=c.data.layout)
+  elif _needs_builtin(c):
+    from medda_jax.data import demo_skull
+    builtin = demo_skull.build_demo_skull(image_size=c.data.crop,
+                                          subjects_per_domain=c.data.subjects_per_domain,
+                                          seed=c.data.split_seed, cache_dir=cache)
+  else:
+    builtin = DomainVolumes({})
+  domains.update(builtin.domains)
+  if builtin.description:
+    descriptions.append(builtin.description)
+  if c.data.user:
+    sites = user_seg.load_user_sites(user_seg.parse_sources(c.data.user),
+                                     modality=c.data.user_modality,
+                                     ct_window=tuple(c.data.ct_window), cache_dir=cache)
+    for site, (volumes, origin) in sites.items():
+      if site in domains:
+        raise ConfigError(f"your site {site!r} (config.data.user) has the name of a site of "
+                          f"config.data.source={c.data.source!r}; choose another name")
+      domains[site] = volumes
+      descriptions.append(f"your site {site}: {origin}, {len(volumes)} volumes")
+  return DomainVolumes(domains, "; ".join(descriptions))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -444,7 +482,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   exp = Experiment(c, workdir)
-  demo = c.data.source != "cc359"
+  used = {s for pair in c.data.pairs for s in pair}
+  user_sites = sorted(s for s in used if user_site(c, s))
+  demo = c.data.source == "demo_skull" and len(user_sites) < len(used)
   if parallel.is_main_process():
     print(f"data: {exp.domains.description}\npairs {list(map(tuple, c.data.pairs))}; "
           f"budgets {[b[0] for b in c.budgets]}; methods {list(c.methods)}; optimizers "
@@ -486,8 +526,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
               progress.update(1, sdice=results[key]["target"]["sdice"])
 
   table = summarise(results, c)
-  label = ("DEMO DATA (one real head MRI, synthetic subjects and scanner sites) — not a "
-           "reproduction of the paper's numbers" if demo else "CC359")
+  parts = []
+  if demo:
+    parts.append("DEMO DATA (one real head MRI, synthetic subjects and scanner sites) — not a "
+                 "reproduction of the paper's numbers")
+  elif len(user_sites) < len(used):
+    parts.append("CC359")
+  if user_sites:
+    parts.append(f"your sites: {', '.join(user_sites)}")
+  label = "; ".join(parts)
   final = {}
   for opt, rows in table.items():
     for budget, row in rows.items():

@@ -33,15 +33,15 @@ from medda_jax import config_utils as cu
 from medda_jax import losses as losses_lib
 from medda_jax import metrics as metrics_lib
 from medda_jax import parallel, plots
-from medda_jax.data import demo_brain, msd, prepared, tasks
+from medda_jax.data import demo_brain, msd, prepared, tasks, user_seg
 from medda_jax.data.collection import SliceCollection, split_volumes
 from medda_jax.engine.adapt import AdaptConfig, adapt, adapt_chunked
-from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.checkpoint import Checkpointer, restore_params
 from medda_jax.engine.meta import MetaState, build_meta_step
 from medda_jax.engine.progress import Progress
 from medda_jax.engine.supervised import TrainState, build_train_chunk
 from medda_jax.engine.writers import MetricWriter
-from medda_jax.errors import ConfigError, NonFiniteLossError
+from medda_jax.errors import ConfigError, DataError, NonFiniteLossError
 from medda_jax.models.unet import UNet
 from medda_jax.optim import coupled_adam, maml, reptile
 
@@ -52,7 +52,21 @@ RESULTS_FILE = "finetune_results.json"
 # --------------------------------------------------------------------------- config
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first wrong field and what is allowed."""
-  cu.check_choice(c, "data.source", ("demo_brain", "msd"))
+  cu.check_choice(c, "data.source", ("demo_brain", "msd", "none"))
+  if c.data.source == "none" and not c.data.user:
+    raise ConfigError("config.data.source='none' needs your datasets in config.data.user, "
+                      "e.g. \"('mydata=/path/to/TaskXX_Folder',)\"")
+  if c.data.user_modality:
+    user_seg.modality_of(c.data.user_modality, "config.data.user_modality")
+  cu.check_range(c, "data.user_threshold", 1, integer=True)
+  if c.init_from and not pathlib.Path(c.init_from).expanduser().exists():
+    raise ConfigError(f"config.init_from={c.init_from!r} does not exist (expected the workdir "
+                      "of an earlier run, or one stage's checkpoint folder)")
+  try:
+    msd.check_options(c.data.image_size, c.data.threshold_space, c.data.normalisation,
+                      c.data.ct_window)
+  except ConfigError as e:
+    raise ConfigError(f"config.data.{e}") from e
   cu.check_choice(c, "data.layout", prepared.LAYOUTS)
   if c.data.source == "msd" and not c.data.root:
     raise ConfigError("config.data.root must name the Medical Segmentation Decathlon folder "
@@ -111,28 +125,75 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 
 # --------------------------------------------------------------------------- data
+def _user_names(c) -> set[str]:
+  return {entry.partition("=")[0].strip() for entry in c.data.user}
+
+
+def _of_user(c, name: str) -> bool:
+  """Whether a dataset name belongs to one of the data.user sources."""
+  return any(name == u or name.startswith(f"{u}_") for u in _user_names(c))
+
+
 def load_collection(c, workdir: pathlib.Path) -> SliceCollection:
   cache = pathlib.Path(c.data.cache_dir) if c.data.cache_dir else workdir / "cache"
-  if c.data.source == "msd":
-    return msd.load_msd(c.data.root, image_size=c.data.image_size,
-                        threshold_space=c.data.threshold_space,
-                        normalisation=c.data.normalisation, cache_dir=cache,
-                        layout=c.data.layout)
-  return demo_brain.build_demo_brain(image_size=c.data.image_size,
-                                     subjects_per_anatomy=c.data.subjects_per_anatomy,
-                                     seed=c.data.split_seed, cache_dir=cache)
+  parts = []
+  # Fine-tuning only your own targets needs no built-in data.
+  builtin = c.data.source != "none" and not (
+      c.init_from and c.data.targets and all(_of_user(c, t) for t in c.data.targets))
+  if builtin and c.data.source == "msd":
+    named = list(c.data.targets) + list(c.data.exclude)
+    parts.append(msd.load_msd(c.data.root, image_size=c.data.image_size,
+                              threshold_space=c.data.threshold_space,
+                              normalisation=c.data.normalisation, cache_dir=cache,
+                              layout=c.data.layout, ct_window=tuple(c.data.ct_window),
+                              include=[n for n in named if n in msd.EXTRA_DATASETS]))
+  elif builtin:
+    parts.append(demo_brain.build_demo_brain(image_size=c.data.image_size,
+                                             subjects_per_anatomy=c.data.subjects_per_anatomy,
+                                             seed=c.data.split_seed, cache_dir=cache))
+  if c.data.user:
+    parts.append(user_seg.load_user_collection(
+        user_seg.parse_sources(c.data.user), image_size=c.data.image_size,
+        threshold_space=c.data.threshold_space, normalisation=c.data.normalisation,
+        ct_window=tuple(c.data.ct_window), threshold=c.data.user_threshold,
+        modality=c.data.user_modality, cache_dir=cache))
+  if len(parts) == 1:
+    return parts[0]
+  datasets = dict(parts[0].datasets)
+  groups = {d.group for d in datasets.values()}
+  for name, dataset in parts[1].datasets.items():
+    if name in datasets or dataset.group in groups:
+      raise ConfigError(f"your dataset {dataset.group!r} (config.data.user) has the name of a "
+                        f"dataset or organ group of config.data.source={c.data.source!r}; "
+                        "choose another name")
+    datasets[name] = dataset
+  return SliceCollection(datasets, "; ".join(p.description for p in parts))
+
+
+def _expand(c, names, collection: SliceCollection) -> list[str]:
+  """A data.user source's name stands for all of its datasets."""
+  out = []
+  for name in names:
+    if name not in collection.datasets and name in _user_names(c):
+      out += [n for n in collection.names() if collection[n].group == name]
+    else:
+      out.append(name)
+  return out
 
 
 def targets_and_sources(c, collection: SliceCollection) -> tuple[list[str], list[str]]:
   default_targets = msd.TARGETS if c.data.source == "msd" else DEMO_TARGETS
-  targets = list(c.data.targets) or [t for t in default_targets if t in collection.datasets]
-  exclude = list(c.data.exclude)
+  targets = (_expand(c, c.data.targets, collection)
+             or [t for t in default_targets if t in collection.datasets])
+  exclude = _expand(c, c.data.exclude, collection)
   for name in targets + exclude:
     if name not in collection.datasets:
       raise ConfigError(f"dataset {name!r} (config.data.targets / data.exclude) is not in the "
                         f"data; available: {sorted(collection.datasets)}")
   if not targets:
     raise ConfigError("no fine-tuning target found in the data; set config.data.targets")
+  if c.init_from:
+    return targets, []  # fine-tune only: nothing is trained on sources
   if not c.data.exclude and c.data.source == "msd" and "colon" in collection.datasets:
     exclude = ["colon"]  # the default, when the colon task is there (reference code)
   held_out_groups = {collection[t].group for t in targets}
@@ -144,6 +205,35 @@ def targets_and_sources(c, collection: SliceCollection) -> tuple[list[str], list
   return targets, sources
 
 
+_STAGE_ORDER = ("transfer", "meta_aw", "meta_idw", "maml", "fomaml")
+
+
+def load_initialisations(path, like) -> dict[str, Any]:
+  """config.init_from: {stage: params} of every checkpointed stage of an earlier run's
+  workdir (checkpoints/<stage>/<step>/), or of one stage's checkpoint folder."""
+  root = pathlib.Path(path).expanduser()
+  if not root.is_dir():
+    raise ConfigError(f"config.init_from={str(path)!r} is not a folder (expected the workdir "
+                      "of an earlier run, or one stage's checkpoint folder)")
+
+  def is_stage(d: pathlib.Path) -> bool:
+    return d.is_dir() and any(p.name.isdigit() and p.is_dir() for p in d.iterdir())
+
+  if is_stage(root):
+    stages = [root]
+  else:
+    base = root / "checkpoints" if (root / "checkpoints").is_dir() else root
+    stages = sorted((d for d in base.iterdir() if is_stage(d)),
+                    key=lambda d: (_STAGE_ORDER.index(d.name) if d.name in _STAGE_ORDER
+                                   else len(_STAGE_ORDER), d.name))
+  if not stages:
+    raise DataError(f"config.init_from={str(path)!r} holds no checkpoint (expected the workdir "
+                    "of an earlier run, with checkpoints/<stage>/<step>/, or one stage's "
+                    "checkpoint folder)")
+  hint = " (config.model.features / model.levels differ from the run that saved it?)"
+  return {d.name: restore_params(d, like, hint=hint) for d in stages}
+
+
 # --------------------------------------------------------------------------- experiment
 class Experiment:
   """Holds what the stages share: data, model, loop choices, writers."""
@@ -153,6 +243,9 @@ class Experiment:
     self.workdir = pathlib.Path(workdir)
     self.collection = load_collection(c, self.workdir)
     self.targets, self.sources = targets_and_sources(c, self.collection)
+    # Datasets of data.user sources: their results carry the user's names, no demo label.
+    self.user_groups = sorted({self.collection[t].group for t in self.targets
+                               if self.collection[t].group in _user_names(c)})
     self.model = UNet(features=c.model.features, levels=c.model.levels,
                       dtype=cu.compute_dtype(c))
     self.inner_loop = cu.inner_loop(c)
@@ -163,6 +256,10 @@ class Experiment:
                                                 jnp.zeros((1, size, size, 1)))
     self.curves: dict[str, list[float]] = {}
     self._predict = jax.jit(self.model.apply)
+
+  def is_demo(self, dataset: str) -> bool:
+    return (self.c.data.source == "demo_brain"
+            and self.collection[dataset].group not in _user_names(self.c))
 
   def checkpointer(self, name: str) -> Checkpointer:
     return Checkpointer(self.workdir / "checkpoints" / name)
@@ -386,7 +483,7 @@ class Experiment:
         plots.overlays(self.workdir / f"overlay_{target}.png", test_x[picks], test_y[picks],
                        {i: previews[(i, target)].astype(np.float32) * 2 - 1 for i in inits},
                        title=f"{target}: held-out test slices (demo data)"
-                       if self.c.data.source != "msd" else target)
+                       if self.is_demo(target) else target)
     return results
 
 
@@ -421,28 +518,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   inits: dict[str, Any] = {}
   if config.finetune.scratch:
     inits["scratch"] = exp.init_params
-  if config.transfer.enabled:
+  if config.init_from:  # fine-tune only
+    inits.update(load_initialisations(config.init_from, exp.init_params))
+  elif config.transfer.enabled:
     inits["transfer"] = exp.pretrain()
-  if config.meta.meta_iterations > 0:
+  if config.meta.meta_iterations > 0 and not config.init_from:
     rules = config.meta.rules if config.meta.algorithm == "reptile" else (config.meta.algorithm,)
     for rule in rules:
       name = f"meta_{rule}" if config.meta.algorithm == "reptile" else rule
       inits[name] = exp.meta_train(rule)
   results = exp.finetune_all(inits)
   table = results_table(results, inits, exp.targets, config.finetune.seeds)
-  demo = config.data.source != "msd"
-  label = ("DEMO DATA (real brain anatomy, synthetic subjects and scanner styles) — "
-           "not a reproduction of the paper's numbers" if demo else
-           "Medical Segmentation Decathlon")
+  demo = any(exp.is_demo(t) for t in exp.targets)
+  parts = []
+  if demo:
+    parts.append("DEMO DATA (real brain anatomy, synthetic subjects and scanner styles) — "
+                 "not a reproduction of the paper's numbers")
+  elif config.data.source == "msd" and any(
+      exp.collection[t].group not in exp.user_groups for t in exp.targets):
+    parts.append("Medical Segmentation Decathlon")
+  if exp.user_groups:
+    parts.append(", ".join(exp.user_groups))
+  if config.init_from:
+    parts.append(f"initialisations from {config.init_from}")
+  label = "; ".join(parts)
   final = {f"iou/{i}/{t}": v[0] for i, row in table.items() for t, v in row.items()}
   final.update({f"iou_std/{i}/{t}": v[1] for i, row in table.items() for t, v in row.items()})
   if parallel.is_main_process():
     (workdir / "results.md").write_text(table_markdown(table, exp.targets, label))
     (workdir / "results.json").write_text(json.dumps(
         {"label": label, "variant": config.variant, "targets": exp.targets,
-         "seeds": list(config.finetune.seeds), "table": table}, indent=1))
+         "seeds": list(config.finetune.seeds), "init_from": config.init_from,
+         "table": table}, indent=1))
     plots.learning_curves(workdir / "learning_curves.png", exp.curves,
-                          title="training loss" + (" (demo data)" if demo else ""))
+                          title="training loss" + (" (demo data)" if exp.sources and any(
+                              exp.is_demo(s) for s in exp.sources) else ""))
     exp.writer.write("final", 0, final)
   exp.writer.close()
   return final

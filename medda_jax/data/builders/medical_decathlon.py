@@ -46,7 +46,7 @@ class MedicalDecathlon(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, task_dir: str, task: str):
     for case in msd._read_cases(task_dir):  # checks the layout, names what is missing
-      case.check(task)
+      case.check(msd.KNOWN_TASKS[task])
       image = case.read_image()
       if image.ndim == 3:
         image = image[..., None]

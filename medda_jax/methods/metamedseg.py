@@ -37,6 +37,7 @@ from medda_jax.data import demo_brain, msd, prepared, tasks
 from medda_jax.data.collection import SliceCollection, split_volumes
 from medda_jax.engine.adapt import AdaptConfig, adapt, adapt_chunked
 from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.meta import MetaState, build_meta_step
 from medda_jax.engine.progress import Progress
 from medda_jax.engine.supervised import TrainState, build_train_chunk
@@ -162,7 +163,10 @@ class Experiment:
     self.init_params = jax.jit(self.model.init)(jax.random.PRNGKey(c.seed),
                                                 jnp.zeros((1, size, size, 1)))
     self.curves: dict[str, list[float]] = {}
-    self._predict = jax.jit(self.model.apply)
+    # Fine-tuning runs are dealt out per process: each predicts with its own parameters
+    # on its own devices.
+    self._predict = batch_predictor(self.model.apply, c.engine.eval_batch_size,
+                                    parallel.data_mesh(jax.local_devices()))
 
   def checkpointer(self, name: str) -> Checkpointer:
     return Checkpointer(self.workdir / "checkpoints" / name)
@@ -321,14 +325,7 @@ class Experiment:
                                                loss_fn=loss_fn, cfg=cfg, steps_per_call=spc)
 
   def predict(self, params, images: np.ndarray) -> np.ndarray:
-    bs = self.c.engine.eval_batch_size
-    out = []
-    for start in range(0, len(images), bs):
-      chunk = images[start:start + bs]
-      pad = bs - len(chunk)
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-      out.append(np.asarray(self._predict(params, chunk))[:bs - pad])
-    return np.concatenate(out)
+    return self._predict(params, images)
 
   def finetune_all(self, inits: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
     """IoU x100 per (init, target) and seed; finished runs are read back, not redone.

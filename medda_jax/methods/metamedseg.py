@@ -38,9 +38,10 @@ from medda_jax.data.collection import SliceCollection, split_volumes
 from medda_jax.engine.adapt import AdaptConfig, adapt, adapt_chunked
 from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.evaluate import batch_predictor
+from medda_jax.engine.loop import run_loop
 from medda_jax.engine.meta import MetaState, build_meta_step
 from medda_jax.engine.progress import Progress
-from medda_jax.engine.supervised import TrainState, build_train_chunk
+from medda_jax.engine.supervised import TrainState, build_train_chunk, supervised_loss
 from medda_jax.engine.writers import MetricWriter
 from medda_jax.errors import ConfigError, NonFiniteLossError
 from medda_jax.models.unet import UNet
@@ -188,44 +189,35 @@ class Experiment:
     schedule = optax.exponential_decay(c.learning_rate, steps_per_epoch, c.lr_decay_gamma,
                                        staircase=True)
     tx = coupled_adam(schedule, c.weight_decay)
-    chunk_fn = build_train_chunk(self.model.apply, losses_lib.SEGMENTATION_LOSSES[c.loss], tx,
-                                 self.inner_loop)
+    chunk_fn = build_train_chunk(
+        supervised_loss(self.model.apply, losses_lib.SEGMENTATION_LOSSES[c.loss]), tx,
+        self.inner_loop)
     sources = [self.collection[n] for n in self.sources]
 
     def load(rows):
       pairs = [sources[d].batch([p]) for d, p in rows]
-      return (np.stack([x for x, _ in pairs]), np.stack([y for _, y in pairs]))
+      return {"images": np.stack([x for x, _ in pairs]),
+              "masks": np.stack([y for _, y in pairs])}
 
     epochs_needed = -(-total // steps_per_epoch)
     ds = (grain.MapDataset.source(table).shuffle(seed=self.c.seed).repeat(epochs_needed)
           .batch(spc).map(load))
     it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
     state = TrainState.create(jax.tree.map(jnp.array, self.init_params), tx)
-    ckpt = self.checkpointer("transfer")
-    done = 0
-    if ckpt.latest_step() is not None:
-      state, extra = ckpt.restore(state)
-      it.set_state(extra["data"])
-      done = ckpt.latest_step()
-      self.curves["transfer"] = list(extra.get("curve", []))
-    with Progress("transfer pre-training", total, done) as progress:
-      losses = self.curves.setdefault("transfer", [])
-      while done < total:
-        images, masks = next(it)
-        state, m = chunk_fn(state, images, masks)
-        m = jax.device_get(m)
-        done += spc
-        if not m["finite"]:
-          raise NonFiniteLossError(
-              f"non-finite loss or parameters in transfer pre-training at step {done}; the last "
-              f"good checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}")
-        losses.append(float(m["loss"]))
-        self.writer.write("transfer", done, {"loss": m["loss"]})
-        progress.update(spc, loss=m["loss"])
-        if (done // spc) % self.c.engine.checkpoint_every == 0 or done == total:
-          ckpt.save(done, state, {"data": it.get_state(), "curve": losses})
-    ckpt.close()
-    return state.params
+    result = self.run("transfer", state, chunk_fn, it, total_calls=total // spc,
+                      steps_per_call=spc, description="transfer pre-training")
+    return result.state.params
+
+  def run(self, name: str, state, step_fn, it, **kwargs):
+    """One stage on the engine loop, checkpointed under checkpoints/<name>."""
+    ckpt = self.checkpointer(name)
+    try:
+      result = run_loop(name, state, step_fn, it, checkpointer=ckpt, writer=self.writer,
+                        checkpoint_every=self.c.engine.checkpoint_every, **kwargs)
+    finally:
+      ckpt.close()
+    self.curves[name] = result.curve
+    return result
 
   # ---- stage: meta-training
   def meta_train(self, rule: str):
@@ -272,36 +264,17 @@ class Experiment:
     if mesh is not None:
       state = parallel.replicate(state, mesh)
     name = f"meta_{rule}" if c.algorithm == "reptile" else c.algorithm
-    ckpt = self.checkpointer(name)
-    done = 0
-    if ckpt.latest_step() is not None:
-      state, extra = ckpt.restore(state)
-      it.set_state(extra["data"])
-      done = ckpt.latest_step()
-      self.curves[name] = list(extra.get("curve", []))
-    curve = self.curves.setdefault(name, [])
-    with Progress(f"meta-training ({name})", c.meta_iterations, done) as progress:
-      while done < c.meta_iterations:
-        batch = next(it)
-        batch = {k: batch[k] for k in ("images", "masks", "valid")}
-        if padded != L:
-          batch = parallel.pad_tasks(batch, padded)
-        batch = parallel.global_batch(batch, mesh, "task", process_local=split)
-        state, m = step_fn(state, batch)
-        m = jax.device_get(m)
-        done += 1
-        if not m["finite"]:
-          raise NonFiniteLossError(
-              f"non-finite loss or parameters in meta-training ({name}) at meta-iteration {done}; "
-              f"the last good checkpoint (meta-iteration {ckpt.latest_step()}) is kept in "
-              f"{ckpt.directory}")
-        curve.append(float(m["loss"]))
-        self.writer.write(name, done, {"loss": m["loss"], "update_norm": m["update_norm"]})
-        progress.update(1, loss=m["loss"])
-        if done % self.c.engine.checkpoint_every == 0 or done == c.meta_iterations:
-          ckpt.save(done, state, {"data": it.get_state(), "curve": curve})
-    ckpt.close()
-    return parallel.to_local(state.params)
+
+    def prepare(batch):
+      batch = {k: batch[k] for k in ("images", "masks", "valid")}
+      if padded != L:
+        batch = parallel.pad_tasks(batch, padded)
+      return parallel.global_batch(batch, mesh, "task", process_local=split)
+
+    result = self.run(name, state, step_fn, it, total_calls=c.meta_iterations,
+                      steps_per_call=1, prepare=prepare, log_keys=("loss", "update_norm"),
+                      description=f"meta-training ({name})", unit="meta-iteration")
+    return parallel.to_local(result.state.params)
 
   # ---- stage: fine-tuning and evaluation
   def target_split(self, target: str):

@@ -88,7 +88,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if len(c.seeds) < 1:
     raise ConfigError("config.seeds must list at least one seed")
   cu.check_range(c, "model.features", 1, 512, integer=True)
-  cu.check_choice(c, "model.compute_dtype", ("auto", "float32", "bfloat16"))
   for stage in ("pretrain", "finetune"):
     cu.check_range(c, f"{stage}.epochs", 1, integer=True)
     cu.check_range(c, f"{stage}.steps_per_epoch", 1, integer=True)
@@ -109,9 +108,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cu.check_range(c, "spottune.penalty", 0.0)
   cu.check_range(c, "spottune.temperature", 0.0, low_inclusive=False)
   cu.check_range(c, "eval.tolerance_mm", 0.0, low_inclusive=False)
-  cu.check_range(c, "eval.batch_size", 1, integer=True)
-  cu.check_choice(c, "engine.inner_loop", ("auto", "scan", "host"))
-  cu.check_range(c, "engine.steps_per_call", 1, integer=True)
+  cu.validate_shared(c)
   cu.check_range(c, "engine.checkpoint_every", 1, integer=True)
   for stage in ("pretrain", "finetune"):
     steps = c[stage].epochs * c[stage].steps_per_epoch
@@ -184,8 +181,8 @@ class Experiment:
     self._init_policy = jax.jit(lambda k: self.policy.init(k, example))
     self._source_opt_states: dict[pathlib.Path, object] = {}
     self._predict = batch_predictor(lambda v, x: self.model.apply(v, x, train=False),
-                                    c.eval.batch_size, self.mesh)
-    self._predict_twin = batch_predictor(self._twin_logits, c.eval.batch_size, self.mesh)
+                                    c.engine.eval_batch_size, self.mesh)
+    self._predict_twin = batch_predictor(self._twin_logits, c.engine.eval_batch_size, self.mesh)
     self._source_models: dict[tuple[str, str, int], TrainState] = {}
 
   # ---- models and losses

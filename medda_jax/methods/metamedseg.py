@@ -54,6 +54,7 @@ RESULTS_FILE = "finetune_results.json"
 # --------------------------------------------------------------------------- config
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first wrong field and what is allowed."""
+  cu.validate_shared(c)
   cu.check_choice(c, "data.source", ("demo_brain", "msd"))
   cu.check_choice(c, "data.layout", prepared.LAYOUTS)
   if c.data.source == "msd" and not c.data.root:
@@ -69,10 +70,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cu.check_choice(c, "data.normalisation", msd.NORMALISATIONS)
   cu.check_range(c, "data.test_fraction", 0.0, 0.9, low_inclusive=False)
   cu.check_range(c, "data.split_seed", 0, integer=True)
-  cu.check_range(c, "seed", 0, integer=True)
   cu.check_range(c, "model.features", 1, 512, integer=True)
   cu.check_range(c, "model.levels", 2, 7, integer=True)
-  cu.check_choice(c, "model.compute_dtype", ("auto", "float32", "bfloat16"))
   cu.check_choice(c, "meta.algorithm", ("reptile", "maml", "fomaml"))
   if c.meta.meta_iterations > 0:
     cu.check_subset(c, "meta.rules", ("aw", "idw"))
@@ -102,11 +101,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cu.check_range(c, "finetune.shots", 1, 1024, integer=True)
   if len(c.finetune.seeds) < 1:
     raise ConfigError("config.finetune.seeds must list at least one shot-selection seed")
-  cu.check_choice(c, "engine.inner_loop", ("auto", "scan", "host"))
   cu.check_choice(c, "engine.task_parallelism", ("vmap", "map", "unroll"))
-  cu.check_range(c, "engine.steps_per_call", 1, integer=True)
   cu.check_range(c, "engine.checkpoint_every", 1, integer=True)
-  cu.check_range(c, "engine.eval_batch_size", 1, integer=True)
   if c.meta.algorithm != "reptile" and cu.inner_loop(c) == "host":
     raise ConfigError("config.meta.algorithm='maml'/'fomaml' needs config.engine.inner_loop="
                       "'scan' (the meta-gradient flows through the scanned inner loop)")

@@ -99,7 +99,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
                       f"(train, validation, test), got {tuple(c.data.split)}")
   cu.check_range(c, "data.max_per_domain", 0, integer=True)
   cu.check_choice(c, "classifier.name", CLASSIFIERS)
-  for field in ("batch_size", "max_epochs", "patience", "eval_batch_size", "steps_per_call"):
+  cu.validate_shared(c)
+  for field in ("batch_size", "max_epochs", "patience"):
     cu.check_range(c, f"classifier.{field}", 1, integer=True)
   cu.check_range(c, "classifier.learning_rate", 0, 1, low_inclusive=False)
   s = c.stargan
@@ -259,7 +260,7 @@ class TaskTrainer:
     self._init = jax.jit(lambda k: net.init(k, x, train=False))
     self._probs = batch_predictor(
         lambda v, images: jax.nn.softmax(net.apply(v, images, train=False)),
-        c.classifier.eval_batch_size, mesh)
+        c.engine.eval_batch_size, mesh)
 
   def init(self, seed: int) -> dict:
     return self._init(jax.random.PRNGKey(seed))
@@ -464,7 +465,7 @@ class PairGAN:
     # directions share one compiled function.
     self._translate = batch_predictor(lambda pd, images: self.generator.apply(
         {"params": pd[0]}, images, jnp.full((images.shape[0],), pd[1], jnp.int32)),
-        c.classifier.eval_batch_size, mesh)
+        c.engine.eval_batch_size, mesh)
 
   def init_state(self, seed: int, classifier) -> gan.GANState:
     """G and D fresh; F_S = B_S and F_T = a copy of it."""

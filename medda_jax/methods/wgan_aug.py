@@ -111,11 +111,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cu.check_range(c, "train.batch_size", 1, integer=True)
   cu.check_range(c, "train.learning_rate", 0.0, low_inclusive=False)
   cu.check_range(c, "train.weight_decay", 0.0)
-  cu.check_range(c, "train.steps_per_call", 1, integer=True)
   if len(c.seeds) < 1:
     raise ConfigError("config.seeds must list at least one seed")
-  cu.check_choice(c, "model.compute_dtype", ("auto", "float32", "bfloat16"))
-  cu.check_choice(c, "engine.inner_loop", ("auto", "scan", "host"))
+  cu.validate_shared(c)
 
 
 # --------------------------------------------------------------------------- data
@@ -425,7 +423,7 @@ class Classifiers:
       self.chunks[name] = build_train_chunk(loss_fn, self.tx, inner_loop, mesh=mesh)
       self.predicts[name] = batch_predictor(
           lambda v, images, model=model: jnp.argmax(model.apply(v, images, train=False), -1),
-          t.eval_batch_size, mesh)
+          c.engine.eval_batch_size, mesh)
       self.inits[name] = jax.jit(lambda k, model=model: model.init(k, x, train=False))
 
   def accuracy(self, name: str, variables, data: ImageSet) -> tuple[float, dict[int, float]]:

@@ -55,7 +55,7 @@ def main():
   from medda_jax import losses, parallel
   from medda_jax.engine.adapt import AdaptConfig
   from medda_jax.engine.meta import MetaState, build_meta_step
-  from medda_jax.engine.supervised import TrainState, build_train_chunk
+  from medda_jax.engine.supervised import TrainState, build_train_chunk, supervised_loss
   from medda_jax.models.unet import UNet
   from medda_jax.optim import coupled_adam, reptile
 
@@ -99,7 +99,8 @@ def main():
     # --- U-Net step, weak scaling over the data axis
     mesh = parallel.data_mesh(devices)
     tx = coupled_adam(1e-3, 3e-5)
-    chunk = build_train_chunk(model.apply, losses.SEGMENTATION_LOSSES["bce"], tx, "scan")
+    chunk = build_train_chunk(supervised_loss(model.apply, losses.SEGMENTATION_LOSSES["bce"]),
+                              tx, "scan", mesh=mesh)
     global_batch = per_device * n
     data = parallel.global_batch({"x": images(1, global_batch), "y": images(1, global_batch) > 0},
                                  mesh, "data", batch_dim=1)
@@ -108,7 +109,8 @@ def main():
               "x": data["x"], "y": data["y"].astype(jnp.float32), "chunk": chunk}
 
     def unet_step(holder=holder):
-      holder["state"], metrics = holder["chunk"](holder["state"], holder["x"], holder["y"])
+      holder["state"], metrics = holder["chunk"](holder["state"],
+                                                 {"images": holder["x"], "masks": holder["y"]})
       return metrics
 
     timing = common.time_repeats(unet_step, common.jax_block, warmup=2, repeats=args.repeats,

@@ -12,12 +12,19 @@ pipeline scaled to finish in about 10 minutes on a 2-core CPU; `smoke` runs in s
 
 import ml_collections
 
+from medda_jax.config_utils import load_sibling
+
+common = load_sibling(__file__, "common")
+
+
+VARIANTS = ("paper", "demo", "smoke")
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+  common.check_variant(variant, VARIANTS, "configs/metamedseg.py")
   c = ml_collections.ConfigDict()
   c.method = "metamedseg"  # module in medda_jax/methods/
   c.variant = variant or "paper"  # which preset this is (recorded in the results)
-  c.seed = 6  # model init, meta-training RNG and task sampling (reference code: set_seed(6))
   # Fine-tune only: a workdir of an earlier run (every stage under its checkpoints/) or one
   # stage's checkpoint folder; its parameters are fine-tuned on the targets, nothing is
   # pre- or meta-trained and no source dataset is needed. "" = train the stages here.
@@ -58,7 +65,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.features = 32  # channels at the finest level (32-64-128)
   c.model.levels = 3  # resolutions of the U-Net, bottleneck included
-  c.model.compute_dtype = "auto"  # "auto" = bfloat16 on GPU/TPU, float32 on CPU
 
   c.meta = ml_collections.ConfigDict()
   c.meta.algorithm = "reptile"  # "reptile", or "maml"/"fomaml" (support/query halves)
@@ -103,11 +109,11 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.finetune.scratch = True  # also fine-tune from the random init (supervised baseline)
 
   c.engine = ml_collections.ConfigDict()
-  c.engine.inner_loop = "auto"  # "scan", "host" or "auto" (scan on GPU/TPU, host on CPU)
-  c.engine.steps_per_call = 15  # inner/pre-training steps per jitted call (host loop)
   c.engine.task_parallelism = "vmap"  # "vmap", "map" or "unroll" over the tasks (scan loop)
   c.engine.checkpoint_every = 10  # meta-iterations (or pre-training calls) between saves
-  c.engine.eval_batch_size = 32  # slices per evaluation call
+  # seed: model init, meta-training RNG and task sampling (reference code: set_seed(6));
+  # steps_per_call: inner/pre-training steps per jitted call (host loop); eval: slices.
+  common.add_shared(c, seed=6, steps_per_call=15, eval_batch_size=32)
 
   if variant in (None, "paper"):
     return c
@@ -138,4 +144,4 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.engine.checkpoint_every = 2
     c.engine.eval_batch_size = 8
     return c
-  raise ValueError(f"unknown variant {variant!r}; use one of: paper (default), demo, smoke")
+  return c

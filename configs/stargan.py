@@ -23,12 +23,19 @@ seconds-long run for the tests.
 
 import ml_collections
 
+from medda_jax.config_utils import load_sibling
+
+common = load_sibling(__file__, "common")
+
+
+VARIANTS = ("digits", "digits_demo", "smoke", "cxr", "cxr_smoke")
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+  common.check_variant(variant, VARIANTS, "configs/stargan.py")
   c = ml_collections.ConfigDict()
   c.method = "stargan_da"  # module in medda_jax/methods/
   c.variant = variant or "digits"
-  c.seed = 0  # initialisation, batches, bootstrap draws
 
   c.data = ml_collections.ConfigDict()
   c.data.kind = "digits"  # "digits" or "cxr"
@@ -57,8 +64,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.classifier.balanced = False  # label-balanced batches (paper: chest X-rays)
   c.classifier.max_epochs = 200
   c.classifier.patience = 10  # epochs without a better validation AUC before stopping
-  c.classifier.steps_per_call = 10
-  c.classifier.eval_batch_size = 250
 
   c.stargan = ml_collections.ConfigDict()  # spec (b); Ref = yunjey/stargan
   c.stargan.g_base_channels = 64
@@ -90,10 +95,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.eval.spread_ddof = 0
   c.eval.grid_images = 8  # images per row of the translation grids
 
-  c.model = ml_collections.ConfigDict()
-  c.model.compute_dtype = "auto"  # "auto" = bfloat16 on GPU/TPU, float32 on CPU
-  c.engine = ml_collections.ConfigDict()
-  c.engine.inner_loop = "auto"  # "scan" | "host" (unrolled; the CPU default) | "auto"
+  # seed: initialisation, batches, bootstrap draws. classifier.steps_per_call and
+  # classifier.eval_batch_size (also the translation batch) are second names of
+  # engine.steps_per_call and engine.eval_batch_size.
+  common.add_shared(c, seed=0, steps_per_call=10, eval_batch_size=250)
+  common.alias(c, "classifier.steps_per_call", "engine.steps_per_call")
+  common.alias(c, "classifier.eval_batch_size", "engine.eval_batch_size")
 
   if variant in ("cxr", "cxr_smoke"):
     c.data.kind = "cxr"

@@ -16,10 +16,18 @@ import itertools
 
 import ml_collections
 
+from medda_jax.config_utils import load_sibling
+
+common = load_sibling(__file__, "common")
+
 CC359_SITES = ("siemens_15", "siemens_3", "ge_15", "ge_3", "philips_15", "philips_3")
 
 
+VARIANTS = ("paper", "demo", "smoke")
+
+
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+  common.check_variant(variant, VARIANTS, "configs/transfer.py")
   c = ml_collections.ConfigDict()
   c.method = "gradient_transfer"  # module in medda_jax/methods/
   c.variant = variant or "paper"  # which preset this is (recorded in the results)
@@ -61,7 +69,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.features = 16  # n_filters_init of the residual U-Net (16-32-64-128)
-  c.model.compute_dtype = "auto"  # "auto" = bfloat16 on GPU/TPU, float32 on CPU
 
   c.batch_size = 16  # slices per step (MMTL: target + source)
   for stage in ("pretrain", "finetune"):
@@ -101,17 +108,17 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.tolerance_mm = 1.0  # surface Dice tolerance
-  c.eval.batch_size = 32  # slices per prediction call
 
   c.engine = ml_collections.ConfigDict()
-  c.engine.inner_loop = "auto"  # "scan" (GPU/TPU default) or "host" (CPU default)
-  c.engine.steps_per_call = 4  # updates per jitted call
   c.engine.checkpoint_every = 25  # calls between checkpoints
+
+  # No single seed: every run repeats over `seeds`. eval.batch_size (slices per prediction
+  # call) is a second name of engine.eval_batch_size.
+  common.add_shared(c, seed=None, steps_per_call=4, eval_batch_size=32)
+  common.alias(c, "eval.batch_size", "engine.eval_batch_size")
 
   if variant in (None, "paper"):
     return c
-  if variant not in ("demo", "smoke"):
-    raise ValueError(f"unknown variant {variant!r}; choose 'paper', 'demo' or 'smoke'")
   c.data.source = "demo_skull"
   c.data.crop = 32
   c.data.subjects_per_domain = 5

@@ -23,12 +23,19 @@ in well under a minute of training for the tests.
 
 import ml_collections
 
+from medda_jax.config_utils import load_sibling
+
+common = load_sibling(__file__, "common")
+
+
+VARIANTS = ("paper", "demo", "smoke")
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+  common.check_variant(variant, VARIANTS, "configs/wgan_synth.py")
   c = ml_collections.ConfigDict()
   c.method = "wgan_aug"  # module in medda_jax/methods/
   c.variant = variant or "paper"
-  c.seed = 0  # the WGANs' initialisation, batches and samples
   c.seeds = (0, 1, 2, 3, 4)  # classifier repeats: initialisation, synthetic draw, batches
 
   c.data = ml_collections.ConfigDict()
@@ -91,13 +98,13 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.train.batch_size = 32
   c.train.learning_rate = 1e-4  # AdamW
   c.train.weight_decay = 1e-4
-  c.train.steps_per_call = 4  # steps per jitted call; validation after every call
-  c.train.eval_batch_size = 100
 
-  c.model = ml_collections.ConfigDict()
-  c.model.compute_dtype = "auto"  # "auto" = bfloat16 on GPU/TPU, float32 on CPU
-  c.engine = ml_collections.ConfigDict()
-  c.engine.inner_loop = "auto"  # "scan" | "host" (unrolled; the CPU default) | "auto"
+  # seed: the WGANs' initialisation, batches and samples. train.steps_per_call (classifier
+  # steps per jitted call; validation after every call) and train.eval_batch_size are
+  # second names of engine.steps_per_call and engine.eval_batch_size.
+  common.add_shared(c, seed=0, steps_per_call=4, eval_batch_size=100)
+  common.alias(c, "train.steps_per_call", "engine.steps_per_call")
+  common.alias(c, "train.eval_batch_size", "engine.eval_batch_size")
 
   if variant in ("demo", "smoke"):
     c.data.source = "digits"
@@ -156,6 +163,4 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.train.batch_size = 8
     c.train.steps_per_call = 2
     c.train.eval_batch_size = 20
-  elif variant not in (None, "paper", "demo"):
-    raise ValueError(f"unknown variant {variant!r}; use paper, demo or smoke")
   return c

@@ -16,16 +16,37 @@ import ml_collections
 from medda_jax.errors import ConfigError
 
 
+def _load_module(file: pathlib.Path):
+  module_spec = importlib.util.spec_from_file_location(f"_medda_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:variant]` the way `--config=` does on the command line."""
   path, _, variant = spec.partition(":")
   file = pathlib.Path(path)
   if not file.is_file():
     raise ConfigError(f"config file {path!r} does not exist")
-  module_spec = importlib.util.spec_from_file_location(f"_medda_config_{file.stem}", file)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = _load_module(file)
   return module.get_config(variant or None) if variant else module.get_config()
+
+
+def load_sibling(config_file: str, name: str):
+  """The module `<name>.py` beside a config file (configs/ is a folder of files, not a
+  package): how a config reads configs/common.py."""
+  return _load_module(pathlib.Path(config_file).resolve().parent / f"{name}.py")
+
+
+def validate_shared(c) -> None:
+  """The fields of configs/common.py, checked once for every method."""
+  if "seed" in c:
+    check_range(c, "seed", 0, integer=True)
+  check_choice(c, "model.compute_dtype", ("auto", "float32", "bfloat16"))
+  check_choice(c, "engine.inner_loop", ("auto", "scan", "host"))
+  check_range(c, "engine.steps_per_call", 1, integer=True)
+  check_range(c, "engine.eval_batch_size", 1, integer=True)
 
 
 def _get(config: ml_collections.ConfigDict, field: str) -> Any:

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from medda_jax.engine.checkpoint import Checkpointer
-from medda_jax.engine.supervised import ModelTrainState, build_model_train_chunk
+from medda_jax.engine.supervised import TrainState, build_train_chunk
 from medda_jax.optim import transfer as T
 
 
@@ -167,8 +167,8 @@ def test_octl_restores_exactly_the_saved_moments_from_a_checkpoint(tmp_path):
   params = _params()
   tx = T.transfer_optimizer("adam", learning_rate=0.01, decay_step=100)
   _, opt_state = _run(tx, params, 5)
-  state = ModelTrainState(params=params, model_state={"mean": jnp.ones(3)}, opt_state=opt_state,
-                          rng=jax.random.PRNGKey(1), step=jnp.asarray(5))
+  state = TrainState(params=params, model_state={"mean": jnp.ones(3)}, opt_state=opt_state,
+                     rng=jax.random.PRNGKey(1), step=jnp.asarray(5))
   ckpt = Checkpointer(tmp_path / "pretrain")
   ckpt.save(5, state, {"note": "pre-training"})
   ckpt.close()
@@ -205,15 +205,15 @@ def test_one_compiled_step_serves_every_method():
   batches = {"x": jnp.asarray(rng.normal(size=(2, 5, 3)), jnp.float32),
              "y": jnp.asarray(rng.normal(size=(2, 5, 2)), jnp.float32)}
   plain = T.transfer_optimizer("adam", learning_rate=0.1, decay_step=1)
-  shared = build_model_train_chunk(loss_fn, plain, "host")
+  shared = build_train_chunk(loss_fn, plain, "host")
   variants = [T.transfer_optimizer("adam", learning_rate=0.1, decay_step=1, l2sp_alpha=0.7),
               T.transfer_optimizer("adam", learning_rate=0.1, decay_step=1, trainable=T.trainable_mask(
                   params, T.first_layers(("init_",)))),
               T.transfer_optimizer("adam", learning_rate=0.05, decay_step=1, b1=0.99)]
   for tx in variants:
-    own = build_model_train_chunk(loss_fn, tx, "host")
-    fresh = lambda: ModelTrainState.create(jax.tree.map(jnp.array, params), {}, tx,  # noqa: E731
-                                           jax.random.PRNGKey(0))
+    own = build_train_chunk(loss_fn, tx, "host")
+    fresh = lambda: TrainState.create(jax.tree.map(jnp.array, params), tx,  # noqa: E731
+                                      rng=jax.random.PRNGKey(0))
     a, _ = shared(fresh(), batches)
     b, _ = own(fresh(), batches)
     chex.assert_trees_all_close(a.params, b.params, rtol=1e-6)

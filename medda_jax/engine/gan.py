@@ -49,6 +49,7 @@ import optax
 from jax.sharding import Mesh
 
 from medda_jax import parallel
+from medda_jax.engine.compile import compile_step
 from medda_jax.engine.meta import INNER_LOOPS, all_finite
 
 LossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, tuple[Any, dict]]]
@@ -169,9 +170,10 @@ def build_gan_chunk(critic_loss: LossFn, generator_loss: LossFn,
                     g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation, *,
                     n_critic: int = 1, clip_value: float | None = None,
                     inner_loop: str = "scan", side_updates: tuple[SideUpdate, ...] = (),
-                    jit: bool = True) -> Callable:
+                    jit: bool = True, mesh: Mesh | None = None) -> Callable:
   """`chunk(state, batches) -> (state, metrics)`: `steps_per_call` engine steps in one
-  jitted call (state donated). Every leaf of `batches` is [steps_per_call, n_critic,
+  jitted call (state donated; with a mesh, state replicated and batches sharded as
+  `shard_batches` places them). Every leaf of `batches` is [steps_per_call, n_critic,
   batch, ...]; every metric comes back stacked to [steps_per_call], plus a scalar `finite`.
   `jit=False` returns the plain function (to vmap over several GANs, or to inspect)."""
   step = build_gan_step(critic_loss, generator_loss, g_tx, d_tx, n_critic=n_critic,
@@ -192,7 +194,7 @@ def build_gan_chunk(critic_loss: LossFn, generator_loss: LossFn,
         state.params)
     return state, dict(metrics, finite=finite)
 
-  return jax.jit(chunk, donate_argnums=(0,)) if jit else chunk
+  return compile_step(chunk, mesh, batch_dim=BATCH_DIM) if jit else chunk
 
 
 def shard_batches(batches: dict, mesh: Mesh | None):

@@ -30,13 +30,16 @@ def run_loop(name: str, state, step_fn: Callable, batches: Iterator, *, total_ca
              steps_per_call: int, checkpointer: Checkpointer | None, writer: MetricWriter | None,
              checkpoint_every: int, prepare: Callable = lambda b: b,
              log_keys: tuple[str, ...] | None = None, show_progress: bool = True,
-             loss_key: str = "loss") -> LoopResult:
+             loss_key: str = "loss", description: str | None = None,
+             unit: str = "step") -> LoopResult:
   """Runs `state, metrics = step_fn(state, prepare(next(batches)))` until `total_calls`
   calls are done, resuming from `checkpointer` (None: a run too short to checkpoint).
   `batches` must be a grain iterator (its position is checkpointed). Checkpoint steps
   count updates (calls x steps_per_call). Metrics may be scalars or stacked per step
   (the GAN engine's); they are logged as their mean over the call, and `loss_key` names
-  the one that makes the curve and the progress bar."""
+  the one that makes the curve and the progress bar. `name` is the metrics' stage;
+  `description` (default `name`) titles the progress bar and errors, which count in
+  `unit`s (e.g. "meta-iteration")."""
   done_calls = 0
   curve: list[float] = []
   if checkpointer is not None and checkpointer.latest_step() is not None:
@@ -44,7 +47,8 @@ def run_loop(name: str, state, step_fn: Callable, batches: Iterator, *, total_ca
     batches.set_state(extra["data"])
     done_calls = int(extra["calls"])
     curve = list(extra.get("curve", []))
-  progress = Progress(name, total_calls * steps_per_call, done_calls * steps_per_call,
+  description = name if description is None else description
+  progress = Progress(description, total_calls * steps_per_call, done_calls * steps_per_call,
                       ) if show_progress else None
   try:
     while done_calls < total_calls:
@@ -54,9 +58,10 @@ def run_loop(name: str, state, step_fn: Callable, batches: Iterator, *, total_ca
       done_calls += 1
       step = done_calls * steps_per_call
       if not metrics["finite"]:
-        kept = (f"; the last good checkpoint (step {checkpointer.latest_step()}) is kept in "
+        kept = (f"; the last good checkpoint ({unit} {checkpointer.latest_step()}) is kept in "
                 f"{checkpointer.directory}" if checkpointer is not None else "")
-        raise NonFiniteLossError(f"non-finite loss or parameters in {name} at step {step}{kept}")
+        raise NonFiniteLossError(
+            f"non-finite loss or parameters in {description} at {unit} {step}{kept}")
       curve.append(float(metrics[loss_key]))
       logged = {k: v for k, v in metrics.items()
                 if k != "finite" and (log_keys is None or k in log_keys)}

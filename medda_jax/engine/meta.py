@@ -16,10 +16,11 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from medda_jax import parallel
 from medda_jax.engine.adapt import AdaptConfig, adapt, adapt_chunked
+from medda_jax.engine.compile import compile_step
 from medda_jax.optim.maml import maml_meta_gradient
 
 TASK_PARALLELISM = ("vmap", "map", "unroll")
@@ -145,7 +146,7 @@ def build_meta_step(apply_fn: Callable, loss_fn: Callable, adapt_cfg: AdaptConfi
     return rng, jax.random.split(key, num_tasks)
 
   if inner_loop == "host":
-    jit_update = jax.jit(apply_meta_update, donate_argnums=(0,) if donate else ())
+    jit_update = compile_step(apply_meta_update, donate=donate)
 
     def host_step(state: MetaState, batch):
       num_tasks = batch["images"].shape[0]
@@ -180,14 +181,8 @@ def build_meta_step(apply_fn: Callable, loss_fn: Callable, adapt_cfg: AdaptConfi
       per_task, task_losses = jax.tree.map(lambda x: x[:real], (per_task, task_losses))
     return apply_meta_update(state, per_task, task_losses, rng)
 
-  if mesh is None:
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
-  state_sharding = NamedSharding(mesh, P())
-  batch_axis = "task" if "task" in mesh.axis_names else None
-  batch_sharding = {k: NamedSharding(mesh, P(batch_axis)) for k in ("images", "masks", "valid")}
-  return jax.jit(step, in_shardings=(state_sharding, batch_sharding),
-                 out_shardings=(state_sharding, NamedSharding(mesh, P())),
-                 donate_argnums=(0,) if donate else ())
+  batch_axis = "task" if mesh is not None and "task" in mesh.axis_names else None
+  return compile_step(step, mesh, batch_axis=batch_axis, donate=donate)
 
 
 _subtract = jax.jit(lambda a, b: jax.tree.map(jnp.subtract, a, b))

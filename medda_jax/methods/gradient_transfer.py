@@ -42,9 +42,10 @@ from medda_jax import parallel, plots
 from medda_jax.data import mixed, prepared, user_seg
 from medda_jax.data.volumes import DomainVolumes, Volume, split_ids
 from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
-from medda_jax.engine.supervised import ModelTrainState, build_model_train_chunk
+from medda_jax.engine.supervised import TrainState, build_train_chunk
 from medda_jax.engine.writers import MetricWriter
 from medda_jax.errors import ConfigError
 from medda_jax.models import unet2d_res
@@ -97,7 +98,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if len(c.seeds) < 1:
     raise ConfigError("config.seeds must list at least one seed")
   cu.check_range(c, "model.features", 1, 512, integer=True)
-  cu.check_choice(c, "model.compute_dtype", ("auto", "float32", "bfloat16"))
   for stage in ("pretrain", "finetune"):
     cu.check_range(c, f"{stage}.epochs", 1, integer=True)
     cu.check_range(c, f"{stage}.steps_per_epoch", 1, integer=True)
@@ -118,9 +118,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cu.check_range(c, "spottune.penalty", 0.0)
   cu.check_range(c, "spottune.temperature", 0.0, low_inclusive=False)
   cu.check_range(c, "eval.tolerance_mm", 0.0, low_inclusive=False)
-  cu.check_range(c, "eval.batch_size", 1, integer=True)
-  cu.check_choice(c, "engine.inner_loop", ("auto", "scan", "host"))
-  cu.check_range(c, "engine.steps_per_call", 1, integer=True)
+  cu.validate_shared(c)
   cu.check_range(c, "engine.checkpoint_every", 1, integer=True)
   for stage in ("pretrain", "finetune"):
     steps = c[stage].epochs * c[stage].steps_per_epoch
@@ -220,9 +218,10 @@ class Experiment:
     self._init_model = jax.jit(lambda k: self.model.init(k, example, train=False))
     self._init_policy = jax.jit(lambda k: self.policy.init(k, example))
     self._source_opt_states: dict[pathlib.Path, object] = {}
-    self._predict = jax.jit(lambda v, x: self.model.apply(v, x, train=False))
-    self._predict_twin = jax.jit(self._twin_logits)
-    self._source_models: dict[tuple[str, str, int], ModelTrainState] = {}
+    self._predict = batch_predictor(lambda v, x: self.model.apply(v, x, train=False),
+                                    c.engine.eval_batch_size, self.mesh)
+    self._predict_twin = batch_predictor(self._twin_logits, c.engine.eval_batch_size, self.mesh)
+    self._source_models: dict[tuple[str, str, int], TrainState] = {}
 
   # ---- models and losses
   def init_variables(self, seed: int):
@@ -274,7 +273,7 @@ class Experiment:
     key = (opt, nesterov, twin)
     if key not in self._steps:
       loss_fn = self.spottune_loss if twin else self.plain_loss
-      self._steps[key] = build_model_train_chunk(loss_fn, tx, self.inner_loop)
+      self._steps[key] = build_train_chunk(loss_fn, tx, self.inner_loop, mesh=self.mesh)
     return self._steps[key]
 
   # ---- training
@@ -306,18 +305,18 @@ class Experiment:
         ckpt.close()
     return result
 
-  def pretrain(self, opt: str, site: str, seed: int) -> ModelTrainState:
+  def pretrain(self, opt: str, site: str, seed: int) -> TrainState:
     """The source model (trained, or restored from its finished checkpoint), once per
     (optimizer, site, seed) in this process."""
     if (opt, site, seed) not in self._source_models:
       self._source_models[(opt, site, seed)] = self._pretrain(opt, site, seed)
     return self._source_models[(opt, site, seed)]
 
-  def _pretrain(self, opt: str, site: str, seed: int) -> ModelTrainState:
+  def _pretrain(self, opt: str, site: str, seed: int) -> TrainState:
     variables = self.init_variables(seed)
     tx = self.optimizer(opt, "pretrain")
-    state = ModelTrainState.create(variables["params"], variables["batch_stats"], tx,
-                                   jax.random.PRNGKey(seed))
+    state = TrainState.create(variables["params"], tx, variables["batch_stats"],
+                              jax.random.PRNGKey(seed))
     step = self.step_fn(opt, False, False, tx)
     source = mixed.SlicePool.of(self.splits[site].train)
     it, calls = self.batches(source, None, "pretrain", "source_only", seed)
@@ -325,7 +324,7 @@ class Experiment:
     self.pretrain_dir[(opt, site)] = self.workdir / "checkpoints" / name
     return self.train(name, self.pretrain_dir[(opt, site)], state, step, it, calls, True).state
 
-  def finetune(self, method: str, opt: str, source_state: ModelTrainState, source_site: str,
+  def finetune(self, method: str, opt: str, source_state: TrainState, source_site: str,
                target_pool: mixed.SlicePool, seed: int, run_name: str):
     """Returns (variables to evaluate, loss curve, checkpoint directory or None); the
     variables are {"params", "batch_stats"}, or for SpotTune {"unet", "policy",
@@ -364,7 +363,7 @@ class Experiment:
       # checkpoint by an orbax partial restore of its optimizer state.
       tx = transfer_opt.continue_from(tx, self.source_opt_state(opt, source_site, source_state),
                                       adam_count=c.octl.adam_count)
-    state = ModelTrainState.create(params, batch_stats, tx, rng)
+    state = TrainState.create(params, tx, batch_stats, rng)
     it, calls = self.batches(source_pool, target_pool, "finetune", schedule, seed)
     # Runs shorter than one checkpoint interval are not checkpointed: a killed run redoes
     # at most that one run (finished runs are kept in the results file).
@@ -378,7 +377,7 @@ class Experiment:
       out = {"params": trained, "batch_stats": model_state}
     return out, result.curve, ckpt_dir
 
-  def source_opt_state(self, opt: str, site: str, like: ModelTrainState):
+  def source_opt_state(self, opt: str, site: str, like: TrainState):
     directory = self.pretrain_dir[(opt, site)]
     if directory not in self._source_opt_states:  # read once per source model
       ckpt = Checkpointer(directory)
@@ -391,20 +390,12 @@ class Experiment:
   # ---- evaluation
   def predict_volume(self, variables, volume: Volume, twin: bool) -> np.ndarray:
     """Slice-wise sigmoid > 0.5 of a whole volume, padded in-plane to a multiple of 8
-    with the volume minimum and in slices to whole evaluation batches."""
+    with the volume minimum."""
     s, h, w = volume.image.shape
     ph, pw = (-h) % 8, (-w) % 8
     image = np.pad(volume.image, ((0, 0), (0, ph), (0, pw)), constant_values=volume.image.min())
-    x = image[..., None].astype(np.float32)
-    bs = self.c.eval.batch_size
-    out = []
-    for start in range(0, s, bs):
-      chunk = x[start:start + bs]
-      pad = bs - len(chunk)
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-      fn = self._predict_twin if twin else self._predict
-      out.append(np.asarray(fn(variables, chunk))[:bs - pad])
-    logits = np.concatenate(out)[:, :h, :w, 0]
+    predict = self._predict_twin if twin else self._predict
+    logits = predict(variables, image[..., None].astype(np.float32))[:, :h, :w, 0]
     return logits > 0.0
 
   def evaluate(self, variables, volumes: list[Volume], twin: bool = False) -> dict[str, float]:

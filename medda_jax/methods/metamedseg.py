@@ -37,9 +37,11 @@ from medda_jax.data import demo_brain, msd, prepared, tasks, user_seg
 from medda_jax.data.collection import SliceCollection, split_volumes
 from medda_jax.engine.adapt import AdaptConfig, adapt, adapt_chunked
 from medda_jax.engine.checkpoint import Checkpointer, restore_params
+from medda_jax.engine.evaluate import batch_predictor
+from medda_jax.engine.loop import run_loop
 from medda_jax.engine.meta import MetaState, build_meta_step
 from medda_jax.engine.progress import Progress
-from medda_jax.engine.supervised import TrainState, build_train_chunk
+from medda_jax.engine.supervised import TrainState, build_train_chunk, supervised_loss
 from medda_jax.engine.writers import MetricWriter
 from medda_jax.errors import ConfigError, DataError, NonFiniteLossError
 from medda_jax.models.unet import UNet
@@ -52,6 +54,7 @@ RESULTS_FILE = "finetune_results.json"
 # --------------------------------------------------------------------------- config
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first wrong field and what is allowed."""
+  cu.validate_shared(c)
   cu.check_choice(c, "data.source", ("demo_brain", "msd", "none"))
   if c.data.source == "none" and not c.data.user:
     raise ConfigError("config.data.source='none' needs your datasets in config.data.user, "
@@ -81,10 +84,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cu.check_choice(c, "data.normalisation", msd.NORMALISATIONS)
   cu.check_range(c, "data.test_fraction", 0.0, 0.9, low_inclusive=False)
   cu.check_range(c, "data.split_seed", 0, integer=True)
-  cu.check_range(c, "seed", 0, integer=True)
   cu.check_range(c, "model.features", 1, 512, integer=True)
   cu.check_range(c, "model.levels", 2, 7, integer=True)
-  cu.check_choice(c, "model.compute_dtype", ("auto", "float32", "bfloat16"))
   cu.check_choice(c, "meta.algorithm", ("reptile", "maml", "fomaml"))
   if c.meta.meta_iterations > 0:
     cu.check_subset(c, "meta.rules", ("aw", "idw"))
@@ -114,11 +115,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cu.check_range(c, "finetune.shots", 1, 1024, integer=True)
   if len(c.finetune.seeds) < 1:
     raise ConfigError("config.finetune.seeds must list at least one shot-selection seed")
-  cu.check_choice(c, "engine.inner_loop", ("auto", "scan", "host"))
   cu.check_choice(c, "engine.task_parallelism", ("vmap", "map", "unroll"))
-  cu.check_range(c, "engine.steps_per_call", 1, integer=True)
   cu.check_range(c, "engine.checkpoint_every", 1, integer=True)
-  cu.check_range(c, "engine.eval_batch_size", 1, integer=True)
   if c.meta.algorithm != "reptile" and cu.inner_loop(c) == "host":
     raise ConfigError("config.meta.algorithm='maml'/'fomaml' needs config.engine.inner_loop="
                       "'scan' (the meta-gradient flows through the scanned inner loop)")
@@ -255,7 +253,10 @@ class Experiment:
     self.init_params = jax.jit(self.model.init)(jax.random.PRNGKey(c.seed),
                                                 jnp.zeros((1, size, size, 1)))
     self.curves: dict[str, list[float]] = {}
-    self._predict = jax.jit(self.model.apply)
+    # Fine-tuning runs are dealt out per process: each predicts with its own parameters
+    # on its own devices.
+    self._predict = batch_predictor(self.model.apply, c.engine.eval_batch_size,
+                                    parallel.data_mesh(jax.local_devices()))
 
   def is_demo(self, dataset: str) -> bool:
     return (self.c.data.source == "demo_brain"
@@ -281,44 +282,35 @@ class Experiment:
     schedule = optax.exponential_decay(c.learning_rate, steps_per_epoch, c.lr_decay_gamma,
                                        staircase=True)
     tx = coupled_adam(schedule, c.weight_decay)
-    chunk_fn = build_train_chunk(self.model.apply, losses_lib.SEGMENTATION_LOSSES[c.loss], tx,
-                                 self.inner_loop)
+    chunk_fn = build_train_chunk(
+        supervised_loss(self.model.apply, losses_lib.SEGMENTATION_LOSSES[c.loss]), tx,
+        self.inner_loop)
     sources = [self.collection[n] for n in self.sources]
 
     def load(rows):
       pairs = [sources[d].batch([p]) for d, p in rows]
-      return (np.stack([x for x, _ in pairs]), np.stack([y for _, y in pairs]))
+      return {"images": np.stack([x for x, _ in pairs]),
+              "masks": np.stack([y for _, y in pairs])}
 
     epochs_needed = -(-total // steps_per_epoch)
     ds = (grain.MapDataset.source(table).shuffle(seed=self.c.seed).repeat(epochs_needed)
           .batch(spc).map(load))
     it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
     state = TrainState.create(jax.tree.map(jnp.array, self.init_params), tx)
-    ckpt = self.checkpointer("transfer")
-    done = 0
-    if ckpt.latest_step() is not None:
-      state, extra = ckpt.restore(state)
-      it.set_state(extra["data"])
-      done = ckpt.latest_step()
-      self.curves["transfer"] = list(extra.get("curve", []))
-    with Progress("transfer pre-training", total, done) as progress:
-      losses = self.curves.setdefault("transfer", [])
-      while done < total:
-        images, masks = next(it)
-        state, m = chunk_fn(state, images, masks)
-        m = jax.device_get(m)
-        done += spc
-        if not m["finite"]:
-          raise NonFiniteLossError(
-              f"non-finite loss or parameters in transfer pre-training at step {done}; the last "
-              f"good checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}")
-        losses.append(float(m["loss"]))
-        self.writer.write("transfer", done, {"loss": m["loss"]})
-        progress.update(spc, loss=m["loss"])
-        if (done // spc) % self.c.engine.checkpoint_every == 0 or done == total:
-          ckpt.save(done, state, {"data": it.get_state(), "curve": losses})
-    ckpt.close()
-    return state.params
+    result = self.run("transfer", state, chunk_fn, it, total_calls=total // spc,
+                      steps_per_call=spc, description="transfer pre-training")
+    return result.state.params
+
+  def run(self, name: str, state, step_fn, it, **kwargs):
+    """One stage on the engine loop, checkpointed under checkpoints/<name>."""
+    ckpt = self.checkpointer(name)
+    try:
+      result = run_loop(name, state, step_fn, it, checkpointer=ckpt, writer=self.writer,
+                        checkpoint_every=self.c.engine.checkpoint_every, **kwargs)
+    finally:
+      ckpt.close()
+    self.curves[name] = result.curve
+    return result
 
   # ---- stage: meta-training
   def meta_train(self, rule: str):
@@ -365,36 +357,17 @@ class Experiment:
     if mesh is not None:
       state = parallel.replicate(state, mesh)
     name = f"meta_{rule}" if c.algorithm == "reptile" else c.algorithm
-    ckpt = self.checkpointer(name)
-    done = 0
-    if ckpt.latest_step() is not None:
-      state, extra = ckpt.restore(state)
-      it.set_state(extra["data"])
-      done = ckpt.latest_step()
-      self.curves[name] = list(extra.get("curve", []))
-    curve = self.curves.setdefault(name, [])
-    with Progress(f"meta-training ({name})", c.meta_iterations, done) as progress:
-      while done < c.meta_iterations:
-        batch = next(it)
-        batch = {k: batch[k] for k in ("images", "masks", "valid")}
-        if padded != L:
-          batch = parallel.pad_tasks(batch, padded)
-        batch = parallel.global_batch(batch, mesh, "task", process_local=split)
-        state, m = step_fn(state, batch)
-        m = jax.device_get(m)
-        done += 1
-        if not m["finite"]:
-          raise NonFiniteLossError(
-              f"non-finite loss or parameters in meta-training ({name}) at meta-iteration {done}; "
-              f"the last good checkpoint (meta-iteration {ckpt.latest_step()}) is kept in "
-              f"{ckpt.directory}")
-        curve.append(float(m["loss"]))
-        self.writer.write(name, done, {"loss": m["loss"], "update_norm": m["update_norm"]})
-        progress.update(1, loss=m["loss"])
-        if done % self.c.engine.checkpoint_every == 0 or done == c.meta_iterations:
-          ckpt.save(done, state, {"data": it.get_state(), "curve": curve})
-    ckpt.close()
-    return parallel.to_local(state.params)
+
+    def prepare(batch):
+      batch = {k: batch[k] for k in ("images", "masks", "valid")}
+      if padded != L:
+        batch = parallel.pad_tasks(batch, padded)
+      return parallel.global_batch(batch, mesh, "task", process_local=split)
+
+    result = self.run(name, state, step_fn, it, total_calls=c.meta_iterations,
+                      steps_per_call=1, prepare=prepare, log_keys=("loss", "update_norm"),
+                      description=f"meta-training ({name})", unit="meta-iteration")
+    return parallel.to_local(result.state.params)
 
   # ---- stage: fine-tuning and evaluation
   def target_split(self, target: str):
@@ -418,14 +391,7 @@ class Experiment:
                                                loss_fn=loss_fn, cfg=cfg, steps_per_call=spc)
 
   def predict(self, params, images: np.ndarray) -> np.ndarray:
-    bs = self.c.engine.eval_batch_size
-    out = []
-    for start in range(0, len(images), bs):
-      chunk = images[start:start + bs]
-      pad = bs - len(chunk)
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-      out.append(np.asarray(self._predict(params, chunk))[:bs - pad])
-    return np.concatenate(out)
+    return self._predict(params, images)
 
   def finetune_all(self, inits: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
     """IoU x100 per (init, target) and seed; finished runs are read back, not redone.

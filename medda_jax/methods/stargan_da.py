@@ -62,9 +62,10 @@ from medda_jax.data import images as user_images
 from medda_jax.data.images import ImageSet
 from medda_jax.engine import gan
 from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
-from medda_jax.engine.supervised import ModelTrainState, build_model_train_chunk, epoch_indices
+from medda_jax.engine.supervised import TrainState, build_train_chunk, epoch_indices
 from medda_jax.engine.writers import MetricWriter
 from medda_jax.errors import ConfigError, DataError, NonFiniteLossError
 from medda_jax.models.stargan import LeNet, StarDiscriminator, StarGenerator, critic_layers
@@ -113,7 +114,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
                       f"(train, validation, test), got {tuple(c.data.split)}")
   cu.check_range(c, "data.max_per_domain", 0, integer=True)
   cu.check_choice(c, "classifier.name", CLASSIFIERS)
-  for field in ("batch_size", "max_epochs", "patience", "eval_batch_size", "steps_per_call"):
+  cu.validate_shared(c)
+  for field in ("batch_size", "max_epochs", "patience"):
     cu.check_range(c, f"classifier.{field}", 1, integer=True)
   cu.check_range(c, "classifier.learning_rate", 0, 1, low_inclusive=False)
   s = c.stargan
@@ -277,14 +279,6 @@ def apply_task(net, params, model_state, x, train: bool, rng=None):
   return net.apply(variables, x, train=True, rngs={"dropout": rng}), model_state
 
 
-def in_batches(fn, images: np.ndarray, batch_size: int) -> np.ndarray:
-  """`fn` over `images` in zero-padded batches of one size (one compiled shape)."""
-  n = len(images)
-  padded = np.concatenate([images, np.zeros((-n % batch_size,) + images.shape[1:], np.float32)])
-  return np.concatenate([np.asarray(fn(padded[i:i + batch_size]))
-                         for i in range(0, len(padded), batch_size)])[:n]
-
-
 def balanced_indices(labels: np.ndarray, steps: int, batch_size: int, seed: int) -> np.ndarray:
   """[steps, batch_size] indices with every class equally represented per batch (drawn
   with replacement within each class), the paper's label-balanced chest X-ray batches."""
@@ -312,18 +306,19 @@ class TaskTrainer:
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
       return loss, (model_state, {})
 
-    self.chunk = build_model_train_chunk(loss_fn, self.tx, inner_loop)
+    self.chunk = build_train_chunk(loss_fn, self.tx, inner_loop, mesh=mesh)
     x = jnp.zeros((1, c.data.size, c.data.size, 3))
     self._init = jax.jit(lambda k: net.init(k, x, train=False))
-    self._probs = jax.jit(lambda v, images: jax.nn.softmax(net.apply(v, images, train=False)))
+    self._probs = batch_predictor(
+        lambda v, images: jax.nn.softmax(net.apply(v, images, train=False)),
+        c.engine.eval_batch_size, mesh)
 
   def init(self, seed: int) -> dict:
     return self._init(jax.random.PRNGKey(seed))
 
   def probs(self, variables, images: np.ndarray) -> np.ndarray:
     """Class probabilities [N, K]."""
-    return in_batches(lambda x: self._probs(variables, x), images,
-                      self.c.classifier.eval_batch_size)
+    return self._probs(variables, images)
 
   def auc(self, variables, data: ImageSet) -> float:
     return metrics.multiclass_auc(data.labels, self.probs(variables, data.images))
@@ -337,7 +332,7 @@ class TaskTrainer:
     steps = calls_per_epoch * t.steps_per_call
     variables = dict(self.init(seed) if variables is None else variables)
     params = variables.pop("params")
-    state = ModelTrainState.create(params, variables, self.tx, jax.random.PRNGKey(seed + 1))
+    state = TrainState.create(params, self.tx, variables, jax.random.PRNGKey(seed + 1))
     state = parallel.replicate(state, self.mesh)
     best_auc, best, waited = -2.0, None, 0
     for epoch in range(t.max_epochs):
@@ -511,14 +506,17 @@ class PairGAN:
       sides.append(gan.SideUpdate("fs", fs_loss, self.task_tx, task_every))
     self.chunk = gan.build_gan_chunk(critic_loss, generator_loss, self.g_tx, self.d_tx,
                                      n_critic=s.n_critic, inner_loop=inner_loop,
-                                     side_updates=tuple(sides))
+                                     side_updates=tuple(sides), mesh=mesh)
     self.train_fs = s.train_fs
     x = jnp.zeros((2, c.data.size, c.data.size, 3))
     dom = jnp.zeros((2,), jnp.int32)
     self._init = jax.jit(lambda k: (self.generator.init(k, x, dom)["params"],
                                     self.critic.init(jax.random.fold_in(k, 1), x)["params"]))
-    self._translate = jax.jit(lambda p, images, dom: self.generator.apply(
-        {"params": p}, images, jnp.full((images.shape[0],), dom)), static_argnums=2)
+    # (generator parameters, domain) -> translated images; the domain is traced, so both
+    # directions share one compiled function.
+    self._translate = batch_predictor(lambda pd, images: self.generator.apply(
+        {"params": pd[0]}, images, jnp.full((images.shape[0],), pd[1], jnp.int32)),
+        c.engine.eval_batch_size, mesh)
 
   def init_state(self, seed: int, classifier) -> gan.GANState:
     """G and D fresh; F_S = B_S and F_T = a copy of it."""
@@ -550,8 +548,7 @@ class PairGAN:
       ckpt.close()
 
   def translate(self, g_params, images: np.ndarray, domain: int) -> np.ndarray:
-    return in_batches(lambda x: self._translate(g_params, x, domain), images,
-                      self.c.classifier.eval_batch_size)
+    return self._translate((g_params, domain), images)
 
 
 # --------------------------------------------------------------------------- evaluation

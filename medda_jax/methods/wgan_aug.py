@@ -57,9 +57,10 @@ from medda_jax.data import images as user_images
 from medda_jax.data.images import ImageSet
 from medda_jax.engine import gan
 from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
-from medda_jax.engine.supervised import ModelTrainState, build_model_train_chunk, epoch_indices
+from medda_jax.engine.supervised import TrainState, build_train_chunk, epoch_indices
 from medda_jax.engine.writers import MetricWriter
 from medda_jax.errors import ConfigError, DataError, NonFiniteLossError
 from medda_jax.models.wgan import Critic, Generator
@@ -138,11 +139,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cu.check_range(c, "train.batch_size", 1, integer=True)
   cu.check_range(c, "train.learning_rate", 0.0, low_inclusive=False)
   cu.check_range(c, "train.weight_decay", 0.0)
-  cu.check_range(c, "train.steps_per_call", 1, integer=True)
   if len(c.seeds) < 1:
     raise ConfigError("config.seeds must list at least one seed")
-  cu.check_choice(c, "model.compute_dtype", ("auto", "float32", "bfloat16"))
-  cu.check_choice(c, "engine.inner_loop", ("auto", "scan", "host"))
+  cu.validate_shared(c)
 
 
 # --------------------------------------------------------------------------- data
@@ -368,7 +367,7 @@ class ClassGAN:
                                               g.batch_size, g.loss, g.gp_weight)
     self.chunk = gan.build_gan_chunk(critic_loss, generator_loss, self.g_tx, self.d_tx,
                                      n_critic=g.n_critic, clip_value=g.clip_value,
-                                     inner_loop=inner_loop)
+                                     inner_loop=inner_loop, mesh=mesh)
     z = jnp.zeros((g.batch_size, g.latent_dim))
     x = jnp.zeros((g.batch_size, size, size, channels))
     self._init = jax.jit(lambda k: (self.generator.init(k, z),
@@ -499,19 +498,15 @@ class Classifiers:
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
         return loss, (model_state, {})
 
-      self.chunks[name] = build_model_train_chunk(loss_fn, self.tx, inner_loop)
-      self.predicts[name] = jax.jit(
-          lambda v, images, model=model: jnp.argmax(model.apply(v, images, train=False), -1))
+      self.chunks[name] = build_train_chunk(loss_fn, self.tx, inner_loop, mesh=mesh)
+      self.predicts[name] = batch_predictor(
+          lambda v, images, model=model: jnp.argmax(model.apply(v, images, train=False), -1),
+          c.engine.eval_batch_size, mesh)
       self.inits[name] = jax.jit(lambda k, model=model: model.init(k, x, train=False))
 
   def accuracy(self, name: str, variables, data: ImageSet) -> tuple[float, dict[int, float]]:
     """Accuracy (%) and per-class recall (%) on a set, predicted in fixed-size batches."""
-    bs = self.c.train.eval_batch_size
-    n = len(data.labels)
-    padded = np.concatenate([data.images, np.zeros((-n % bs,) + data.images.shape[1:],
-                                                   np.float32)])
-    preds = np.concatenate([np.asarray(self.predicts[name](variables, padded[i:i + bs]))
-                            for i in range(0, len(padded), bs)])[:n]
+    preds = self.predicts[name](variables, data.images)
     correct = preds == data.labels
     recall = {int(k): float(100 * correct[data.labels == k].mean()) for k in np.unique(data.labels)}
     return float(100 * correct.mean()), recall
@@ -524,7 +519,7 @@ class Classifiers:
     calls = math.ceil(t.epochs * steps_per_epoch / t.steps_per_call)
     variables = self.inits[name](jax.random.PRNGKey(seed))
     params = variables.pop("params")
-    state = ModelTrainState.create(params, variables, self.tx, jax.random.PRNGKey(seed + 1))
+    state = TrainState.create(params, self.tx, variables, jax.random.PRNGKey(seed + 1))
     state = parallel.replicate(state, self.mesh)
     batches = classifier_batches(data, calls * t.steps_per_call, t.batch_size, seed)
     best_acc, best = -1.0, None

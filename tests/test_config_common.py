@@ -1,0 +1,88 @@
+"""configs/common.py: the shared fields of every config, their one validation, the
+unknown-variant error, and the older field names kept as aliases."""
+
+import pathlib
+
+import ml_collections
+import pytest
+
+from conftest import run_train
+from medda_jax import config_utils as cu
+from medda_jax.errors import ConfigError
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+VARIANTS = {"metamedseg.py": ("paper", "demo", "smoke"),
+            "transfer.py": ("paper", "demo", "smoke"),
+            "wgan_synth.py": ("paper", "demo", "smoke"),
+            "stargan.py": ("digits", "digits_demo", "smoke", "cxr", "cxr_smoke")}
+# The older names that stay second names of the shared fields.
+ALIASES = {"transfer.py": {"eval.batch_size": "engine.eval_batch_size"},
+           "wgan_synth.py": {"train.steps_per_call": "engine.steps_per_call",
+                             "train.eval_batch_size": "engine.eval_batch_size"},
+           "stargan.py": {"classifier.steps_per_call": "engine.steps_per_call",
+                          "classifier.eval_batch_size": "engine.eval_batch_size"}}
+
+
+def _get(c, field):
+  for part in field.split("."):
+    c = c[part]
+  return c
+
+
+def _set(c, field, value):
+  *path, leaf = field.split(".")
+  for part in path:
+    c = c[part]
+  setattr(c, leaf, value)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_unknown_variant_names_the_known_ones(name):
+  with pytest.raises(ConfigError) as e:
+    cu.load_config(f"{CONFIGS / name}:anything")
+  message = str(e.value)
+  assert "\n" not in message and "'anything'" in message
+  assert all(v in message for v in VARIANTS[name]), message
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_variant_has_the_shared_fields_and_passes_their_validation(name):
+  for variant in (None,) + VARIANTS[name]:
+    c = cu.load_config(str(CONFIGS / name) + (f":{variant}" if variant else ""))
+    cu.validate_shared(c)
+    for field in ("model.compute_dtype", "engine.inner_loop", "engine.steps_per_call",
+                  "engine.eval_batch_size"):
+      assert field.split(".")[1] in c[field.split(".")[0]], (name, variant, field)
+
+
+@pytest.mark.parametrize("name", sorted(ALIASES))
+def test_old_field_names_and_shared_names_set_each_other(name):
+  for old, shared in ALIASES[name].items():
+    c = cu.load_config(str(CONFIGS / name))
+    assert _get(c, old) == _get(c, shared)
+    _set(c, old, 7)
+    assert _get(c, shared) == 7
+    _set(c, shared, 3)
+    assert _get(c, old) == 3
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("seed", -1, "config.seed=-1"),
+    ("model.compute_dtype", "float16", "config.model.compute_dtype"),
+    ("engine.inner_loop", "python", "config.engine.inner_loop"),
+    ("engine.steps_per_call", 0, "config.engine.steps_per_call=0"),
+    ("engine.eval_batch_size", 0, "config.engine.eval_batch_size=0"),
+])
+def test_shared_validation_names_the_field(field, value, needle):
+  c = cu.load_config(str(CONFIGS / "metamedseg.py"))
+  _set(c, field, value)
+  with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+    cu.validate_shared(c)
+
+
+def test_unknown_variant_on_the_command_line_is_one_error_line(tmp_path):
+  proc = run_train(tmp_path, config="configs/stargan.py:anything", timeout=120)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert len(errors) == 1 and "unknown variant 'anything'" in errors[0], proc.stderr[-2000:]
+  assert "digits_demo" in errors[0]

@@ -246,6 +246,9 @@ def batches(source, indices, batch_size: int, seed: int, *, shuffle: bool = True
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                             prefetch_buffer_size=max(1, prefetch)))
   if workers:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (outside `train.py`)
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                      per_worker_buffer_size=max(1, prefetch)))
   return it

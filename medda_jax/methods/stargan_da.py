@@ -87,16 +87,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first wrong field and what is allowed."""
   cu.check_choice(c, "data.kind", ("digits", "cxr"))
   known = DIGIT_DOMAINS if c.data.kind == "digits" else CXR_SITES
-  names = []
-  for entry in c.data.domains:
-    d, path = user_images.parse_domain(entry)
-    names.append(d)
-    if path is not None:
-      continue
-    if d not in known:
-      raise ConfigError(f"config.data.domains has unknown entry {entry!r}; allowed "
-                        f"{list(known)} or name=path (a class-folder root or a .csv)")
-    if (d == "usps" or c.data.kind == "cxr") and not c.data.dirs.get(d):
+  parsed = [user_images.parse_domain(entry) for entry in c.data.domains]
+  names = [d for d, _ in parsed]
+  unknown = [d for d, path in parsed if path is None and d not in known]
+  if unknown:
+    raise ConfigError(f"config.data.domains has unknown entries {unknown}; allowed "
+                      f"{list(known)} or name=path (a class-folder root or a .csv)")
+  for d, path in parsed:
+    if path is None and (d == "usps" or c.data.kind == "cxr") and not c.data.dirs.get(d):
       raise ConfigError(f"config.data.dirs.{d} must name the folder of domain {d!r}")
   if len(names) < 2 or len(set(names)) != len(names):
     raise ConfigError(f"config.data.domains must name at least two different domains, got "

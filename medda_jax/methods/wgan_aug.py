@@ -82,15 +82,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
                         f"config.data.source={c.data.source!r}")
   if not c.data.targets:
     raise ConfigError("config.data.targets must not be empty")
-  names = [source]
-  for entry in c.data.targets:
-    target, path = user_images.parse_domain(entry)
-    names.append(target)
+  parsed = [user_images.parse_domain(entry) for entry in c.data.targets]
+  names = [source] + [t for t, _ in parsed]
+  unknown = [t for t, path in parsed if path is None and t not in TARGETS]
+  if unknown:
+    raise ConfigError(f"config.data.targets has unknown entries {unknown}; allowed "
+                      f"{list(TARGETS)} or name=path (a class-folder root or a .csv)")
+  for target, path in parsed:
     if path is not None:
       continue
-    if target not in TARGETS:
-      raise ConfigError(f"config.data.targets has unknown entry {entry!r}; allowed "
-                        f"{list(TARGETS)} or name=path (a class-folder root or a .csv)")
     if target not in ("optdigits", "mnist", "mnist_m") and not c.data.target_dirs.get(target):
       raise ConfigError(f"config.data.target_dirs.{target} must name the folder of target "
                         f"{target!r}")

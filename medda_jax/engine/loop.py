@@ -31,7 +31,7 @@ def run_loop(name: str, state, step_fn: Callable, batches: Iterator, *, total_ca
              checkpoint_every: int, prepare: Callable = lambda b: b,
              log_keys: tuple[str, ...] | None = None, show_progress: bool = True,
              loss_key: str = "loss", description: str | None = None,
-             unit: str = "step") -> LoopResult:
+             unit: str = "step", hook=None) -> LoopResult:
   """Runs `state, metrics = step_fn(state, prepare(next(batches)))` until `total_calls`
   calls are done, resuming from `checkpointer` (None: a run too short to checkpoint).
   `batches` must be a grain iterator (its position is checkpointed). Checkpoint steps
@@ -39,19 +39,26 @@ def run_loop(name: str, state, step_fn: Callable, batches: Iterator, *, total_ca
   (the GAN engine's); they are logged as their mean over the call, and `loss_key` names
   the one that makes the curve and the progress bar. `name` is the metrics' stage;
   `description` (default `name`) titles the progress bar and errors, which count in
-  `unit`s (e.g. "meta-iteration")."""
+  `unit`s (e.g. "meta-iteration"). `hook` (e.g. `engine.trainer.KeepBest`) runs after
+  every call: `state, stop = hook.after_call(state, calls_done)`; its `get_state()` (JSON)
+  is checkpointed and handed back to `set_state` on resume, and a stop ends the stage
+  for good (a resumed stopped stage does not train on)."""
   done_calls = 0
   curve: list[float] = []
+  stopped = False
   if checkpointer is not None and checkpointer.latest_step() is not None:
     state, extra = checkpointer.restore(state)
     batches.set_state(extra["data"])
     done_calls = int(extra["calls"])
     curve = list(extra.get("curve", []))
+    stopped = bool(extra.get("stopped", False))
+    if hook is not None:
+      hook.set_state(extra["hook"])
   description = name if description is None else description
   progress = Progress(description, total_calls * steps_per_call, done_calls * steps_per_call,
                       ) if show_progress else None
   try:
-    while done_calls < total_calls:
+    while done_calls < total_calls and not stopped:
       state, metrics = step_fn(state, prepare(next(batches)))
       metrics = {k: np.mean(v) if k != "finite" else bool(v)
                  for k, v in jax.device_get(metrics).items()}
@@ -69,10 +76,14 @@ def run_loop(name: str, state, step_fn: Callable, batches: Iterator, *, total_ca
         writer.write(name, step, logged)
       if progress is not None:
         progress.update(steps_per_call, loss=metrics[loss_key])
+      if hook is not None:
+        state, stopped = hook.after_call(state, done_calls)
       if checkpointer is not None and (done_calls % checkpoint_every == 0
-                                       or done_calls == total_calls):
-        checkpointer.save(step, state, {"data": batches.get_state(), "calls": done_calls,
-                                        "curve": curve})
+                                       or done_calls == total_calls or stopped):
+        extra = {"data": batches.get_state(), "calls": done_calls, "curve": curve}
+        if hook is not None:
+          extra.update(hook=hook.get_state(), stopped=stopped)
+        checkpointer.save(step, state, extra)
   finally:
     if progress is not None:
       progress.close()

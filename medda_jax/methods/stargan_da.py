@@ -41,6 +41,7 @@ run resumes mid-GAN), `metrics.jsonl` and TensorBoard logs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -66,8 +67,9 @@ from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
 from medda_jax.engine.supervised import TrainState, build_train_chunk, epoch_indices
+from medda_jax.engine.trainer import fit
 from medda_jax.engine.writers import MetricWriter
-from medda_jax.errors import ConfigError, DataError, NonFiniteLossError
+from medda_jax.errors import ConfigError, DataError
 from medda_jax.models.stargan import LeNet, StarDiscriminator, StarGenerator, critic_layers
 
 DIGIT_DOMAINS = ("mnist", "mnist_m", "optdigits", "usps")
@@ -321,41 +323,39 @@ class TaskTrainer:
   def auc(self, variables, data: ImageSet) -> float:
     return metrics.multiclass_auc(data.labels, self.probs(variables, data.images))
 
-  def train(self, data: ImageSet, val: ImageSet, seed: int, variables=None, name: str = ""):
+  def train(self, data: ImageSet, val: ImageSet, seed: int, variables=None, name: str = "",
+            checkpoint_dir: pathlib.Path | None = None):
     """Trains from `variables` (default: a fresh initialisation) for at most `max_epochs`
     epochs, validating after every epoch; stops after `patience` epochs without a better
-    validation AUC. Returns (best variables, best validation AUC, epochs run)."""
+    validation AUC. Returns (best variables, best validation AUC, epochs run). Checkpointed
+    once per epoch in `checkpoint_dir` (None: not at all)."""
     t = self.c.classifier
-    calls_per_epoch = max(1, math.ceil(len(data) / t.batch_size / t.steps_per_call))
-    steps = calls_per_epoch * t.steps_per_call
+    spc = self.c.engine.steps_per_call
+    calls_per_epoch = max(1, math.ceil(len(data) / t.batch_size / spc))
+    steps = calls_per_epoch * spc
     variables = dict(self.init(seed) if variables is None else variables)
     params = variables.pop("params")
     state = TrainState.create(params, self.tx, variables, jax.random.PRNGKey(seed + 1))
-    state = parallel.replicate(state, self.mesh)
-    best_auc, best, waited = -2.0, None, 0
-    for epoch in range(t.max_epochs):
-      if t.balanced:
-        idx = balanced_indices(data.labels, steps, t.batch_size, seed * 1000 + epoch)
-      else:
-        idx = epoch_indices(len(data), steps, t.batch_size, seed * 1000 + epoch)
-      for call in range(calls_per_epoch):
-        part = idx[call * t.steps_per_call:(call + 1) * t.steps_per_call]
-        batch = {"image": data.images[part], "label": data.labels[part]}
-        state, m = self.chunk(state, parallel.global_batch(batch, self.mesh, "data",
-                                                           batch_dim=1, process_local=False))
-        if not bool(m["finite"]):
-          raise NonFiniteLossError(f"non-finite loss training classifier {name} (seed {seed}) "
-                                   f"in epoch {epoch + 1}")
-      current = {"params": state.params, **state.model_state}
-      auc = self.auc(current, val)
-      auc = -1.0 if np.isnan(auc) else auc  # a validation set of one class scores nothing
-      if auc > best_auc:
-        best_auc, best, waited = auc, jax.device_get(current), 0
-      else:
-        waited += 1
-        if waited >= t.patience:
-          break
-    return best, best_auc, epoch + 1
+
+    @functools.lru_cache(maxsize=1)
+    def epoch_order(epoch):  # [steps, batch] indices of one epoch, a function of the seed
+      draw = balanced_indices if t.balanced else (
+          lambda labels, *a: epoch_indices(len(labels), *a))
+      return draw(data.labels, steps, t.batch_size, seed * 1000 + epoch)
+
+    def batch(k):
+      part = epoch_order(k // calls_per_epoch)[(k % calls_per_epoch) * spc:][:spc]
+      return {"image": data.images[part], "label": data.labels[part]}
+
+    def evaluate(v):
+      auc = self.auc(v, val)
+      return -1.0 if np.isnan(auc) else auc  # a validation set of one class scores nothing
+
+    result = fit(f"classifier {name} (seed {seed})", state, self.chunk, batch,
+                 total_calls=t.max_epochs * calls_per_epoch, steps_per_call=spc,
+                 evaluate=evaluate, every=calls_per_epoch, patience=t.patience, floor=-2.0,
+                 mesh=self.mesh, checkpoint_dir=checkpoint_dir)
+    return result.best, result.best_score, result.evaluations
 
 
 def _saved_classifier(path: pathlib.Path, trainer: TaskTrainer, train_fn):
@@ -564,7 +564,7 @@ def _boot(c, labels, probs, test_set: str) -> dict:
 
 
 def domain_spread(c, domains: dict[str, Domain], trainer: TaskTrainer, fraction: float,
-                  seed: int) -> dict:
+                  seed: int, checkpoint_dir: pathlib.Path | None = None) -> dict:
   """One classifier on `fraction` of the pooled training (and validation) splits; its AUC
   on every domain's test split, their variance (x 100 AUC), and the pooled-test AUC."""
   rng = np.random.default_rng((seed, int(fraction * 1e6)))
@@ -576,7 +576,8 @@ def domain_spread(c, domains: dict[str, Domain], trainer: TaskTrainer, fraction:
     keep = max(int(round(fraction * len(pooled))), 2)
     pools[split] = pooled.take(np.sort(rng.choice(len(pooled), keep, replace=False)))
   variables, _, epochs = trainer.train(pools["train"], pools["val"], seed,
-                                       name=f"pooled {fraction:g}")
+                                       name=f"pooled {fraction:g}",
+                                       checkpoint_dir=checkpoint_dir)
   aucs = {name: trainer.auc(variables, d.test) for name, d in domains.items()}
   tests = [d.test for d in domains.values()]
   pooled_test = ImageSet(np.concatenate([s.images for s in tests]),
@@ -694,7 +695,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   for name, d in domains.items():
     baselines[name], info = _saved_classifier(
         workdir / "classifiers" / f"baseline_{name}.msgpack", trainer,
-        lambda d=d, name=name: trainer.train(d.train, d.val, c.seed, name=f"baseline {name}"))
+        lambda d=d, name=name: trainer.train(
+            d.train, d.val, c.seed, name=f"baseline {name}",
+            checkpoint_dir=workdir / "checkpoints" / f"classifier_baseline_{name}"))
     internal[name] = _boot(c, d.test.labels, trainer.probs(baselines[name], d.test.images),
                            name)
     internal[name]["val_auc"] = 100 * info["val_auc"]
@@ -727,7 +730,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       adapted_vars, _ = _saved_classifier(
           workdir / "classifiers" / f"adapted_{src}_to_{trg}.msgpack", trainer,
           lambda: trainer.train(translated["train"], translated["val"], c.seed,
-                                variables=baselines[src], name=f"adapted {key}"))
+                                variables=baselines[src], name=f"adapted {key}",
+                                checkpoint_dir=workdir / "checkpoints"
+                                / f"classifier_adapted_{src}_to_{trg}"))
       external = _boot(c, T.test.labels, trainer.probs(baselines[src], T.test.images), trg)
       adapted = _boot(c, T.test.labels, trainer.probs(adapted_vars, T.test.images), trg)
       ceiling = internal[trg]["auc"]
@@ -758,7 +763,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   spread_path = workdir / "spread.json"
   spread = json.loads(spread_path.read_text()) if spread_path.exists() else []
   for fraction in c.eval.spread_fractions[len(spread):]:
-    spread.append(domain_spread(c, domains, trainer, fraction, c.seed))
+    spread.append(domain_spread(c, domains, trainer, fraction, c.seed,
+                                workdir / "checkpoints" / f"classifier_pooled_{fraction:g}"))
     if main:
       spread_path.write_text(json.dumps(spread, indent=1))
 

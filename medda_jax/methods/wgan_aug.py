@@ -41,6 +41,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import shutil
 import sys
 from typing import Callable
 
@@ -61,8 +62,9 @@ from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
 from medda_jax.engine.supervised import TrainState, build_train_chunk, epoch_indices
+from medda_jax.engine.trainer import fit
 from medda_jax.engine.writers import MetricWriter
-from medda_jax.errors import ConfigError, DataError, NonFiniteLossError
+from medda_jax.errors import ConfigError, DataError
 from medda_jax.models.wgan import Critic, Generator
 
 SOURCES = ("digits", "busi", "breastmnist")
@@ -511,32 +513,27 @@ class Classifiers:
     recall = {int(k): float(100 * correct[data.labels == k].mean()) for k in np.unique(data.labels)}
     return float(100 * correct.mean()), recall
 
-  def train(self, name: str, data: ImageSet, val: ImageSet, seed: int):
+  def train(self, name: str, data: ImageSet, val: ImageSet, seed: int,
+            checkpoint_dir: pathlib.Path | None = None):
     """Trains for `train.epochs` epochs and returns the variables of the evaluation (every
-    `steps_per_call` steps) with the best validation accuracy, and that accuracy."""
+    `steps_per_call` steps) with the best validation accuracy, and that accuracy.
+    Checkpointed once per epoch in `checkpoint_dir` (None: not at all)."""
     t = self.c.train
+    spc = self.c.engine.steps_per_call
     steps_per_epoch = math.ceil(len(data.labels) / t.batch_size)
-    calls = math.ceil(t.epochs * steps_per_epoch / t.steps_per_call)
+    calls = math.ceil(t.epochs * steps_per_epoch / spc)
     variables = self.inits[name](jax.random.PRNGKey(seed))
     params = variables.pop("params")
     state = TrainState.create(params, self.tx, variables, jax.random.PRNGKey(seed + 1))
-    state = parallel.replicate(state, self.mesh)
-    batches = classifier_batches(data, calls * t.steps_per_call, t.batch_size, seed)
-    best_acc, best = -1.0, None
-    for call in range(calls):
-      chunk = jax.tree.map(lambda x: x[call * t.steps_per_call:(call + 1) * t.steps_per_call],
-                           batches)
-      state, metrics = self.chunks[name](
-          state, parallel.global_batch(chunk, self.mesh, "data", batch_dim=1,
-                                       process_local=False))
-      if not bool(metrics["finite"]):
-        raise NonFiniteLossError(f"non-finite loss training {name} (seed {seed}) at step "
-                                 f"{(call + 1) * t.steps_per_call}")
-      current = {"params": state.params, **state.model_state}
-      acc, _ = self.accuracy(name, current, val)
-      if acc >= best_acc:  # ties: the later, better-trained checkpoint
-        best_acc, best = acc, jax.device_get(current)
-    return best, best_acc
+    batches = classifier_batches(data, calls * spc, t.batch_size, seed)
+    result = fit(f"{name} (seed {seed})", state, self.chunks[name],
+                 lambda k: jax.tree.map(lambda x: x[k * spc:(k + 1) * spc], batches),
+                 total_calls=calls, steps_per_call=spc,
+                 evaluate=lambda v: self.accuracy(name, v, val)[0], every=1,
+                 keep_ties=True,  # ties: the later, better-trained checkpoint
+                 mesh=self.mesh, checkpoint_dir=checkpoint_dir,
+                 checkpoint_every=max(1, steps_per_epoch // spc))
+    return result.best, result.best_score
 
 
 # --------------------------------------------------------------------------- tables
@@ -673,7 +670,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       if key in results:
         continue
       data = mixed_training_set(splits.real_train, pool, count, c.synthetic.class_split, seed)
-      variables, val_acc = classifiers.train(name, data, splits.real_val, seed)
+      ckpt_dir = workdir / "checkpoints" / "classifiers" / key.replace("/", "_")
+      variables, val_acc = classifiers.train(name, data, splits.real_val, seed, ckpt_dir)
       source_acc, source_recall = classifiers.accuracy(name, variables, splits.source_test)
       target_accs, target_recalls = {}, {}
       for t, data_t in splits.targets.items():
@@ -683,6 +681,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                       "val": val_acc, "train_images": int(len(data.labels))}
       if main:
         path.write_text(json.dumps(results, indent=1))
+      shutil.rmtree(ckpt_dir, ignore_errors=True)  # its result is recorded
       writer.write("ratio", len(results), {f"{key}/source": source_acc,
                                            **{f"{key}/{t}": a for t, a in target_accs.items()}})
       progress.update(1, source=source_acc, **target_accs)

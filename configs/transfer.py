@@ -35,6 +35,11 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # (and, with pretrain_per_seed, the source model's initialisation and batches).
   c.seeds = (0, 1, 2)
   c.pretrain_per_seed = True  # one source model per seed (False: one shared by all seeds)
+  # Fine-tune only: the workdir of an earlier run of this method (or one of its
+  # checkpoints/pretrain_<optimizer>_<site>_seed<seed>/ folders); its source models are read
+  # instead of pre-trained, so a pair's source site need not be in the data (then MMTL,
+  # which mixes in source batches, and the source-retention scores are not available).
+  c.init_from = ""
 
   c.data = ml_collections.ConfigDict()
   # "cc359" (published layout), "demo_skull" (embedded, no download) or "none" (data.user only)

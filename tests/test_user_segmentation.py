@@ -338,10 +338,13 @@ def test_init_from_errors(smoke_run, tmp_path):
   with pytest.raises(ConfigError, match="init_from=.*absent.*does not exist"):
     metamedseg.validate(config)
   (tmp_path / "empty").mkdir()
-  like = UNet(features=4, levels=3).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))
+  # jitted: op-by-op initialisation compiles every random draw separately
+  like = jax.jit(UNet(features=4, levels=3).init)(jax.random.PRNGKey(0),
+                                                   jnp.zeros((1, 32, 32, 1)))
   with pytest.raises(DataError, match="holds no checkpoint"):
     metamedseg.load_initialisations(tmp_path / "empty", like)
-  wider = UNet(features=8, levels=3).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))
+  wider = jax.eval_shape(UNet(features=8, levels=3).init, jax.random.PRNGKey(0),
+                         jnp.zeros((1, 32, 32, 1)))  # shapes suffice: refused before reading
   with pytest.raises(DataError) as e:
     metamedseg.load_initialisations(workdir, wider)
   message = str(e.value)
@@ -411,18 +414,67 @@ def test_user_sites_as_volumes(liver, manifest):
                              scale_mri(volumes["scan1"][0]).transpose(2, 0, 1), atol=1e-6)
 
 
-def test_gradient_transfer_between_user_sites(liver, manifest, tmp_path):
-  path, _ = liver
-  csv_path, _ = manifest
-  workdir = tmp_path / "transfer"
-  proc = run_train(workdir, f"--config.data.user=('ourliver={path}', 'clinic={csv_path}')",
-                   "--config.data.user_modality=CT", "--config.data.test_subjects=1",
-                   "--config.data.pairs=(('clinic_a', 'ourliver'),)", "--config.methods=('fta',)",
-                   "--config.optimizers=('sgd',)", "--config.seeds=(0,)",
-                   "--config.budgets=(('small', 1, 1),)", config="configs/transfer.py:smoke")
+_TRANSFER = ("--config.methods=('fta', 'octl')", "--config.optimizers=('sgd',)",
+             "--config.seeds=(0,)", "--config.budgets=(('small', 1, 1),)",
+             "--config.data.test_subjects=1")
+
+
+@pytest.fixture(scope="module")
+def transfer_run(tmp_path_factory):
+  """Gradient transfer from a CSV site to a Decathlon-layout CT site: (workdir, folder)."""
+  root = tmp_path_factory.mktemp("transfer")
+  rng = np.random.default_rng(7)
+  rows = []
+  for i in range(3):
+    areas = {1: [0, 60, 80, 20]}
+    for kind, array in (("img", _ct_volume((40, 36, 4), rng)),
+                        ("seg", test_msd._label_volume((40, 36, 4), areas))):
+      _save(str(root / "files" / f"{kind}{i}.nii.gz"), array)
+    rows.append([f"files/img{i}.nii.gz", f"files/seg{i}.nii.gz"])
+  _write_csv(root / "clinic.csv", ["image", "label"], rows)
+  cases = {f"ct_{i}": (_ct_volume((40, 36, 5), rng),
+                       test_msd._label_volume((40, 36, 5), LIVER_AREAS[i % 2])) for i in range(3)}
+  folder = _write_folder(root / "Task11_OurLiver", cases)
+  workdir = root / "run"
+  proc = run_train(workdir, f"--config.data.user=('ourliver={folder}', 'clinic={root}/clinic.csv')",
+                   "--config.data.user_modality=CT", "--config.data.pairs=(('clinic', 'ourliver'),)",
+                   *_TRANSFER, config="configs/transfer.py:smoke")
   assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, folder
+
+
+def test_gradient_transfer_between_user_sites(transfer_run):
+  workdir, _ = transfer_run
   results = json.loads((workdir / "transfer_results.json").read_text())
-  assert sorted(results) == ["sgd/clinic_a->ourliver/small/fta/0",
-                             "sgd/clinic_a->ourliver/source_model/0"]
+  assert sorted(results) == ["sgd/clinic->ourliver/small/fta/0",
+                             "sgd/clinic->ourliver/small/octl/0",
+                             "sgd/clinic->ourliver/source_model/0"]
   table = (workdir / "results.md").read_text()
-  assert "your sites: clinic_a, ourliver" in table and "DEMO" not in table
+  assert "your sites: clinic, ourliver" in table and "DEMO" not in table
+
+
+def test_gradient_transfer_fine_tune_only(transfer_run, tmp_path):
+  """Source models read from the earlier run; the source site is not in the data."""
+  earlier, folder = transfer_run
+  workdir = tmp_path / "finetune"
+  proc = run_train(workdir, f"--config.init_from={earlier}",
+                   f"--config.data.user=('ourliver={folder}',)",
+                   "--config.data.pairs=(('clinic', 'ourliver'),)", *_TRANSFER,
+                   config="configs/transfer.py:smoke")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert not (workdir / "checkpoints").exists()  # nothing pre-trained
+  got = json.loads((workdir / "transfer_results.json").read_text())
+  want = json.loads((earlier / "transfer_results.json").read_text())
+  assert sorted(got) == sorted(want)
+  for key in got:  # the same source model fine-tuned the same way: the same target scores
+    assert got[key]["target"] == pytest.approx(want[key]["target"], rel=1e-5), key
+    assert got[key]["source"] is None
+  table = (workdir / "results.md").read_text()
+  assert "n/a" in table and f"source models from {earlier}" in table
+  # A model of another width is named in one line.
+  proc = run_train(tmp_path / "wider", f"--config.init_from={earlier}",
+                   f"--config.data.user=('ourliver={folder}',)", "--config.model.features=4",
+                   "--config.data.pairs=(('clinic', 'ourliver'),)", *_TRANSFER,
+                   config="configs/transfer.py:smoke")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert "holds another model" in proc.stderr.strip().splitlines()[-1]

@@ -106,10 +106,11 @@ def _shapes(tree) -> dict[str, tuple]:
           for path, x in leaves}
 
 
-def restore_params(directory, like, step: int | None = None, hint: str = ""):
-  """`state.params` of the checkpoint in `directory` (an earlier run's stage; default the
-  latest step) in the structure of `like`. A checkpoint of another model stops with one
-  line naming the first parameter that differs, before anything is read."""
+def check_params(directory, like, step: int | None = None, hint: str = "") -> int:
+  """The step to read from `directory` (an earlier run's stage; default the latest), after
+  checking from its metadata that `state.params` has the structure and shapes of `like`:
+  a checkpoint of another model stops with one line naming the first parameter that
+  differs, before anything is read."""
   directory = pathlib.Path(directory).absolute()
   handlers = {"state": ocp.StandardCheckpointHandler(), "extra": ocp.JsonCheckpointHandler()}
   with ocp.CheckpointManager(directory, item_names=("state", "extra"),
@@ -128,6 +129,13 @@ def restore_params(directory, like, step: int | None = None, hint: str = ""):
       here = "absent" if path not in wanted else f"shape {wanted[path]}"
       raise DataError(f"{directory} step {step} holds another model: parameter {path} is "
                       f"{there} there and {here} in this config{hint}")
+  return step
+
+
+def restore_params(directory, like, step: int | None = None, hint: str = ""):
+  """`state.params` of the checkpoint in `directory` in the structure of `like`, checked
+  first by `check_params`."""
+  step = check_params(directory, like, step, hint)
   ckpt = Checkpointer(directory)
   try:
     return ckpt.restore_field("params", like, step)

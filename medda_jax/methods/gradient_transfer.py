@@ -41,13 +41,13 @@ from medda_jax import metrics as metrics_lib
 from medda_jax import parallel, plots
 from medda_jax.data import mixed, prepared, user_seg
 from medda_jax.data.volumes import DomainVolumes, Volume, split_ids
-from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.checkpoint import Checkpointer, check_params
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
 from medda_jax.engine.supervised import TrainState, build_train_chunk
 from medda_jax.engine.writers import MetricWriter
-from medda_jax.errors import ConfigError
+from medda_jax.errors import ConfigError, DataError
 from medda_jax.models import unet2d_res
 from medda_jax.optim import transfer as transfer_opt
 
@@ -60,6 +60,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first wrong field and what is allowed."""
   cu.check_choice(c, "data.source", ("demo_skull", "cc359", "none"))
   cu.check_choice(c, "data.layout", prepared.LAYOUTS)
+  if c.init_from and not pathlib.Path(c.init_from).expanduser().exists():
+    raise ConfigError(f"config.init_from={c.init_from!r} does not exist (expected the workdir "
+                      "of an earlier run, or one of its pre-training checkpoint folders)")
   if c.data.source == "none" and not c.data.user:
     raise ConfigError("config.data.source='none' needs your sites in config.data.user, e.g. "
                       "\"('mysite=/path/to/TaskXX_Folder',)\"")
@@ -135,7 +138,9 @@ def user_site(c, site: str) -> bool:
 
 
 def _needs_builtin(c) -> bool:
-  return c.data.source != "none" and not all(user_site(c, s) for p in c.data.pairs for s in p)
+  # Fine-tune only: the source models come from init_from, so source sites are optional.
+  sites = [t for _, t in c.data.pairs] if c.init_from else [s for p in c.data.pairs for s in p]
+  return c.data.source != "none" and not all(user_site(c, s) for s in sites)
 
 
 def load_domains(c, workdir: pathlib.Path) -> DomainVolumes:
@@ -192,10 +197,14 @@ class Experiment:
     self.domains = load_domains(c, workdir)
     for pair in c.data.pairs:
       for site in pair:
-        if site not in self.domains.domains:
+        if site not in self.domains.domains and not (c.init_from and site == pair[0]):
           raise ConfigError(f"site {site!r} in config.data.pairs is not in the data; "
                             f"available: {self.domains.names()}")
-    sites = sorted({s for pair in c.data.pairs for s in pair})
+      if pair[0] not in self.domains.domains and "mmtl" in c.methods:
+        raise ConfigError(f"config.methods has 'mmtl', which mixes batches of the source site "
+                          f"{pair[0]!r}; that site is not in the data (add it to config.data."
+                          "user, or drop 'mmtl')")
+    sites = sorted({s for pair in c.data.pairs for s in pair if s in self.domains.domains})
     self.splits = {s: split_site(self.domains[s], c.data.test_subjects, c.data.split_seed, s)
                    for s in sites}
     for _, target in c.data.pairs:
@@ -317,12 +326,38 @@ class Experiment:
     tx = self.optimizer(opt, "pretrain")
     state = TrainState.create(variables["params"], tx, variables["batch_stats"],
                               jax.random.PRNGKey(seed))
+    name = f"pretrain_{opt}_{site}_seed{seed}"
+    if self.c.init_from:
+      return self.restore_source_model(name, opt, site, state)
     step = self.step_fn(opt, False, False, tx)
     source = mixed.SlicePool.of(self.splits[site].train)
     it, calls = self.batches(source, None, "pretrain", "source_only", seed)
-    name = f"pretrain_{opt}_{site}_seed{seed}"
     self.pretrain_dir[(opt, site)] = self.workdir / "checkpoints" / name
     return self.train(name, self.pretrain_dir[(opt, site)], state, step, it, calls, True).state
+
+  def restore_source_model(self, name: str, opt: str, site: str, like: TrainState):
+    """Fine-tune only: the source model `name` of the run in config.init_from (its
+    workdir, or that one checkpoint folder)."""
+    root = pathlib.Path(self.c.init_from).expanduser()
+    candidates = [root / "checkpoints" / name, root / name, root]
+    directory = next((d for d in candidates if d.is_dir() and any(
+        p.name.isdigit() for p in d.iterdir())), None)
+    if directory is None:
+      raise DataError(f"config.init_from={self.c.init_from!r} holds no checkpoint {name} (the "
+                      f"source model of optimizer {opt}, site {site}; expected "
+                      f"checkpoints/{name}/<step>/ in the workdir of an earlier run)")
+    hint = " (config.model.features differs from the run that saved it?)"
+    step = check_params(directory, like.params, hint=hint)
+    ckpt = Checkpointer(directory)
+    try:
+      state, _ = ckpt.restore(like, step)
+    except Exception as e:  # noqa: BLE001 - orbax reports a foreign tree in many ways
+      raise DataError(f"{directory} step {step} is not a source model of optimizer {opt}: "
+                      f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    finally:
+      ckpt.close()
+    self.pretrain_dir[(opt, site)] = directory
+    return state
 
   def finetune(self, method: str, opt: str, source_state: TrainState, source_site: str,
                target_pool: mixed.SlicePool, seed: int, run_name: str):
@@ -398,6 +433,12 @@ class Experiment:
     logits = predict(variables, image[..., None].astype(np.float32))[:, :h, :w, 0]
     return logits > 0.0
 
+  def evaluate_source(self, variables, site: str, twin: bool = False) -> dict[str, float] | None:
+    """Source retention, or None when the source site is not in the data (fine-tune only)."""
+    if site not in self.splits:
+      return None
+    return self.evaluate(variables, self.splits[site].test, twin)
+
   def evaluate(self, variables, volumes: list[Volume], twin: bool = False) -> dict[str, float]:
     sdice, dice = [], []
     for v in volumes:
@@ -440,7 +481,8 @@ def summarise(results: dict, c) -> dict:
             for src, tgt in c.data.pairs:
               key = (f"{opt}/{src}->{tgt}/source_model/{seed}" if col == "none" else
                      run_key(opt, src, tgt, budget, col, seed))
-              vals.append(results[key][side]["sdice"])
+              scores = results[key][side]
+              vals.append(np.nan if scores is None else scores["sdice"])
             per_seed.append(np.mean(vals))
           cell[side] = (float(np.mean(per_seed)), float(np.std(per_seed)), len(per_seed))
         table.setdefault(opt, {}).setdefault(budget, {})[col] = cell
@@ -461,7 +503,8 @@ def tables_markdown(table: dict, c, label: str) -> str:
             f"'none' = source model without adaptation. {label}", "", header, rule]
     for opt, rows in table.items():
       for budget, row in rows.items():
-        cells = [f"{row[col][side][0]:.2f} ± {row[col][side][1]:.2f}" for col in columns]
+        cells = [f"{row[col][side][0]:.2f} ± {row[col][side][1]:.2f}"
+                 if np.isfinite(row[col][side][0]) else "n/a" for col in columns]
         out.append(f"| {opt} | {budget} | " + " | ".join(cells) + " |")
     out.append("")
   return "\n".join(out)
@@ -473,7 +516,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   exp = Experiment(c, workdir)
-  used = {s for pair in c.data.pairs for s in pair}
+  used = {s for pair in c.data.pairs for s in pair if s in exp.splits}
   user_sites = sorted(s for s in used if user_site(c, s))
   demo = c.data.source == "demo_skull" and len(user_sites) < len(used)
   if parallel.is_main_process():
@@ -499,7 +542,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         key = f"{opt}/{src}->{tgt}/source_model/{seed}"
         if key not in results:
           record(key, {"target": exp.evaluate(source_vars, exp.splits[tgt].test),
-                       "source": exp.evaluate(source_vars, exp.splits[src].test)})
+                       "source": exp.evaluate_source(source_vars, src)})
         with Progress(f"fine-tuning {opt} {src}->{tgt} seed {seed}", runs_per_model) as progress:
           for budget, subjects, slice_step in c.budgets:
             pool = target_budget_pool(exp.splits[tgt], subjects, slice_step, seed, tgt)
@@ -510,7 +553,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                                                           seed, key)
                 twin = method == "spottune"
                 record(key, {"target": exp.evaluate(variables, exp.splits[tgt].test, twin),
-                             "source": exp.evaluate(variables, exp.splits[src].test, twin),
+                             "source": exp.evaluate_source(variables, src, twin),
                              "target_slices": len(pool), "final_loss": curve[-1]})
                 if ckpt_dir is not None:
                   shutil.rmtree(ckpt_dir, ignore_errors=True)  # its result is recorded
@@ -525,13 +568,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     parts.append("CC359")
   if user_sites:
     parts.append(f"your sites: {', '.join(user_sites)}")
+  if c.init_from:
+    parts.append(f"source models from {c.init_from}")
   label = "; ".join(parts)
   final = {}
   for opt, rows in table.items():
     for budget, row in rows.items():
       for col, cell in row.items():
         final[f"target_sdice/{opt}/{budget}/{col}"] = cell["target"][0]
-        final[f"source_sdice/{opt}/{budget}/{col}"] = cell["source"][0]
+        if np.isfinite(cell["source"][0]):  # n/a without the source site (fine-tune only)
+          final[f"source_sdice/{opt}/{budget}/{col}"] = cell["source"][0]
   if parallel.is_main_process():
     (workdir / "results.md").write_text(tables_markdown(table, c, label))
     (workdir / "results.json").write_text(json.dumps(

@@ -10,12 +10,21 @@ import time
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# One XLA compilation cache for every trainer process of a test session: the second and
-# later runs of a config (resume, rerun) load their executables instead of recompiling.
-_XLA_CACHE = tempfile.mkdtemp(prefix="medda_xla_cache_")
+# One XLA compilation cache for the whole test session: the test processes themselves (jax
+# reads these variables when it is first imported, after this file) and every trainer process
+# they start inherit it, so a computation compiled once is loaded by every later test, resume
+# or rerun that builds it again. pytest-xdist workers share one directory through the run id
+# the workers are given.
+_RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _RUN_ID:
+  _XLA_CACHE = os.path.join(tempfile.gettempdir(), f"medda_xla_cache_{_RUN_ID}")
+  os.makedirs(_XLA_CACHE, exist_ok=True)
+else:
+  _XLA_CACHE = tempfile.mkdtemp(prefix="medda_xla_cache_")
 _CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": _XLA_CACHE,
               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
               "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+os.environ.update(_CACHE_ENV)
 
 
 def run_train(workdir, *overrides, config="configs/metamedseg.py:smoke", env=None, timeout=600,
@@ -37,13 +46,23 @@ def demo_cache(tmp_path_factory):
   return tmp_path_factory.mktemp("demo_cache")
 
 
-@pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory, demo_cache):
-  """One uninterrupted single-process run of the MetaMedSeg smoke config: (workdir, proc)."""
-  workdir = tmp_path_factory.mktemp("smoke")
-  proc = run_train(workdir, f"--config.data.cache_dir={demo_cache}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir, proc
+def shared_run(config, *overrides, name, demo_data=False):
+  """A session fixture that runs `config` once with `overrides` and returns (workdir, proc);
+  every end-to-end test of a method reads its one run through such a fixture. `demo_data`
+  passes the session's demo cache to the trainer."""
+  @pytest.fixture(scope="session", name=name)
+  def fixture(tmp_path_factory, request):
+    workdir = tmp_path_factory.mktemp(name)
+    extra = [f"--config.data.cache_dir={request.getfixturevalue('demo_cache')}"] if demo_data \
+        else []
+    proc = run_train(workdir, *extra, *overrides, config=config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir, proc
+  return fixture
+
+
+# One uninterrupted single-process run of the MetaMedSeg smoke config.
+smoke_run = shared_run("configs/metamedseg.py:smoke", name="smoke_run", demo_data=True)
 
 
 def final_metrics(workdir) -> dict:

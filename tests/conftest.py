@@ -26,6 +26,24 @@ _CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": _XLA_CACHE,
               "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 os.environ.update(_CACHE_ENV)
 
+# The fixtures that run a trainer, and the pytest-xdist group of the tests that read them:
+# with `--dist loadgroup` a group runs on one worker, so each run is made once per session.
+# shared_run adds its fixtures; a test reading another module-scoped fixture stays on one
+# worker with the rest of its module.
+SHARED_RUNS = {"two_process_run": "smoke_run"}  # its tests compare it with smoke_run
+
+
+def pytest_itemcollected(item):  # before pytest-xdist reads the groups
+  names = getattr(item, "fixturenames", ())
+  groups = {SHARED_RUNS[f] for f in names if f in SHARED_RUNS}
+  assert len(groups) <= 1, f"{item.nodeid} reads runs of two groups: {sorted(groups)}"
+  if not groups:
+    definitions = item._fixtureinfo.name2fixturedefs
+    if any(definitions[f][-1].scope == "module" for f in names if f in definitions):
+      groups = {item.module.__name__}
+  for group in groups:
+    item.add_marker(pytest.mark.xdist_group(group))
+
 
 def run_train(workdir, *overrides, config="configs/metamedseg.py:smoke", env=None, timeout=600,
               background=False):
@@ -48,8 +66,10 @@ def demo_cache(tmp_path_factory):
 
 def shared_run(config, *overrides, name, demo_data=False):
   """A session fixture that runs `config` once with `overrides` and returns (workdir, proc);
-  every end-to-end test of a method reads its one run through such a fixture. `demo_data`
-  passes the session's demo cache to the trainer."""
+  every end-to-end test of a method reads its one run through such a fixture, and every test
+  reading it runs on one pytest-xdist worker. `demo_data` passes the session's demo cache to
+  the trainer."""
+  SHARED_RUNS[name] = name
   @pytest.fixture(scope="session", name=name)
   def fixture(tmp_path_factory, request):
     workdir = tmp_path_factory.mktemp(name)

@@ -10,12 +10,39 @@ import time
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# One XLA compilation cache for every trainer process of a test session: the second and
-# later runs of a config (resume, rerun) load their executables instead of recompiling.
-_XLA_CACHE = tempfile.mkdtemp(prefix="medda_xla_cache_")
+# One XLA compilation cache for the whole test session: the test processes themselves (jax
+# reads these variables when it is first imported, after this file) and every trainer process
+# they start inherit it, so a computation compiled once is loaded by every later test, resume
+# or rerun that builds it again. pytest-xdist workers share one directory through the run id
+# the workers are given.
+_RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _RUN_ID:
+  _XLA_CACHE = os.path.join(tempfile.gettempdir(), f"medda_xla_cache_{_RUN_ID}")
+  os.makedirs(_XLA_CACHE, exist_ok=True)
+else:
+  _XLA_CACHE = tempfile.mkdtemp(prefix="medda_xla_cache_")
 _CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": _XLA_CACHE,
               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
               "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+os.environ.update(_CACHE_ENV)
+
+# The fixtures that run a trainer, and the pytest-xdist group of the tests that read them:
+# with `--dist loadgroup` a group runs on one worker, so each run is made once per session.
+# shared_run adds its fixtures; a test reading another module-scoped fixture stays on one
+# worker with the rest of its module.
+SHARED_RUNS = {"two_process_run": "smoke_run"}  # its tests compare it with smoke_run
+
+
+def pytest_itemcollected(item):  # before pytest-xdist reads the groups
+  names = getattr(item, "fixturenames", ())
+  groups = {SHARED_RUNS[f] for f in names if f in SHARED_RUNS}
+  assert len(groups) <= 1, f"{item.nodeid} reads runs of two groups: {sorted(groups)}"
+  if not groups:
+    definitions = item._fixtureinfo.name2fixturedefs
+    if any(definitions[f][-1].scope == "module" for f in names if f in definitions):
+      groups = {item.module.__name__}
+  for group in groups:
+    item.add_marker(pytest.mark.xdist_group(group))
 
 
 def run_train(workdir, *overrides, config="configs/metamedseg.py:smoke", env=None, timeout=600,
@@ -37,13 +64,25 @@ def demo_cache(tmp_path_factory):
   return tmp_path_factory.mktemp("demo_cache")
 
 
-@pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory, demo_cache):
-  """One uninterrupted single-process run of the MetaMedSeg smoke config: (workdir, proc)."""
-  workdir = tmp_path_factory.mktemp("smoke")
-  proc = run_train(workdir, f"--config.data.cache_dir={demo_cache}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir, proc
+def shared_run(config, *overrides, name, demo_data=False):
+  """A session fixture that runs `config` once with `overrides` and returns (workdir, proc);
+  every end-to-end test of a method reads its one run through such a fixture, and every test
+  reading it runs on one pytest-xdist worker. `demo_data` passes the session's demo cache to
+  the trainer."""
+  SHARED_RUNS[name] = name
+  @pytest.fixture(scope="session", name=name)
+  def fixture(tmp_path_factory, request):
+    workdir = tmp_path_factory.mktemp(name)
+    extra = [f"--config.data.cache_dir={request.getfixturevalue('demo_cache')}"] if demo_data \
+        else []
+    proc = run_train(workdir, *extra, *overrides, config=config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir, proc
+  return fixture
+
+
+# One uninterrupted single-process run of the MetaMedSeg smoke config.
+smoke_run = shared_run("configs/metamedseg.py:smoke", name="smoke_run", demo_data=True)
 
 
 def final_metrics(workdir) -> dict:

@@ -6,18 +6,13 @@ import json
 
 import pytest
 
-from conftest import kill_after_results, run_train
+from conftest import kill_after_results, run_train, shared_run
 from medda_jax.config_utils import load_config
 
 CONFIG = "configs/stargan.py:smoke"
 
 
-@pytest.fixture(scope="module")
-def stargan_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("stargan_smoke")
-  proc = run_train(workdir, config=CONFIG)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir, proc
+stargan_run = shared_run(CONFIG, name="stargan_run")
 
 
 def test_smoke_writes_the_pair_table_spread_and_grids(stargan_run):

@@ -6,18 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from conftest import kill_after_results, run_train
+from conftest import kill_after_results, run_train, shared_run
 
 CONFIG = "configs/transfer.py:smoke"
 METHODS = ("fta", "ftf", "l2sp", "spottune", "octl", "mmtl")
 
 
-@pytest.fixture(scope="module")
-def transfer_run(tmp_path_factory, demo_cache):
-  workdir = tmp_path_factory.mktemp("transfer_smoke")
-  proc = run_train(workdir, f"--config.data.cache_dir={demo_cache}", config=CONFIG)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir, proc
+transfer_run = shared_run(CONFIG, name="transfer_run", demo_data=True)
 
 
 def test_smoke_writes_both_tables_and_the_figure(transfer_run):

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import kill_after_results, run_train
+from conftest import kill_after_results, run_train, shared_run
 from medda_jax import parallel
 from medda_jax.config_utils import load_config
 from medda_jax.engine.writers import MetricWriter
@@ -108,12 +108,7 @@ def test_wgan_training_resumes_to_the_same_generator(tmp_path):
   assert int(resumed.state.step) == 8
 
 
-@pytest.fixture(scope="module")
-def wgan_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("wgan_smoke")
-  proc = run_train(workdir, config=CONFIG)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir, proc
+wgan_run = shared_run(CONFIG, name="wgan_run")
 
 
 def test_smoke_writes_table_figure_and_sample_grids(wgan_run):

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Runs every benchmark of benchmarks/ and writes its JSON to benchmarks/results/.
+#
+#   bash benchmarks/run_all.sh          # GPU defaults (the spec's shapes), at most 10 minutes
+#   bash benchmarks/run_all.sh --cpu    # each benchmark's CPU mode at its quickest settings
+#
+# The GPU run is the first command to run when a device is lent: each benchmark has its own
+# time cap (they add up to 600 s), so one that hangs or runs long cannot eat the others' time.
+# Set PYTHON to choose the interpreter (default: python3).
+set -euo pipefail
+
+usage() { echo "usage: bash benchmarks/run_all.sh [--cpu]" >&2; exit 2; }
+
+cpu=0
+for arg in "$@"; do
+  case "$arg" in
+    --cpu) cpu=1 ;;
+    -h|--help) echo "usage: bash benchmarks/run_all.sh [--cpu]"; exit 0 ;;
+    *) echo "error: unknown argument '$arg'" >&2; usage ;;
+  esac
+done
+
+cd "$(dirname "$0")/.."
+py="${PYTHON:-python3}"
+
+if [[ "$cpu" == 0 ]]; then
+  if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+    echo "error: no GPU found (nvidia-smi lists none); pass --cpu to run the CPU benchmarks" >&2
+    exit 2
+  fi
+  gpus=$(nvidia-smi -L | grep -c '^GPU')
+  # scaling.py measures 1, 2, 4, ... devices, up to the GPUs this machine has.
+  counts=1
+  for n in 2 4 8; do
+    if (( n <= gpus )); then counts="$counts,$n"; fi
+  done
+fi
+
+failed=()
+run() {  # run SECONDS SCRIPT [ARGS...]: one benchmark under its own time cap
+  local cap=$1 script=$2
+  shift 2
+  echo "== $script $* (cap ${cap} s)"
+  local start=$SECONDS
+  if timeout --signal=TERM --kill-after=10 "$cap" "$py" "benchmarks/$script" "$@"; then
+    echo "== $script done in $((SECONDS - start)) s"
+  else
+    echo "== $script FAILED (exit $?) after $((SECONDS - start)) s" >&2
+    failed+=("$script")
+  fi
+}
+
+if [[ "$cpu" == 1 ]]; then
+  run 600 unet_step.py --cpu --quick --skip-torch-compile
+  run 600 reptile_meta_iteration.py --cpu --quick --executors host
+  run 600 wgan_gp_cycle.py --cpu --quick --skip-check
+  run 600 stargan_cycle.py --cpu --repeats 1 --iters 1 --skip-check
+  run 600 scaling.py --cpu --devices 1,2 --repeats 1
+  run 600 input_pipeline.py --cpu --sizes 200,2000
+else
+  # Caps in seconds, 600 in all; the order puts the spec's two GPU goals first.
+  run 90 unet_step.py
+  run 150 reptile_meta_iteration.py
+  run 120 wgan_gp_cycle.py
+  run 100 stargan_cycle.py
+  run 60 scaling.py --devices "$counts"
+  run 80 input_pipeline.py
+fi
+
+if (( ${#failed[@]} )); then
+  echo "error: failed or over their cap: ${failed[*]}" >&2
+  exit 1
+fi
+echo "all benchmarks done in ${SECONDS} s; results in benchmarks/results/"

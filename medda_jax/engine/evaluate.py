@@ -23,11 +23,18 @@ def _is_placed(x, sharding) -> bool:
   return isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim)
 
 
+def _local_copy(x):
+  """This process's copy of a replicated array that spans several processes."""
+  return x.addressable_data(0) if isinstance(x, jax.Array) and not x.is_fully_addressable else x
+
+
 def batch_predictor(fn: Callable[[Any, Any], Any], batch_size: int,
                     mesh: Mesh | None = None) -> Callable[[Any, Any], Any]:
   """`predict(variables, inputs) -> outputs` as numpy arrays with the leading axis of
-  `inputs`. `mesh=None`: the default device. Build the predictor once per `fn`: it holds
-  the one compiled function."""
+  `inputs`. `mesh=None`: the default device. With a mesh over several processes every
+  process must call `predict` with the same inputs (it is one computation); a mesh of
+  this process's devices (`parallel.data_mesh(jax.local_devices())`) lets each predict on
+  its own. Build the predictor once per `fn`: it holds the one compiled function."""
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   shards = 1 if mesh is None else mesh.shape["data"]
@@ -40,16 +47,25 @@ def batch_predictor(fn: Callable[[Any, Any], Any], batch_size: int,
                                          parallel.sharded_leading(mesh, "data")),
                        out_shardings=parallel.replicated(mesh))
 
+  # A mesh of this process's devices only: predictions without collectives, so one
+  # process may predict alone (e.g. a figure made by process 0) with its own copy.
+  local = mesh is not None and all(d.process_index == jax.process_index()
+                                   for d in mesh.devices.flat)
+
   def place_variables(variables):
     if shards == 1:
       return variables
     rep = parallel.replicated(mesh)
+    if local:
+      return jax.device_put(jax.tree.map(_local_copy, variables), rep)
     return jax.tree.map(lambda x: x if _is_placed(x, rep) else parallel.replicate(x, mesh),
                         variables)
 
   def place_batch(chunk: list):
     if shards == 1:
       return chunk
+    if local:
+      return jax.device_put(chunk, parallel.sharded_leading(mesh, "data"))
     placed = parallel.global_batch(dict(enumerate(chunk)), mesh, "data", process_local=False)
     return [placed[i] for i in range(len(chunk))]
 

@@ -511,10 +511,11 @@ class PairGAN:
     self._init = jax.jit(lambda k: (self.generator.init(k, x, dom)["params"],
                                     self.critic.init(jax.random.fold_in(k, 1), x)["params"]))
     # (generator parameters, domain) -> translated images; the domain is traced, so both
-    # directions share one compiled function.
+    # directions share one compiled function. On this process's devices: process 0 alone
+    # translates the images of the figures.
     self._translate = batch_predictor(lambda pd, images: self.generator.apply(
         {"params": pd[0]}, images, jnp.full((images.shape[0],), pd[1], jnp.int32)),
-        c.engine.eval_batch_size, mesh)
+        c.engine.eval_batch_size, parallel.data_mesh(jax.local_devices()))
 
   def init_state(self, seed: int, classifier) -> gan.GANState:
     """G and D fresh; F_S = B_S and F_T = a copy of it."""

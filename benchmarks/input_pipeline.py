@@ -12,8 +12,11 @@ decoding workers) of
   table    loading the site's table only (the fixed cost),
   stream   one shuffled pass through `images.batches` over `cxr_sites.site_source` (decode and
            resize in grain's map, `--threads` threads, `--workers` processes),
-  eager    `cxr_sites.read_images`, the whole site as one float32 array (the way the chest
-           X-ray trainer reads a site today).
+  eager    `cxr_sites.read_images`, the whole site as one float32 array (how the chest
+           X-ray trainer read a site before it streamed),
+  stargan  the StarGAN + CyCADA trainer's path: its chest X-ray domain (`_cxr_domain`, the
+           `cxr_smoke` config at `--size` px, lazily decoded splits), one classifier epoch
+           on the training split with its validation, and the test split's predictions.
 The training step is a DenseNet-121-style classifier (`DenseNetCXR`, the `cxr_smoke` widths
 unless `--full-densenet`) at batch `--batch`, jitted, Adam; its images/s on this device is
 set against the stream's images/s.
@@ -85,12 +88,31 @@ def child(mode: str, root: str, size: int, batch: int, threads: int, workers: in
       n += len(y)
   elif mode == "eager":
     n = len(cxr_sites.read_images(table, size))
+  elif mode == "stargan":
+    n = stargan_epoch(root, size, batch)
   seconds = time.perf_counter() - t
   own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   workers_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
   return {"mode": mode, "images": int(len(table)), "read": n, "seconds": seconds,
           "images_per_s": n / seconds if n else None,
           "peak_rss_mib": own / 1024, "peak_rss_workers_mib": workers_rss / 1024}
+
+
+def stargan_epoch(root: str, size: int, batch: int) -> int:
+  """StarGAN's chest X-ray domain and one classifier epoch; returns the images trained on."""
+  from medda_jax import config_utils as cu
+  from medda_jax import parallel
+  from medda_jax.config_utils import load_config
+  from medda_jax.methods import stargan_da as sd
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  c = load_config(str(repo / "configs" / "stargan.py") + ":cxr_smoke")
+  c.data.dirs.nih, c.data.size = root, size
+  c.classifier.batch_size, c.classifier.max_epochs = batch, 1
+  domain = sd._cxr_domain(c, "nih")
+  trainer = sd.TaskTrainer(c, 2, parallel.data_mesh(), cu.inner_loop(c), cu.compute_dtype(c))
+  variables, _, _ = trainer.train(domain.train, domain.val, seed=0)
+  trainer.probs(variables, domain.test.images)
+  return len(domain.train)
 
 
 def measure(mode: str, root: str, args) -> dict:
@@ -167,6 +189,8 @@ def main() -> None:
   p.add_argument("--threads", type=int, default=2, help="decoding threads per process")
   p.add_argument("--workers", type=int, default=0, help="decoding processes (mp_prefetch)")
   p.add_argument("--full-densenet", action="store_true")
+  p.add_argument("--modes", default="table,stream,eager,stargan",
+                 help="memory measurements (table, stream, eager, stargan)")
   p.add_argument("--child", default=None, help=argparse.SUPPRESS)
   p.add_argument("--root", default=None, help=argparse.SUPPRESS)
   args = p.parse_args()
@@ -184,30 +208,31 @@ def main() -> None:
     t = time.perf_counter()
     roots = write_fixture(base, sizes, args.source_size)
     fixture_s = time.perf_counter() - t
-    memory = {n: {mode: measure(mode, roots[n], args) for mode in ("table", "stream", "eager")}
+    memory = {n: {mode: measure(mode, roots[n], args) for mode in args.modes.split(",")}
               for n in sizes}
   finally:
     shutil.rmtree(base, ignore_errors=True)
   step = step_rate(args)
   small, large = memory[min(sizes)], memory[max(sizes)]
-  streamed = large["stream"].get("images_per_s") or 0.0
+  streamed = large.get("stream", {}).get("images_per_s") or 0.0
 
   def growth(mode):
-    if "error" in small[mode] or "error" in large[mode]:
+    if mode not in small or "error" in small[mode] or "error" in large[mode]:
       return None
     return large[mode]["peak_rss_mib"] - small[mode]["peak_rss_mib"]
 
   ratio = {"stream_over_step_images_per_s": streamed / step["images_per_s"],
            "stream_peak_rss_growth_mib": growth("stream"),
            "eager_peak_rss_growth_mib": growth("eager"),
-           "table_peak_rss_growth_mib": growth("table")}
+           "table_peak_rss_growth_mib": growth("table"),
+           "stargan_peak_rss_growth_mib": growth("stargan")}
   notes = [f"fixture written in {fixture_s:.0f} s: ChestX-ray14 layout, {args.source_size} px "
            f"greyscale PNGs resized to {args.size} px; peak RSS per fresh process "
            "(ru_maxrss; workers' separately).",
            "stream = images.batches over cxr_sites.site_source; eager = cxr_sites.read_images "
            "(today's trainer path, which then also replicates to 3 channels).",
-           "The StarGAN trainer still holds each site's splits in memory; the stream is the "
-           "pipeline it is to read through."]
+           "stargan = the StarGAN trainer's chest X-ray domain (decoded per batch) and one "
+           "classifier epoch with validation and test predictions."]
   path = common.result_path("input_pipeline", platform, device)
   common.write_json(path, benchmark="input_pipeline", platform=platform, device=device,
                     shapes={"sizes": sizes, "image_size": args.size, "batch": args.batch,

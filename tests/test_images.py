@@ -195,3 +195,55 @@ def test_chest_xray_site_source_decodes_as_read_images(tmp_path):
   streamed = images.read_set(source)
   np.testing.assert_allclose(streamed.images, cxr_sites.read_images(table, 12), atol=1e-6)
   np.testing.assert_array_equal(streamed.labels, table.labels)
+
+
+class _Counting:
+  """A stub source: image i is filled with i; counts the decodes."""
+
+  def __init__(self, n, shape=(3, 3, 1)):
+    self.n, self.image_shape, self.decoded = n, shape, []
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    self.decoded.append(i)
+    return np.full(self.image_shape, i, np.float32), i % 2
+
+
+def test_lazy_images_index_as_the_array_and_decode_only_what_is_asked():
+  source = _Counting(10)
+  twice = lambda x: np.repeat(2 * x, 3, axis=-1)
+  lazy = images.LazyImages(source, [9, 2, 5, 0, 7, 3], transform=twice, threads=3)
+  full = twice(np.stack([source[i][0] for i in range(10)]))[[9, 2, 5, 0, 7, 3]]
+  source.decoded.clear()
+  assert lazy.shape == full.shape and lazy.dtype == full.dtype and len(lazy) == 6
+  assert source.decoded == []
+  for key in (np.array([[4, 0], [1, 1]]), slice(1, 5), slice(None, None, -2), 3, -1,
+              np.array([True, False] * 3)):
+    np.testing.assert_array_equal(lazy[key], full[key])
+  source.decoded.clear()
+  lazy[np.array([[4, 0], [1, 1]])]
+  assert sorted(source.decoded) == [2, 2, 7, 9]  # positions 4, 0, 1, 1 of the index list
+  # take and concat stay lazy; both read the same images as the arrays would.
+  data = images.ImageSet(lazy, np.arange(6, dtype=np.int32))
+  held = images.ImageSet(full, np.arange(6, dtype=np.int32))
+  source.decoded.clear()
+  part, joined = data.take([5, 1]), images.concat([data, held.take([0, 2]), data.take([3])])
+  assert isinstance(part.images, images.LazyImages) and source.decoded == []
+  assert isinstance(joined.images, images.LazyImages) and joined.images.shape == (9, 3, 3, 3)
+  np.testing.assert_array_equal(part.images[:], held.take([5, 1]).images)
+  want = images.concat([held, held.take([0, 2]), held.take([3])])
+  np.testing.assert_array_equal(joined.images[np.array([8, 0, 6, 7])],
+                                want.images[np.array([8, 0, 6, 7])])
+  np.testing.assert_array_equal(joined.labels, want.labels)
+
+
+def test_spill_writes_a_function_of_the_batches_to_disk_and_reads_it_back(tmp_path):
+  source = _Counting(7)
+  lazy = images.LazyImages(source)
+  want = np.stack([source[i][0] for i in range(7)]) * -1.5
+  out = images.spill(tmp_path / "t.npy", lazy, lambda x: x * -1.5, batch_size=3)
+  assert isinstance(out, images.LazyImages) and out.shape == want.shape
+  np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), want)
+  np.testing.assert_array_equal(out[np.array([6, 0, 3])], want[[6, 0, 3]])

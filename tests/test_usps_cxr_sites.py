@@ -223,6 +223,33 @@ def test_patient_split_keeps_patients_together(tmp_path):
   assert images.shape == (15, 24, 24, 1) and 0 <= images.min() and images.max() <= 1
 
 
+def test_stargan_chest_xray_domain_decodes_only_the_images_asked_for(tmp_path, monkeypatch):
+  """A chest X-ray domain holds no decoded site: each access reads its own files, with the
+  values the whole-site read gives."""
+  from medda_jax.config_utils import load_config
+  from medda_jax.data import images
+  from medda_jax.methods import stargan_da as sd
+  make_nih(tmp_path / "nih", patients=20)
+  c = load_config(str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "stargan.py")
+                  + ":cxr_smoke")
+  c.data.dirs.nih, c.data.size = str(tmp_path / "nih"), 12
+  read = []
+  opened = Image.open
+  monkeypatch.setattr(Image, "open", lambda path, *a: read.append(str(path)) or opened(path, *a))
+  dom = sd._cxr_domain(c, "nih")
+  assert read == []
+  for part in (dom.train, dom.val, dom.test):
+    assert isinstance(part.images, images.LazyImages) and part.images.shape[1:] == (12, 12, 3)
+  table = cxr_sites.load_opacity_site("nih", tmp_path / "nih")
+  train = cxr_sites.patient_split(table, tuple(c.data.split), seed=c.data.split_seed)[0]
+  want = sd._normalise(cxr_sites.read_images(train, 12))  # the whole site, in memory
+  batch = np.array([[5, 0], [len(want) - 1, 5]])
+  read.clear()
+  np.testing.assert_array_equal(dom.train.images[batch], want[batch])
+  assert sorted(read) == sorted(str(train.root / train.paths[i]) for i in batch.ravel())
+  np.testing.assert_array_equal(dom.train.labels, train.labels)
+
+
 def test_stargan_chest_xray_path_runs_on_fixtures(tmp_path):
   make_nih(tmp_path / "nih", patients=40)
   chexpert = make_chexpert(tmp_path / "chexpert", patients=80)

@@ -39,23 +39,155 @@ _CSV_LAYOUT = ("expected a CSV with columns path,label[,patient_id][,site] (path
                "to the CSV's folder or absolute; labels class names or integers)")
 
 
-# --------------------------------------------------------------------------- in memory
+# --------------------------------------------------------------------------- image sets
 @dataclasses.dataclass(frozen=True)
 class ImageSet:
-  """Images with integer labels, in memory: the unit every classification and GAN method
-  trains on. The value range is the method's (e.g. [0, 1] or [-1, 1])."""
-  images: np.ndarray  # float32 [N, H, W, C]
+  """Images with integer labels: the unit every classification and GAN method trains on.
+  `images` is a numpy array or a `LazyImages` (decoded per access, for sets too large for
+  memory); code that indexes it per batch works with both. The value range is the
+  method's (e.g. [0, 1] or [-1, 1])."""
+  images: "np.ndarray | LazyImages"  # float32 [N, H, W, C]
   labels: np.ndarray  # int32 [N]
 
   def __len__(self) -> int:
     return len(self.labels)
 
   def take(self, indices) -> "ImageSet":
+    if isinstance(self.images, LazyImages):  # stays lazy: only the indices compose
+      return ImageSet(self.images.subset(indices), self.labels[indices])
     return ImageSet(self.images[indices], self.labels[indices])
 
   def counts(self) -> dict[int, int]:
     """Images per label."""
     return {int(k): int(v) for k, v in zip(*np.unique(self.labels, return_counts=True))}
+
+
+class LazyImages:
+  """An image array [N, H, W, C] read from a random-access source (`source[i]` ->
+  (image, label), e.g. `ImageSource`) at `indices`, with `transform` applied per image:
+  indexing it (an integer, a slice or an index array of any shape) decodes only the
+  requested images, `threads` files at a time, so a set of any size costs the memory of
+  the batch in use. `shape`, `dtype` and `len` need no decoding when the source tells its
+  `image_shape`."""
+
+  def __init__(self, source, indices=None, transform=None, threads: int = 4):
+    self.source, self.transform, self.threads = source, transform, threads
+    self.indices = (np.arange(len(source), dtype=np.int64) if indices is None
+                    else np.asarray(indices, np.int64).reshape(-1))
+    probe = (np.zeros(source.image_shape, np.float32) if hasattr(source, "image_shape")
+             else source[int(self.indices[0])][0])
+    probe = np.asarray(probe if transform is None else transform(probe))
+    self._item_shape, self.dtype = probe.shape, probe.dtype
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return (len(self.indices),) + self._item_shape
+
+  @property
+  def ndim(self) -> int:
+    return len(self.shape)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def subset(self, key) -> "LazyImages":
+    """The images at `key` (as for numpy), still undecoded."""
+    return LazyImages(self.source, self.indices[key], self.transform, self.threads)
+
+  def _one(self, i: int) -> np.ndarray:
+    image = self.source[int(i)][0]
+    return np.asarray(image if self.transform is None else self.transform(image), self.dtype)
+
+  def __getitem__(self, key) -> np.ndarray:
+    if isinstance(key, (int, np.integer)):
+      return self._one(self.indices[key])
+    idx = self.indices[key]  # slices, index arrays and masks as numpy reads them
+    flat = idx.reshape(-1)
+    out = np.empty((len(flat),) + self._item_shape, self.dtype)
+    if len(flat) > 1 and self.threads > 1:
+      from concurrent.futures import ThreadPoolExecutor
+      with ThreadPoolExecutor(min(self.threads, len(flat))) as pool:
+        for j, image in enumerate(pool.map(self._one, flat)):
+          out[j] = image
+    else:
+      for j, i in enumerate(flat):
+        out[j] = self._one(i)
+    return out.reshape(idx.shape + self._item_shape)
+
+  def __array__(self, dtype=None, copy=None):  # whole-array reads decode everything
+    out = self[:]
+    return out if dtype is None else out.astype(dtype)
+
+
+class _Joined:
+  """A source over several image arrays end to end (numpy or lazy)."""
+
+  def __init__(self, parts):
+    self.parts = parts
+    self.starts = np.cumsum([0] + [len(p) for p in parts])
+    self.image_shape = tuple(parts[0].shape[1:])
+
+  def __len__(self) -> int:
+    return int(self.starts[-1])
+
+  def __getitem__(self, i: int):
+    p = int(np.searchsorted(self.starts, i, side="right")) - 1
+    return self.parts[p][int(i - self.starts[p])], 0
+
+
+def concat(sets: Sequence[ImageSet]) -> ImageSet:
+  """The sets end to end; lazy when any of them is (nothing decoded)."""
+  labels = np.concatenate([s.labels for s in sets])
+  if not any(isinstance(s.images, LazyImages) for s in sets):
+    return ImageSet(np.concatenate([s.images for s in sets]), labels)
+  shapes = {tuple(s.images.shape[1:]) for s in sets}
+  if len(shapes) > 1:
+    raise ValueError(f"cannot join image sets of shapes {sorted(shapes)}")
+  return ImageSet(LazyImages(_Joined([s.images for s in sets]),
+                             threads=max(s.images.threads for s in sets
+                                         if isinstance(s.images, LazyImages))), labels)
+
+
+class NpyRows:
+  """A source over the rows of a .npy file, read per access with `pread` (not a memory
+  map, whose pages would count in the process's memory as they are read)."""
+
+  def __init__(self, path):
+    self.path = str(path)
+    with open(self.path, "rb") as f:
+      np.lib.format.read_magic(f)
+      shape, _, self.dtype = np.lib.format.read_array_header_1_0(f)
+      self.offset = f.tell()
+    self.n, self.image_shape = shape[0], tuple(shape[1:])
+    self.row_bytes = int(np.prod(self.image_shape)) * self.dtype.itemsize
+
+  def __len__(self) -> int:
+    return self.n
+
+  def __getitem__(self, i: int):
+    fd = os.open(self.path, os.O_RDONLY)
+    try:
+      raw = os.pread(fd, self.row_bytes, self.offset + int(i) * self.row_bytes)
+    finally:
+      os.close(fd)
+    return np.frombuffer(raw, self.dtype).reshape(self.image_shape), 0
+
+
+def spill(path, images: "np.ndarray | LazyImages", fn, batch_size: int) -> LazyImages:
+  """`fn` (a batch -> a batch of images) over `images` in batches of `batch_size`, written
+  to the .npy file `path` as it goes and read back lazily: the result of a set too large
+  for memory, held on disk."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "wb") as f:
+    for start in range(0, len(images), batch_size):
+      out = np.ascontiguousarray(fn(images[start:start + batch_size]))
+      if start == 0:
+        np.lib.format.write_array_header_1_0(f, {
+            "descr": np.lib.format.dtype_to_descr(out.dtype), "fortran_order": False,
+            "shape": (len(images),) + out.shape[1:]})
+      f.write(out.tobytes())
+  return LazyImages(NpyRows(path))
 
 
 # --------------------------------------------------------------------------- tables
@@ -214,6 +346,7 @@ class ImageSource:
 
   def __init__(self, table: ImageTable, size: int, channels: int):
     self.table, self.size, self.channels = table, size, channels
+    self.image_shape = (size, size, channels)
 
   def __len__(self) -> int:
     return len(self.table)

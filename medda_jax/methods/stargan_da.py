@@ -164,7 +164,7 @@ class Domain:
 
 
 def _normalise(images01: np.ndarray) -> np.ndarray:
-  """[0, 1] -> [-1, 1], greyscale replicated to 3 channels."""
+  """[0, 1] -> [-1, 1], greyscale replicated to 3 channels (a set or one image)."""
   if images01.shape[-1] == 1:
     images01 = np.repeat(images01, 3, axis=-1)
   return (images01.astype(np.float32) - 0.5) / 0.5
@@ -203,13 +203,15 @@ def _cxr_domain(c, name: str) -> Domain:
   if c.data.max_per_domain and len(table) > c.data.max_per_domain:
     table = table.subset(np.sort(rng.choice(len(table), c.data.max_per_domain, replace=False)))
   splits = cxr_sites.patient_split(table, tuple(c.data.split), seed=c.data.split_seed)
-  return Domain(name, *[ImageSet(_normalise(cxr_sites.read_images(t, c.data.size)), t.labels)
+  # Lazy: each batch decodes its own files (a published site does not fit in memory).
+  return Domain(name, *[ImageSet(user_images.LazyImages(cxr_sites.site_source(t, c.data.size),
+                                                        transform=_normalise), t.labels)
                         for t in splits])
 
 
 def _user_domain(c, name: str, path: str) -> Domain:
   """A user domain (class folders or CSV), any number of classes, read as RGB at the
-  config's size; split by patient when the CSV has a patient column."""
+  config's size; split by patient when the CSV has a patient column. Decoded per batch."""
   table = user_images.load_table(name, path)
   source = user_images.ImageSource(table, c.data.size, 3)
   sets = []
@@ -222,8 +224,8 @@ def _user_domain(c, name: str, path: str) -> Domain:
                       f"{[table.class_names[k] for k in held]} only, not all of "
                       f"{list(table.class_names)}; add images or change config.data.split="
                       f"{tuple(c.data.split)}")
-    data = user_images.read_set(source, idx)
-    sets.append(ImageSet(_normalise(data.images), data.labels))
+    sets.append(ImageSet(user_images.LazyImages(source, idx, transform=_normalise),
+                         table.labels[idx]))
   return Domain(name, *sets, classes=table.class_names)
 
 
@@ -550,6 +552,17 @@ class PairGAN:
     return self._translate((g_params, domain), images)
 
 
+def _translated(c, pair_gan: PairGAN, g_params, data: ImageSet, stem: pathlib.Path) -> ImageSet:
+  """`data` translated to the target domain. A lazy set (a site too large for memory) is
+  translated batch by batch into a per-process .npy file at `stem`, read back lazily."""
+  fn = lambda images: pair_gan.translate(g_params, images, TARGET)
+  if not isinstance(data.images, user_images.LazyImages):
+    return ImageSet(fn(data.images), data.labels)
+  path = stem.with_name(f"{stem.name}.p{jax.process_index()}.npy")
+  return ImageSet(user_images.spill(path, data.images, fn, c.engine.eval_batch_size),
+                  data.labels)
+
+
 # --------------------------------------------------------------------------- evaluation
 def _boot(c, labels, probs, test_set: str) -> dict:
   """AUC (%) with the spec's bootstrap CIs. The replicates are drawn per test set, so every
@@ -571,18 +584,14 @@ def domain_spread(c, domains: dict[str, Domain], trainer: TaskTrainer, fraction:
   rng = np.random.default_rng((seed, int(fraction * 1e6)))
   pools = {}
   for split in ("train", "val"):
-    sets = [getattr(d, split) for d in domains.values()]
-    pooled = ImageSet(np.concatenate([s.images for s in sets]),
-                      np.concatenate([s.labels for s in sets]))
+    pooled = user_images.concat([getattr(d, split) for d in domains.values()])
     keep = max(int(round(fraction * len(pooled))), 2)
     pools[split] = pooled.take(np.sort(rng.choice(len(pooled), keep, replace=False)))
   variables, _, epochs = trainer.train(pools["train"], pools["val"], seed,
                                        name=f"pooled {fraction:g}",
                                        checkpoint_dir=checkpoint_dir)
   aucs = {name: trainer.auc(variables, d.test) for name, d in domains.items()}
-  tests = [d.test for d in domains.values()]
-  pooled_test = ImageSet(np.concatenate([s.images for s in tests]),
-                         np.concatenate([s.labels for s in tests]))
+  pooled_test = user_images.concat([d.test for d in domains.values()])
   return {"fraction": fraction, "train_images": len(pools["train"]), "epochs": epochs,
           "auc": {k: 100 * v for k, v in aucs.items()},
           "spread": float(metrics.domain_spread(list(aucs.values()), ddof=c.eval.spread_ddof)),
@@ -725,8 +734,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       result = pair_gan.train(S.train, T.train, baselines[src], f"{src}_to_{trg}", workdir,
                               c.seed)
       g_params = result.state.params["g"]
-      translated = {split: ImageSet(pair_gan.translate(g_params, getattr(S, split).images,
-                                                       TARGET), getattr(S, split).labels)
+      translated = {split: _translated(c, pair_gan, g_params, getattr(S, split),
+                                       workdir / "scratch" / f"{src}_to_{trg}_{split}")
                     for split in ("train", "val")}
       adapted_vars, _ = _saved_classifier(
           workdir / "classifiers" / f"adapted_{src}_to_{trg}.msgpack", trainer,
@@ -756,6 +765,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                           f"{trg} (real)": T.train.images[shown_t]},
                          title=f"StarGAN {src} -> {trg}" + (" (demo data)" if demo else ""),
                          value_range=(-1.0, 1.0))
+      for part in translated.values():  # the spilled translations are not needed again
+        if isinstance(part.images, user_images.LazyImages):
+          pathlib.Path(part.images.source.path).unlink(missing_ok=True)
       writer.write("pairs", len(pairs), {f"external_auc/{key}": external["auc"],
                                          f"adapted_auc/{key}": adapted["auc"]})
       bar.update(1, external=external["auc"], adapted=adapted["auc"])

@@ -19,11 +19,15 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from medda_jax.engine import workdir as workdir_lib
 from medda_jax.errors import ConfigError, MeddaError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config: path/to/config.py[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
+_ALLOW_CHANGE = flags.DEFINE_boolean(
+    "allow_config_change", False,
+    "Go on in a workdir that was started with another config (the change is recorded).")
 
 
 def run(config, workdir: str) -> dict:
@@ -40,7 +44,11 @@ def run(config, workdir: str) -> dict:
     method = importlib.import_module(f"medda_jax.methods.{config.method}")
   except ModuleNotFoundError as e:
     raise ConfigError(f"config.method={config.method!r} names no module in medda_jax.methods") from e
-  return method.train_and_evaluate(config, workdir)  # validates the config first
+  method.validate(config)  # a wrong field stops the run before the workdir is touched
+  workdir_lib.open_workdir(workdir, json.loads(config.to_json_best_effort()),
+                           allow_config_change=_ALLOW_CHANGE.value,
+                           main_process=parallel.is_main_process())
+  return method.train_and_evaluate(config, workdir)
 
 
 def _unknown_override(argv) -> str | None:
@@ -92,15 +100,21 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None:
     raise app.UsageError("--config=path/to/config.py[:variant] is required")
-  if not _WORKDIR.value:
-    raise app.UsageError("--workdir=DIR is required")
   # Progress bars and our own lines carry the news; library INFO chatter stays hidden.
   absl_logging.set_verbosity(absl_logging.WARNING)
   try:
+    workdir_lib.prepare(_WORKDIR.value)  # a missing or unusable workdir, before JAX starts
     final = run(_CONFIG.value, _WORKDIR.value)
+  except workdir_lib.Interrupted as e:
+    print(f"interrupted: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
   except MeddaError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(e.exit_code)
+  except KeyboardInterrupt:
+    print("interrupted: stopped at once, before the next checkpoint; rerun the same command "
+          "to resume from the last one", file=sys.stderr)
+    sys.exit(130)
   from medda_jax import parallel
   if parallel.is_main_process():  # one copy of the result, not one per process
     print(json.dumps(final, indent=1, sort_keys=True))

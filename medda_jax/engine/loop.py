@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
+from medda_jax.engine import workdir
 from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.progress import Progress
 from medda_jax.engine.writers import MetricWriter
@@ -65,8 +66,10 @@ def run_loop(name: str, state, step_fn: Callable, batches: Iterator, *, total_ca
       done_calls += 1
       step = done_calls * steps_per_call
       if not metrics["finite"]:
-        kept = (f"; the last good checkpoint ({unit} {checkpointer.latest_step()}) is kept in "
-                f"{checkpointer.directory}" if checkpointer is not None else "")
+        last = checkpointer.latest_step() if checkpointer is not None else None
+        kept = (f"; the last good checkpoint ({unit} {last}) is kept in "
+                f"{checkpointer.directory}" if last is not None else
+                "; no checkpoint of this stage was saved yet")
         raise NonFiniteLossError(
             f"non-finite loss or parameters in {description} at {unit} {step}{kept}")
       curve.append(float(metrics[loss_key]))
@@ -78,12 +81,18 @@ def run_loop(name: str, state, step_fn: Callable, batches: Iterator, *, total_ca
         progress.update(steps_per_call, loss=metrics[loss_key])
       if hook is not None:
         state, stopped = hook.after_call(state, done_calls)
+      signum = workdir.stop_requested()
       if checkpointer is not None and (done_calls % checkpoint_every == 0
-                                       or done_calls == total_calls or stopped):
+                                       or done_calls == total_calls or stopped or signum):
         extra = {"data": batches.get_state(), "calls": done_calls, "curve": curve}
         if hook is not None:
           extra.update(hook=hook.get_state(), stopped=stopped)
         checkpointer.save(step, state, extra)
+      if signum:
+        saved = (f"checkpoint saved at {unit} {step} in {checkpointer.directory}"
+                 if checkpointer is not None else "this stage keeps no checkpoint")
+        raise workdir.Interrupted(f"interrupted in {description}: {saved}; rerun the same "
+                                  "command to resume", signum)
   finally:
     if progress is not None:
       progress.close()

@@ -38,7 +38,7 @@ import optax
 
 from medda_jax import config_utils as cu
 from medda_jax import metrics as metrics_lib
-from medda_jax import parallel, plots
+from medda_jax import files, parallel, plots
 from medda_jax.data import mixed, prepared, user_seg
 from medda_jax.data.volumes import DomainVolumes, Volume, split_ids
 from medda_jax.engine.checkpoint import Checkpointer, check_params
@@ -530,7 +530,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   def record(key, value):
     results[key] = value
     if parallel.is_main_process():
-      path.write_text(json.dumps(results, indent=1))
+      files.write_text(path, json.dumps(results, indent=1))
 
   runs_per_model = len(c.budgets) * len(c.methods)
   for opt in c.optimizers:
@@ -579,8 +579,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         if np.isfinite(cell["source"][0]):  # n/a without the source site (fine-tune only)
           final[f"source_sdice/{opt}/{budget}/{col}"] = cell["source"][0]
   if parallel.is_main_process():
-    (workdir / "results.md").write_text(tables_markdown(table, c, label))
-    (workdir / "results.json").write_text(json.dumps(
+    files.write_text(workdir / "results.md", tables_markdown(table, c, label))
+    files.write_text(workdir / "results.json", json.dumps(
         {"label": label, "variant": c.variant, "pairs": [list(p) for p in c.data.pairs],
          "seeds": list(c.seeds), "budgets": [list(b) for b in c.budgets],
          "tolerance_mm": c.eval.tolerance_mm, "table": table}, indent=1))

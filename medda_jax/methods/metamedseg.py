@@ -32,7 +32,7 @@ import grain
 from medda_jax import config_utils as cu
 from medda_jax import losses as losses_lib
 from medda_jax import metrics as metrics_lib
-from medda_jax import parallel, plots
+from medda_jax import files, parallel, plots
 from medda_jax.data import demo_brain, msd, prepared, tasks, user_seg
 from medda_jax.data.collection import SliceCollection, split_volumes
 from medda_jax.engine.adapt import AdaptConfig, adapt, adapt_chunked
@@ -440,7 +440,7 @@ class Experiment:
             previews[(init_name, target)] = p
           progress.update(1, iou=v[0])
         if parallel.is_main_process():
-          path.write_text(json.dumps(results, indent=1))
+          files.write_text(path, json.dumps(results, indent=1))
     # Only when every initialisation was fine-tuned in this run (a resumed run keeps the
     # figure of the run that made it).
     for target in self.targets:
@@ -511,8 +511,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   final = {f"iou/{i}/{t}": v[0] for i, row in table.items() for t, v in row.items()}
   final.update({f"iou_std/{i}/{t}": v[1] for i, row in table.items() for t, v in row.items()})
   if parallel.is_main_process():
-    (workdir / "results.md").write_text(table_markdown(table, exp.targets, label))
-    (workdir / "results.json").write_text(json.dumps(
+    files.write_text(workdir / "results.md", table_markdown(table, exp.targets, label))
+    files.write_text(workdir / "results.json", json.dumps(
         {"label": label, "variant": config.variant, "targets": exp.targets,
          "seeds": list(config.finetune.seeds), "init_from": config.init_from,
          "table": table}, indent=1))

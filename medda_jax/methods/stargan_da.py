@@ -58,7 +58,7 @@ import numpy as np
 import optax
 
 from medda_jax import config_utils as cu
-from medda_jax import losses, metrics, parallel, plots
+from medda_jax import files, losses, metrics, parallel, plots
 from medda_jax.data import images as user_images
 from medda_jax.data.images import ImageSet
 from medda_jax.engine import gan
@@ -370,8 +370,8 @@ def _saved_classifier(path: pathlib.Path, trainer: TaskTrainer, train_fn):
   info = {"val_auc": val_auc, "epochs": epochs}
   if parallel.is_main_process():
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(flax.serialization.to_bytes(variables))
-    path.with_suffix(".json").write_text(json.dumps(info))
+    files.write_bytes(path, flax.serialization.to_bytes(variables))
+    files.write_text(path.with_suffix(".json"), json.dumps(info))
   return variables, info
 
 
@@ -754,7 +754,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           "salvage": 100 * float(metrics.salvage(ceiling, external["auc"], adapted["auc"])),
           "task_every": every, "g_loss_curve_end": result.curve[-1:]}
       if main:
-        path.write_text(json.dumps(pairs, indent=1))
+        files.write_text(path, json.dumps(pairs, indent=1))
         shown = np.linspace(0, len(S.train) - 1, c.eval.grid_images).astype(int)
         shown_t = np.linspace(0, len(T.train) - 1, c.eval.grid_images).astype(int)
         back = pair_gan.translate(g_params, translated["train"].images[shown], SOURCE)
@@ -779,7 +779,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     spread.append(domain_spread(c, domains, trainer, fraction, c.seed,
                                 workdir / "checkpoints" / f"classifier_pooled_{fraction:g}"))
     if main:
-      spread_path.write_text(json.dumps(spread, indent=1))
+      files.write_text(spread_path, json.dumps(spread, indent=1))
 
   pairs = {f"{s}->{t}": pairs[f"{s}->{t}"] for s, t in todo}
   summary = summarise(pairs, internal)
@@ -788,9 +788,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   final.update({f"external_auc/{k}": p["external"]["auc"] for k, p in pairs.items()})
   final.update({f"spread/{row['fraction']:g}": row["spread"] for row in spread})
   if main:
-    (workdir / "results.md").write_text(
+    files.write_text(workdir / "results.md",
         tables_markdown(c, label, data_desc, internal, pairs, summary, spread, classes))
-    (workdir / "results.json").write_text(json.dumps(
+    files.write_text(workdir / "results.json", json.dumps(
         {"label": label, "variant": c.variant, "data": data_desc, "internal": internal,
          "pairs": pairs, "summary": summary, "spread": spread,
          **({"classes": list(classes)} if classes else {"paper": PAPER[c.data.kind]})},

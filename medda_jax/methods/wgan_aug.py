@@ -53,7 +53,7 @@ import numpy as np
 import optax
 
 from medda_jax import config_utils as cu
-from medda_jax import losses, parallel, plots
+from medda_jax import files, losses, parallel, plots
 from medda_jax.data import images as user_images
 from medda_jax.data.images import ImageSet
 from medda_jax.engine import gan
@@ -645,10 +645,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       curves[f"critic loss, {splits.class_names[k]}"] = result.curve
       samples[k] = class_gan.sample(result.state, c.synthetic.samples_per_class, c.seed + 100 + k)
     if main:
-      np.savez_compressed(synth_path, class_0=samples[0], class_1=samples[1],
-                          manifest=json.dumps({"class_names": splits.class_names,
-                                               "g_steps": c.gan.g_steps, "seed": c.seed,
-                                               "loss": c.gan.loss}))
+      with files.atomic_path(synth_path) as tmp:
+        np.savez_compressed(tmp, class_0=samples[0], class_1=samples[1],
+                            manifest=json.dumps({"class_names": splits.class_names,
+                                                 "g_steps": c.gan.g_steps, "seed": c.seed,
+                                                 "loss": c.gan.loss}))
       plots.learning_curves(workdir / "wgan_curves.png", curves, "WGAN critic loss per class")
   if main:
     for k, name in splits.class_names.items():
@@ -680,7 +681,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                       "targets": target_accs, "target_recall": target_recalls,
                       "val": val_acc, "train_images": int(len(data.labels))}
       if main:
-        path.write_text(json.dumps(results, indent=1))
+        files.write_text(path, json.dumps(results, indent=1))
       shutil.rmtree(ckpt_dir, ignore_errors=True)  # its result is recorded
       writer.write("ratio", len(results), {f"{key}/source": source_acc,
                                            **{f"{key}/{t}": a for t, a in target_accs.items()}})
@@ -696,9 +697,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         final[f"{t}_acc/{name}/{count}"] = row[t][0]
         final[f"gap/{t}/{name}/{count}"] = row[f"gap/{t}"][0]
   if main:
-    (workdir / "results.md").write_text(
+    files.write_text(workdir / "results.md",
         tables_markdown(table, c, label, n_real, splits.class_names))
-    (workdir / "results.json").write_text(json.dumps(
+    files.write_text(workdir / "results.json", json.dumps(
         {"label": label, "variant": c.variant, "data": splits.description,
          "counts": list(c.synthetic.counts), "seeds": list(c.seeds), "table": table}, indent=1))
     plots.ratio_figure(workdir / "ratio.png", table, list(c.data.targets),

@@ -140,6 +140,12 @@ def test_signal_saves_a_checkpoint_and_the_rerun_ends_as_an_uninterrupted_run(
   assert resumed.curve == reference.curve
 
 
+def test_a_signal_outside_a_training_loop_stops_at_once(monkeypatch):
+  monkeypatch.setattr(workdir, "_stop_signal", None)
+  with pytest.raises(KeyboardInterrupt):  # nothing to checkpoint: no waiting for a loop
+    workdir._request_stop(signal.SIGTERM, None)
+
+
 def test_nan_message_without_a_checkpoint_says_so(tmp_path):
   def nan_step(state, batch):
     return state, {"loss": jnp.float32(jnp.nan), "finite": jnp.bool_(False)}

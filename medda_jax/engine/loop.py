@@ -58,6 +58,7 @@ def run_loop(name: str, state, step_fn: Callable, batches: Iterator, *, total_ca
   description = name if description is None else description
   progress = Progress(description, total_calls * steps_per_call, done_calls * steps_per_call,
                       ) if show_progress else None
+  workdir.loop_started()
   try:
     while done_calls < total_calls and not stopped:
       state, metrics = step_fn(state, prepare(next(batches)))
@@ -94,6 +95,7 @@ def run_loop(name: str, state, step_fn: Callable, batches: Iterator, *, total_ca
         raise workdir.Interrupted(f"interrupted in {description}: {saved}; rerun the same "
                                   "command to resume", signum)
   finally:
+    workdir.loop_ended()
     if progress is not None:
       progress.close()
   return LoopResult(state, curve)

@@ -140,9 +140,22 @@ def check_config(path: pathlib.Path, config: dict[str, Any], allow_change: bool,
     files.write_text(stored, json.dumps(config, indent=1, sort_keys=True) + "\n")
 
 
+_loops_running = 0  # training loops under way: only they can stop at a checkpoint
+
+
+def loop_started() -> None:
+  global _loops_running
+  _loops_running += 1
+
+
+def loop_ended() -> None:
+  global _loops_running
+  _loops_running -= 1
+
+
 def _request_stop(signum, frame):  # noqa: ARG001 - signal handler signature
   global _stop_signal
-  if _stop_signal is not None:  # a second signal: stop now
+  if _stop_signal is not None or not _loops_running:  # a second signal, or no loop: stop now
     raise KeyboardInterrupt
   _stop_signal = signum
   print(f"\n{signal.Signals(signum).name}: stopping at the next checkpoint boundary "

@@ -72,6 +72,11 @@ def maybe_initialize_distributed() -> None:
   settings = distributed_settings()
   if settings is not None:
     jax.distributed.initialize(**settings)
+    # The processes' first collective sets up their communicators, and on the CPU gloo gives
+    # that rendezvous only 30 s: a process that reaches its first collective later (busy
+    # compiling, or building a data cache) would fail its peers. Meeting here, while the
+    # processes stand together, sets them up once; later collectives wait without that limit.
+    multihost_utils.sync_global_devices("medda_jax: collectives ready")
   _INITIALISED = True
   if is_main_process() and (jax.process_count() > 1 or jax.device_count() > 1):
     print(topology(), file=sys.stderr)

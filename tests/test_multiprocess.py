@@ -108,13 +108,15 @@ def test_killed_two_process_run_resumes(two_process_run, tmp_path, demo_cache):
 
 # --------------------------------------------------------------------------- the launcher
 PROBE = """
-import os, sys
+import os, sys, time
 if os.environ["MEDDA_PROCESS_ID"] == os.environ.get("STALL_PROCESS", "-1"):
-  import time; time.sleep(600)  # never joins
+  time.sleep(600)  # never joins
 from medda_jax import parallel
 parallel.maybe_initialize_distributed()
 import jax, numpy as np
 me = jax.process_index()
+if str(me) == os.environ.get("LATE_PROCESS"):  # reaches its first collective late
+  time.sleep(32)  # longer than gloo's 30 s to set up the collectives
 print("gathered", parallel.allgather(np.array([me * 10, me * 10 + 1])).tolist(),
       parallel.allgather_json({"p": me, "name": "x" * me}), flush=True)
 sys.exit(int(os.environ.get("EXIT_CODE_OF_1", "0")) if me == 1 else 0)
@@ -122,7 +124,9 @@ sys.exit(int(os.environ.get("EXIT_CODE_OF_1", "0")) if me == 1 else 0)
 
 
 def test_launcher_gathers_across_processes(tmp_path):
-  proc = _launch(3, sys.executable, "-c", PROBE, log_dir=tmp_path)
+  # Process 2 comes to the gather over 30 s after the others; the collectives were set up
+  # when the processes started, so they wait for it.
+  proc = _launch(3, sys.executable, "-c", PROBE, log_dir=tmp_path, env={"LATE_PROCESS": "2"})
   assert proc.returncode == 0, proc.stderr[-3000:]
   gathered = ("gathered [0, 1, 10, 11, 20, 21] [{'p': 0, 'name': ''}, {'p': 1, 'name': 'x'}, "
               "{'p': 2, 'name': 'xx'}]")

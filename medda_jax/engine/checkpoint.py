@@ -1,6 +1,11 @@
 """orbax checkpoints of a train state plus JSON side data (data-iterator state, stage
 bookkeeping). Every process writes its shards; reads and writes go through one manager.
 
+The last two checkpoints of a stage are kept. A restore reads the newest one it can: an
+unreadable newest checkpoint (a truncated or corrupted file) is reported in one warning
+line and the previous one is read instead; none readable ends with one `error:` line,
+not orbax's TensorStore traceback.
+
 With several processes, a state that each process computes for itself (a serial stage run
 replicated, its arrays on local devices only) is saved as one replicated global array and
 restored back onto the local device: orbax refuses host-local arrays in a multi-process
@@ -8,7 +13,10 @@ run, and identical copies need only be written once."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import pathlib
+import sys
 from typing import Any
 
 import jax
@@ -16,6 +24,12 @@ import orbax.checkpoint as ocp
 
 from medda_jax import parallel
 from medda_jax.errors import DataError
+
+KEEP = 2  # checkpoints kept per stage: the newest and one to fall back to
+
+
+class CheckpointError(DataError):
+  """No checkpoint of a stage can be read."""
 
 
 def _to_global(state):
@@ -40,14 +54,31 @@ def _abstract(state_like):
   return jax.tree.map(leaf, state_like)
 
 
-class Checkpointer:
-  """`CheckpointManager` with two items: `state` (a pytree) and `extra` (JSON)."""
+@contextlib.contextmanager
+def _quiet():
+  """orbax logs its own view of an unreadable checkpoint; ours is the one line."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
-  def __init__(self, directory, max_to_keep: int = 2):
+
+def _reason(e: Exception) -> str:
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  return f"{type(e).__name__}: {lines[0][:160]}" if lines else type(e).__name__
+
+
+class Checkpointer:
+  """`CheckpointManager` with two items: `state` (a pytree) and `extra` (JSON); keeps
+  the last `KEEP` steps."""
+
+  def __init__(self, directory):
     self.directory = pathlib.Path(directory).absolute()
     self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=KEEP, create=True),
         item_names=("state", "extra"))
 
   def latest_step(self) -> int | None:
@@ -63,11 +94,40 @@ class Checkpointer:
         state=ocp.args.StandardSave(_to_global(state)), extra=ocp.args.JsonSave(extra)))
     self.manager.wait_until_finished()
 
-  def restore(self, state_like, step: int | None = None):
-    """Restores (state, extra) at `step` (default latest) into the structure of `state_like`."""
-    step = self.latest_step() if step is None else step
-    restored = self.manager.restore(step, args=ocp.args.Composite(
+  def _read(self, state_like, step: int):
+    return self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(_abstract(state_like)), extra=ocp.args.JsonRestore()))
+
+  def _newest_readable(self, state_like):
+    """(step, restored) of the newest step that can be read. Unreadable newer steps are
+    deleted, but only once an older one was read: the run goes on from there and would
+    otherwise be refused a save at their step numbers."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    failures = []
+    for s in steps:
+      try:
+        with _quiet():
+          restored = self._read(state_like, s)
+      except Exception as e:  # noqa: BLE001 - whatever the file's damage, try the one before
+        failures.append((s, _reason(e)))
+        continue
+      for bad, reason in failures:
+        if parallel.is_main_process():
+          print(f"warning: the checkpoint of step {bad} in {self.directory} cannot be read "
+                f"({reason}); step {s} is read instead", file=sys.stderr)
+        self.manager.delete(bad)
+      return s, restored
+    tried = "; ".join(f"step {s}: {reason}" for s, reason in failures) or "none saved"
+    raise CheckpointError(f"no readable checkpoint in {self.directory} ({tried}); remove "
+                          "the folder to train that stage again")
+
+  def restore(self, state_like, step: int | None = None):
+    """Restores (state, extra) at `step` (default: the newest readable one) into the
+    structure of `state_like`."""
+    if step is None:
+      step, restored = self._newest_readable(state_like)
+    else:
+      restored = self._read(state_like, step)
     state = _to_local_like(state_like, restored["state"])
     extra = dict(restored["extra"] or {})
     per_process = extra.pop("data_per_process", None)

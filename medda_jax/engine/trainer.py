@@ -96,7 +96,7 @@ def fit(name: str, state: TrainState, chunk: Callable, make_batch: Callable[[int
     train, metrics = chunk(s[0], batch)
     return (train, s[1]), metrics
 
-  ckpt = Checkpointer(checkpoint_dir, max_to_keep=1) if checkpoint_dir is not None else None
+  ckpt = Checkpointer(checkpoint_dir) if checkpoint_dir is not None else None
   try:
     result = run_loop(
         name, (state, best), step, call_batches(total_calls, make_batch),

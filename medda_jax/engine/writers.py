@@ -1,10 +1,15 @@
-"""Metrics to `workdir/metrics.jsonl` and TensorBoard, written by process 0 only."""
+"""Metrics to `workdir/metrics.jsonl` and TensorBoard, written by process 0 only.
+
+A run killed during an append can leave a last line without its newline: the reader skips
+it with a warning, and the next writer cuts it off before appending, so it never glues onto
+the next record."""
 
 from __future__ import annotations
 
 import json
 import math
 import pathlib
+import sys
 from typing import Any, Mapping
 
 import numpy as np
@@ -25,6 +30,7 @@ class MetricWriter:
     if self.enabled:
       from tensorboardX import SummaryWriter  # imported lazily: only process 0 needs it
       self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+      _cut_partial_line(self.path)
 
   def write(self, stage: str, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
@@ -42,8 +48,22 @@ class MetricWriter:
       self._tb.close()
 
 
+def _cut_partial_line(path: pathlib.Path) -> None:
+  if not path.exists():
+    return
+  data = path.read_bytes()
+  if data and not data.endswith(b"\n"):
+    with path.open("r+b") as f:
+      f.truncate(data.rfind(b"\n") + 1)
+
+
 def read_metrics(workdir) -> list[dict]:
   path = pathlib.Path(workdir) / "metrics.jsonl"
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  text = path.read_text()
+  lines = text.split("\n")
+  if lines[-1].strip():  # no newline after it: an append cut short by a kill
+    print(f"warning: {path} ends in an unfinished line (a run stopped while writing it); "
+          "it is skipped", file=sys.stderr)
+  return [json.loads(line) for line in lines[:-1] if line.strip()]

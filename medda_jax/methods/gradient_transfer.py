@@ -45,6 +45,7 @@ from medda_jax.engine.checkpoint import Checkpointer, check_params
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
+from medda_jax.engine.runtable import RunTable
 from medda_jax.engine.supervised import TrainState, build_train_chunk
 from medda_jax.engine.writers import MetricWriter
 from medda_jax.errors import ConfigError, DataError
@@ -301,7 +302,7 @@ class Experiment:
     # Replicated on the mesh from the start: the step's outputs are, and a state that
     # changed placement after the first call would be traced and compiled twice.
     state = parallel.replicate(state, self.mesh)
-    ckpt = Checkpointer(ckpt_dir, max_to_keep=1) if ckpt_dir is not None else None
+    ckpt = Checkpointer(ckpt_dir) if ckpt_dir is not None else None
     try:
       result = run_loop(
           name, state, step, it, total_calls=calls, steps_per_call=self.c.engine.steps_per_call,
@@ -524,13 +525,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           f"budgets {[b[0] for b in c.budgets]}; methods {list(c.methods)}; optimizers "
           f"{list(c.optimizers)}; seeds {list(c.seeds)}; inner loop: {exp.inner_loop}",
           file=sys.stderr)
-  path = workdir / RESULTS_FILE
-  results = json.loads(path.read_text()) if path.exists() else {}
-
-  def record(key, value):
-    results[key] = value
-    if parallel.is_main_process():
-      files.write_text(path, json.dumps(results, indent=1))
+  runs = RunTable(workdir / RESULTS_FILE)
+  results, record = runs.runs, runs.record
 
   runs_per_model = len(c.budgets) * len(c.methods)
   for opt in c.optimizers:

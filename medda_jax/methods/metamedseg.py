@@ -41,6 +41,7 @@ from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.meta import MetaState, build_meta_step
 from medda_jax.engine.progress import Progress
+from medda_jax.engine.runtable import RunTable
 from medda_jax.engine.supervised import TrainState, build_train_chunk, supervised_loss
 from medda_jax.engine.writers import MetricWriter
 from medda_jax.errors import ConfigError, DataError, NonFiniteLossError
@@ -398,8 +399,7 @@ class Experiment:
 
     With several processes the runs are dealt out in rounds, one per process, and their
     results all-gathered, so every process ends with the same table."""
-    path = self.workdir / RESULTS_FILE
-    results = json.loads(path.read_text()) if path.exists() else {}
+    table = RunTable(self.workdir / RESULTS_FILE)
     finetune = self.build_finetune()
     c = self.c.finetune
     splits = {}
@@ -422,7 +422,7 @@ class Experiment:
       return np.array([iou.mean() * 100, float(loss)]), logits[picks] > 0
 
     runs = [(t, i, s) for t in self.targets for i in inits for s in c.seeds]
-    pending = [(t, i, s) for t, i, s in runs if f"{i}/{t}/{s}" not in results]
+    pending = [(t, i, s) for t, i, s in runs if not table.done(f"{i}/{t}/{s}")]
     count, me = jax.process_count(), jax.process_index()
     previews = {}
     with Progress("fine-tuning", len(runs), len(runs) - len(pending)) as progress:
@@ -435,12 +435,10 @@ class Experiment:
           key = f"{init_name}/{target}/{seed}"
           if not np.isfinite(v[1]):
             raise NonFiniteLossError(f"non-finite loss while fine-tuning {key}")
-          results[key] = {"iou": float(v[0]), "train_loss": float(v[1])}
+          table.record(key, {"iou": float(v[0]), "train_loss": float(v[1])})
           if seed == c.seeds[0]:
             previews[(init_name, target)] = p
           progress.update(1, iou=v[0])
-        if parallel.is_main_process():
-          files.write_text(path, json.dumps(results, indent=1))
     # Only when every initialisation was fine-tuned in this run (a resumed run keeps the
     # figure of the run that made it).
     for target in self.targets:
@@ -450,7 +448,7 @@ class Experiment:
                        {i: previews[(i, target)].astype(np.float32) * 2 - 1 for i in inits},
                        title=f"{target}: held-out test slices (demo data)"
                        if self.is_demo(target) else target)
-    return results
+    return table.runs
 
 
 def results_table(results: dict, inits, targets, seeds) -> dict[str, dict[str, tuple]]:

@@ -66,6 +66,7 @@ from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
+from medda_jax.engine.runtable import RunTable
 from medda_jax.engine.supervised import TrainState, build_train_chunk, epoch_indices
 from medda_jax.engine.trainer import fit
 from medda_jax.engine.writers import MetricWriter
@@ -539,7 +540,7 @@ class PairGAN:
     calls = s.d_iters // (s.n_critic * s.steps_per_call)
     ds = pair_batches(source, target, calls, self.c, seed)
     it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
-    ckpt = Checkpointer(workdir / "checkpoints" / name, max_to_keep=1)
+    ckpt = Checkpointer(workdir / "checkpoints" / name)
     try:
       return run_loop(f"StarGAN {name}", self.init_state(seed, classifier), self.chunk, it,
                       total_calls=calls, steps_per_call=s.steps_per_call, checkpointer=ckpt,
@@ -717,14 +718,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             f"({info['epochs']} epochs)", file=sys.stderr)
 
   # 2-5. One StarGAN per ordered pair, translation, fine-tuning, evaluation.
-  path = workdir / "pairs.json"
-  pairs = json.loads(path.read_text()) if path.exists() else {}
+  table = RunTable(workdir / "pairs.json")
+  pairs = table.runs
   gans: dict[int, PairGAN] = {}
   todo = ordered_pairs(c)
-  with Progress("domain pairs", len(todo), sum(f"{s}->{t}" in pairs for s, t in todo)) as bar:
+  with Progress("domain pairs", len(todo), sum(table.done(f"{s}->{t}") for s, t in todo)) as bar:
     for src, trg in todo:
       key = f"{src}->{trg}"
-      if key in pairs:
+      if table.done(key):
         continue
       every = int(c.stargan.task_every_pairs.get(key, c.stargan.task_every))
       if every not in gans:
@@ -746,15 +747,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       external = _boot(c, T.test.labels, trainer.probs(baselines[src], T.test.images), trg)
       adapted = _boot(c, T.test.labels, trainer.probs(adapted_vars, T.test.images), trg)
       ceiling = internal[trg]["auc"]
-      pairs[key] = {
+      table.record(key, {
           "source": src, "target": trg, "external": external, "adapted": adapted,
           "gain": adapted["auc"] - external["auc"],
           "relative_change": 100 * float(metrics.relative_change(external["auc"],
                                                                  adapted["auc"])),
           "salvage": 100 * float(metrics.salvage(ceiling, external["auc"], adapted["auc"])),
-          "task_every": every, "g_loss_curve_end": result.curve[-1:]}
+          "task_every": every, "g_loss_curve_end": result.curve[-1:]})
       if main:
-        files.write_text(path, json.dumps(pairs, indent=1))
         shown = np.linspace(0, len(S.train) - 1, c.eval.grid_images).astype(int)
         shown_t = np.linspace(0, len(T.train) - 1, c.eval.grid_images).astype(int)
         back = pair_gan.translate(g_params, translated["train"].images[shown], SOURCE)

@@ -61,6 +61,7 @@ from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
+from medda_jax.engine.runtable import RunTable
 from medda_jax.engine.supervised import TrainState, build_train_chunk, epoch_indices
 from medda_jax.engine.trainer import fit
 from medda_jax.engine.writers import MetricWriter
@@ -394,7 +395,7 @@ class ClassGAN:
     calls = g.g_steps // g.steps_per_call
     ds = gan_batches(images, calls, g.steps_per_call, g.n_critic, g.batch_size, seed)
     it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
-    ckpt = Checkpointer(workdir / "checkpoints" / name, max_to_keep=1)
+    ckpt = Checkpointer(workdir / "checkpoints" / name)
     try:
       result = run_loop(name, self.init_state(seed), self.chunk, it, total_calls=calls,
                         steps_per_call=g.steps_per_call, checkpointer=ckpt, writer=self.writer,
@@ -661,14 +662,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   pool = synthetic_pool(samples, splits.real_train, c.synthetic.flip_synth,
                         c.synthetic.flip_real)
   classifiers = Classifiers(c, mesh, inner_loop, dtype)
-  path = workdir / RESULTS_FILE
-  results = json.loads(path.read_text()) if path.exists() else {}
+  table = RunTable(workdir / RESULTS_FILE)
+  results = table.runs
   runs = [(n, k, s) for n in c.classifiers for k in c.synthetic.counts for s in c.seeds]
   with Progress("ratio sweep (classifier x synthetic count x seed)", len(runs),
-                sum(f"{n}/{k}/{s}" in results for n, k, s in runs)) as progress:
+                sum(table.done(f"{n}/{k}/{s}") for n, k, s in runs)) as progress:
     for name, count, seed in runs:
       key = f"{name}/{count}/{seed}"
-      if key in results:
+      if table.done(key):
         continue
       data = mixed_training_set(splits.real_train, pool, count, c.synthetic.class_split, seed)
       ckpt_dir = workdir / "checkpoints" / "classifiers" / key.replace("/", "_")
@@ -677,11 +678,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       target_accs, target_recalls = {}, {}
       for t, data_t in splits.targets.items():
         target_accs[t], target_recalls[t] = classifiers.accuracy(name, variables, data_t)
-      results[key] = {"source": source_acc, "source_recall": source_recall,
-                      "targets": target_accs, "target_recall": target_recalls,
-                      "val": val_acc, "train_images": int(len(data.labels))}
-      if main:
-        files.write_text(path, json.dumps(results, indent=1))
+      table.record(key, {"source": source_acc, "source_recall": source_recall,
+                         "targets": target_accs, "target_recall": target_recalls,
+                         "val": val_acc, "train_images": int(len(data.labels))})
       shutil.rmtree(ckpt_dir, ignore_errors=True)  # its result is recorded
       writer.write("ratio", len(results), {f"{key}/source": source_acc,
                                            **{f"{key}/{t}": a for t, a in target_accs.items()}})

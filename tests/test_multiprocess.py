@@ -41,17 +41,34 @@ def _values(final):
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory, demo_cache):
+  """The MetaMedSeg smoke run on two processes, killed (every process at once) after its
+  second meta-training checkpoint and started again with the same command. Returns
+  (workdir, proc of the second start, step interrupted at, metrics lines before it)."""
   workdir = tmp_path_factory.mktemp("two_processes")
+  child = _launch(2, *_train_command(workdir, demo_cache), background=True,
+                  log_dir=workdir / "killed_logs")
+  deadline = time.time() + 400
+  while time.time() < deadline and child.poll() is None:
+    if max(checkpoint_steps(workdir / "checkpoints" / "meta_aw"), default=0) >= 2:
+      break
+    time.sleep(0.02)
+  assert child.poll() is None, "the run finished before it could be interrupted"
+  os.killpg(child.pid, signal.SIGKILL)  # the launcher and both trainer processes
+  child.communicate()
+  assert not (workdir / "results.md").exists()
+  interrupted_at = ocp.CheckpointManager(workdir / "checkpoints" / "meta_aw").latest_step()
+  lines_before = len((workdir / "metrics.jsonl").read_text().splitlines())
   proc = _launch(2, *_train_command(workdir, demo_cache), log_dir=workdir / "logs")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir, proc
+  return workdir, proc, interrupted_at, lines_before
 
 
 def test_two_processes_equal_one_process(two_process_run, smoke_run, tmp_path, demo_cache):
-  workdir, proc = two_process_run
+  workdir, proc, _, _ = two_process_run
   assert "devices: 2 x cpu (cpu) on 2 process(es)" in proc.stderr
   two = final_metrics(workdir)
-  # Same devices in one process: two simulated CPU devices, one task each. Same numbers.
+  # Same devices in one process: two simulated CPU devices, one task each. Same numbers,
+  # though the two-process run was killed and resumed on the way.
   one_process = tmp_path / "one_process"
   single = run_train(one_process, f"--config.data.cache_dir={demo_cache}",
                      env={"JAX_NUM_CPU_DEVICES": "2"})
@@ -71,7 +88,7 @@ def test_two_processes_equal_one_process(two_process_run, smoke_run, tmp_path, d
 
 
 def test_only_process_zero_writes(two_process_run):
-  workdir, _ = two_process_run
+  workdir = two_process_run[0]
   records = (workdir / "metrics.jsonl").read_text().splitlines()
   assert sum(json.loads(r)["stage"] == "final" for r in records) == 1  # not one per process
   assert (workdir / "results.md").exists() and (workdir / "learning_curves.png").exists()
@@ -79,31 +96,14 @@ def test_only_process_zero_writes(two_process_run):
   assert "fine-tuning" not in log and "iou/" not in log  # no progress bars or table
 
 
-def test_killed_two_process_run_resumes(two_process_run, tmp_path, demo_cache):
-  killed = tmp_path / "killed"
-  child = _launch(2, *_train_command(killed, demo_cache), background=True,
-                  log_dir=tmp_path / "logs")
-  deadline = time.time() + 400
-  while time.time() < deadline and child.poll() is None:
-    if max(checkpoint_steps(killed / "checkpoints" / "meta_aw"), default=0) >= 2:
-      break
-    time.sleep(0.02)
-  assert child.poll() is None, "the run finished before it could be interrupted"
-  os.killpg(child.pid, signal.SIGKILL)  # the launcher and both trainer processes
-  child.communicate()
-  assert not (killed / "results.md").exists()
-  interrupted_at = ocp.CheckpointManager(killed / "checkpoints" / "meta_aw").latest_step()
+def test_killed_two_process_run_resumes_where_it_stopped(two_process_run):
+  # Its final numbers equal an uninterrupted run's: test_two_processes_equal_one_process.
+  workdir, _, interrupted_at, lines_before = two_process_run
   assert interrupted_at is not None and interrupted_at < 4
-  lines_before = len((killed / "metrics.jsonl").read_text().splitlines())
-
-  proc = _launch(2, *_train_command(killed, demo_cache), log_dir=tmp_path / "logs")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  records = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   resumed = records[lines_before:]
   assert not [r for r in resumed if r["stage"] == "transfer"]
   assert min(r["step"] for r in resumed if r["stage"] == "meta_aw") == interrupted_at + 1
-  np.testing.assert_allclose(_values(final_metrics(killed)),
-                             _values(final_metrics(two_process_run[0])), rtol=1e-6, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- the launcher
@@ -216,31 +216,41 @@ def _printed_metrics(stdout: str) -> dict:
   return _flat(json.loads(stdout[stdout.index("{"):]))
 
 
-OTHER_METHODS = {
-    # MMTL's mixed mini-batches are loaded per process; FTA and OCTL run replicated stages.
-    "transfer": ["--config=configs/transfer.py:smoke", "--config.optimizers=('adam',)",
-                 "--config.methods=('fta','octl','mmtl')", "--config.seeds=(0,)"],
-    "wgan": ["--config=configs/wgan_synth.py:smoke"],
-    "stargan": ["--config=configs/stargan.py:smoke"],
-}
+def _two_processes(workdir, *args):
+  proc = _launch(2, sys.executable, "-m", "medda_jax.train", f"--workdir={workdir}", *args,
+                 log_dir=workdir.parent / "logs")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return _printed_metrics(proc.stdout)
 
 
-@pytest.mark.parametrize("method", sorted(OTHER_METHODS))
-def test_other_methods_on_two_processes_equal_one_process(method, tmp_path, demo_cache):
-  args = OTHER_METHODS[method]
-  if method == "transfer":
-    args = args + [f"--config.data.cache_dir={demo_cache}"]
-  two = _launch(2, sys.executable, "-m", "medda_jax.train", f"--workdir={tmp_path / 'two'}",
-                *args, log_dir=tmp_path / "logs")
-  assert two.returncode == 0, two.stderr[-3000:]
-  one = subprocess.run([sys.executable, "-m", "medda_jax.train", f"--workdir={tmp_path / 'one'}",
-                        *args], capture_output=True, text=True, cwd=conftest.REPO, timeout=600,
-                       env=dict(os.environ, **conftest._CACHE_ENV, JAX_NUM_CPU_DEVICES="2"))
-  assert one.returncode == 0, one.stderr[-3000:]
-  got, want = _printed_metrics(two.stdout), _printed_metrics(one.stdout)
+def _assert_same_metrics(got, want):
   assert got.keys() == want.keys() and len(got) > 5
   for key, value in want.items():
     assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+
+
+def test_transfer_on_two_processes_equals_one_process(tmp_path, demo_cache):
+  # MMTL's mixed mini-batches are loaded per process; FTA and OCTL run replicated stages.
+  args = ["--config=configs/transfer.py:smoke", "--config.optimizers=('adam',)",
+          "--config.methods=('fta','octl','mmtl')", "--config.seeds=(0,)",
+          f"--config.data.cache_dir={demo_cache}"]
+  two = _two_processes(tmp_path / "two", *args)
+  one = subprocess.run([sys.executable, "-m", "medda_jax.train", f"--workdir={tmp_path / 'one'}",
+                        *args], capture_output=True, text=True, cwd=conftest.REPO, timeout=600,
+                       env=dict(os.environ, **conftest._CACHE_ENV, **conftest.TWO_DEVICES))
+  assert one.returncode == 0, one.stderr[-3000:]
+  _assert_same_metrics(two, _printed_metrics(one.stdout))
+
+
+# The one-process references of the GAN methods are their shared smoke runs on two devices.
+def test_wgan_on_two_processes_equals_one_process(wgan_run, tmp_path):
+  two = _two_processes(tmp_path / "two", "--config=configs/wgan_synth.py:smoke")
+  _assert_same_metrics(two, _printed_metrics(wgan_run[1].stdout))
+
+
+def test_stargan_on_two_processes_equals_one_process(stargan_run, tmp_path):
+  two = _two_processes(tmp_path / "two", "--config=configs/stargan.py:smoke")
+  _assert_same_metrics(two, _printed_metrics(stargan_run[1].stdout))
 
 
 def test_host_inner_loop_on_two_processes_equals_one_process(tmp_path, demo_cache):

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from conftest import kill_after_results, run_train, shared_run
+from conftest import TWO_DEVICES, kill_after_results, run_train
 from medda_jax.config_utils import load_config
 
 CONFIG = "configs/stargan.py:smoke"
 
 
-stargan_run = shared_run(CONFIG, name="stargan_run")
+# stargan_run: tests/conftest.py
 
 
 def test_smoke_writes_the_pair_table_spread_and_grids(stargan_run):
@@ -60,10 +60,10 @@ def test_smoke_writes_the_pair_table_spread_and_grids(stargan_run):
 def test_killed_run_resumes_to_the_same_table(stargan_run, tmp_path):
   reference, _ = stargan_run
   killed = tmp_path / "killed"
-  child = run_train(killed, config=CONFIG, background=True)
+  child = run_train(killed, config=CONFIG, background=True, env=TWO_DEVICES)  # as stargan_run
   kill_after_results(child, killed / "pairs.json", 2)
   assert not (killed / "results.md").exists()
-  proc = run_train(killed, config=CONFIG)
+  proc = run_train(killed, config=CONFIG, env=TWO_DEVICES)
   assert proc.returncode == 0, proc.stderr[-3000:]
   got = json.loads((killed / "results.json").read_text())
   want = json.loads((reference / "results.json").read_text())

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import kill_after_results, run_train, shared_run
+from conftest import TWO_DEVICES, kill_after_results, run_train
 from medda_jax import parallel
 from medda_jax.config_utils import load_config
 from medda_jax.engine.writers import MetricWriter
@@ -108,7 +108,7 @@ def test_wgan_training_resumes_to_the_same_generator(tmp_path):
   assert int(resumed.state.step) == 8
 
 
-wgan_run = shared_run(CONFIG, name="wgan_run")
+# wgan_run: tests/conftest.py
 
 
 def test_smoke_writes_table_figure_and_sample_grids(wgan_run):
@@ -146,11 +146,11 @@ def test_smoke_writes_table_figure_and_sample_grids(wgan_run):
 def test_killed_run_resumes_to_the_same_table(wgan_run, tmp_path):
   reference, _ = wgan_run
   killed = tmp_path / "killed"
-  child = run_train(killed, config=CONFIG, background=True)
+  child = run_train(killed, config=CONFIG, background=True, env=TWO_DEVICES)  # as wgan_run
   results = killed / "wgan_results.json"
   kill_after_results(child, results, 2)
   assert not (killed / "results.md").exists()
-  proc = run_train(killed, config=CONFIG)
+  proc = run_train(killed, config=CONFIG, env=TWO_DEVICES)
   assert proc.returncode == 0, proc.stderr[-3000:]
   got = json.loads((killed / "wgan_results.json").read_text())
   want = json.loads((reference / "wgan_results.json").read_text())

@@ -68,7 +68,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_chunks_on_a_mesh_shard_batches_and_match_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="4",
              JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
                         text=True, timeout=300, cwd=pathlib.Path(__file__).resolve().parents[1])

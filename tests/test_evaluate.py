@@ -77,7 +77,7 @@ SHARDED = textwrap.dedent("""
 
 
 def test_shards_batches_over_four_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="4",
              JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True,
                         text=True, timeout=300, cwd=pathlib.Path(__file__).resolve().parents[1])

@@ -87,7 +87,7 @@ print("OK")
 
 
 def test_meshes_order_devices_by_process_then_id():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="4",
              JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", MESH_ORDER], env=env, capture_output=True,
                         text=True, timeout=120)

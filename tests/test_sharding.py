@@ -71,7 +71,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_one_device_equals_eight_devices(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="8",
              JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
                         timeout=600, cwd=pathlib.Path(__file__).resolve().parents[1])
@@ -87,7 +87,7 @@ def test_metamedseg_pads_three_tasks_over_four_devices(tmp_path, demo_cache):
     workdir = tmp_path / f"devices_{devices}"
     proc = run_train(workdir, f"--config.data.cache_dir={demo_cache}",
                      "--config.meta.tasks_per_batch=3",
-                     env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+                     env={"JAX_NUM_CPU_DEVICES": str(devices),
                           "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ("meta-batch of 3 tasks padded to 4" in proc.stdout) == (devices == 4), proc.stdout

@@ -293,7 +293,7 @@ def test_cache_round_trip(data, tmp_path, monkeypatch):
   cache = tmp_path / "cache"
   first = msd.load_msd(root, image_size=SIZE, cache_dir=str(cache))
   files = sorted(os.listdir(cache))
-  assert len(files) == 2 and all(f.endswith(".npz") for f in files)
+  assert len(files) == 2 and all((cache / f / "volume_names.npy").is_file() for f in files)
 
   def no_reading(*args, **kwargs):
     raise AssertionError("NIfTI read although the cache holds the task")
@@ -309,6 +309,13 @@ def test_cache_round_trip(data, tmp_path, monkeypatch):
     assert a.volume_names == b.volume_names and a.label_values == b.label_values
   assert second["prostate_peripheral_T2"].images is second["prostate_transitional_T2"].images
   monkeypatch.undo()
+  # Read from the cache, the banks are memory-mapped, and equal the ones made in memory.
+  in_memory = msd.load_msd(root, image_size=SIZE)
+  for name in first.names():
+    for field in ("images", "labels"):
+      assert isinstance(getattr(second[name], field), np.memmap)
+      assert not isinstance(getattr(in_memory[name], field), np.memmap)
+      np.testing.assert_array_equal(getattr(in_memory[name], field), getattr(second[name], field))
   # Other preprocessing options get their own cache file.
   msd.load_msd(root, image_size=8, cache_dir=str(cache))
   assert len(os.listdir(cache)) == 4

@@ -271,8 +271,8 @@ def test_task03_liver_is_known_and_ct_windowed(tmp_path):
 
 
 def test_mr_cache_key_is_unchanged(tmp_path):
-  """The cache file of an MR task is the one the loader wrote before CT windows existed
-  (its key written out here as the earlier code built it)."""
+  """The cache of an MR task has the key the loader used before CT windows existed (written
+  out here as the earlier code built it)."""
   rng = np.random.default_rng(5)
   test_msd._make_heart(tmp_path / "msd", rng)
   cache = tmp_path / "cache"
@@ -286,7 +286,7 @@ def test_mr_cache_key_is_unchanged(tmp_path):
                                 "normalisation": "zscore_nonzero"},
                     "datasets": ["heart"], "cases": cases}, sort_keys=True)
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-  assert os.listdir(cache) == [f"Task02_Heart_{digest}.npz"]
+  assert os.listdir(cache) == [f"Task02_Heart_{digest}"]
 
 
 def test_no_task_folder_points_at_data_user(liver, tmp_path):

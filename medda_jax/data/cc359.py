@@ -31,7 +31,6 @@ way. `spacing` itself is given in NIfTI array order (x, y, z), like the referenc
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -45,8 +44,8 @@ from scipy import ndimage
 
 from medda_jax.data import prepared
 from medda_jax.data.msd import case_stem
-from medda_jax.data.volumes import (DomainVolumes, Volume, load_volume_cache,
-                                     read_nifti, save_volume_cache)
+from medda_jax.data.arraycache import ordered_map
+from medda_jax.data.volumes import DomainVolumes, Volume, cached_volumes, read_nifti
 from medda_jax.data.tables import read_csv_rows
 from medda_jax.errors import ConfigError, DataError
 
@@ -216,26 +215,20 @@ def _cache_path(cache_dir: str, root: str, domain: str, cases: Sequence[_Case | 
       "cases": [c.fingerprint(root) for c in cases],
   }, sort_keys=True)
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-  return os.path.join(cache_dir, f"cc359_{domain}_{digest}.npz")
+  return os.path.join(cache_dir, f"cc359_{domain}_{digest}")
 
 
 def _load_domain(root: str, domain: str, cases: Sequence[_Case | _TfdsCase],
                  spacing: tuple[float, float, float] | None,
                  cache_dir: str | None) -> list[Volume]:
-  path = None
-  if cache_dir is not None:
-    path = _cache_path(cache_dir, root, domain, cases, spacing)
-    cached = load_volume_cache(path, domain)
-    if cached is not None:
-      return cached
-  log.info("preprocessing CC359 %s: %d volumes", domain, len(cases))
-  workers = min(4, os.cpu_count() or 1, len(cases))
-  # Spline filtering and zlib inflation release the GIL for part of the time.
-  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    volumes = list(pool.map(lambda c: _process(c, spacing), cases))
-  if path is not None:
-    save_volume_cache(path, volumes)
-  return volumes
+  path = None if cache_dir is None else _cache_path(cache_dir, root, domain, cases, spacing)
+
+  def make():
+    log.info("preprocessing CC359 %s: %d volumes", domain, len(cases))
+    # Spline filtering and zlib inflation release the GIL for part of the time.
+    return ordered_map(lambda c: _process(c, spacing), cases, workers=min(4, os.cpu_count() or 1))
+
+  return cached_volumes(path, domain, make)
 
 
 TFDS_NAME = "cc359"  # the builder in medda_jax.data.builders
@@ -272,8 +265,8 @@ def load_cc359(root: str | os.PathLike, *,
       native grid.
     domains: names from `CC359_DOMAINS`; None loads every domain that has volumes.
     max_volumes_per_domain: keep only the first N cases (by case id) of each domain.
-    cache_dir: if given, preprocessed volumes are stored there (one .npz per domain and set of
-      options) and reused.
+    cache_dir: if given, preprocessed volumes are stored there (a folder of .npy files per
+      domain and set of options), reused, and read memory-mapped.
 
   Returns:
     DomainVolumes in `CC359_DOMAINS` order; volumes sorted by case id (`CC0001`, ...), images

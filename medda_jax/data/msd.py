@@ -22,13 +22,13 @@ MSD); a slice enters a dataset when `count(label == k) >= T`. Preprocessing:
   `(image_size / 256) ** 2` so that it means the same area as at the paper's 256 x 256.
 
 The kept slices of a task are stored once per (task, channel) in shared banks; every dataset
-points into them with `rows`. Memory grows with the number of kept slices (float32,
-`image_size**2` per slice and channel); use `datasets=` to load only what is needed.
+points into them with `rows`. With a `cache_dir` the banks are files read memory-mapped
+(`data/arraycache.py`), so a run holds only the slices it samples; without one they are in
+memory (float32, `image_size**2` per slice and channel).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -40,7 +40,7 @@ import nibabel as nib
 import numpy as np
 from skimage.transform import resize
 
-from medda_jax.data import prepared
+from medda_jax.data import arraycache, prepared
 from medda_jax.data.collection import SliceCollection, SliceDataset
 from medda_jax.errors import ConfigError, DataError
 
@@ -463,32 +463,32 @@ def _channel_key(c: int | None) -> str:
   return "none" if c is None else str(c)
 
 
-def _assemble(results: list[dict], datasets: Sequence[MsdDataset]) -> dict[str, np.ndarray]:
-  """Per-case results -> flat arrays of one task (the cache format)."""
-  arrays: dict[str, np.ndarray] = {}
-  channels = {d.channel for d in datasets}
-  shared = all(np.array_equal(r["images"][c][0], r["union"]) for r in results for c in channels)
-  arrays["labels_shared"] = np.array(shared)
-  if shared:
-    arrays["labels"] = np.concatenate([r["labels"] for r in results])
-  for c in channels:
-    key = _channel_key(c)
-    arrays[f"images_{key}"] = np.concatenate([r["images"][c][1] for r in results])
-    if not shared:
-      arrays[f"labels_{key}"] = np.concatenate(
-          [r["labels"][np.searchsorted(r["union"], r["images"][c][0])] for r in results])
-    offsets = np.cumsum([0] + [r["images"][c][0].size for r in results])
-    for d in (d for d in datasets if d.channel == c):
-      rows, volume, slice_index = [], [], []
-      for v, r in enumerate(results):
+def _write_task(results: Iterable[dict], datasets: Sequence[MsdDataset],
+                writer: arraycache.Writer) -> None:
+  """Per-case results -> the flat arrays of one task (the cache format), a case at a time."""
+  channels = sorted({d.channel for d in datasets}, key=lambda c: -1 if c is None else c)
+  offsets = dict.fromkeys(channels, 0)  # rows of each channel's image bank so far
+  shared = True  # every channel keeps the slices of the union: one label bank serves all
+  names = []
+  for v, r in enumerate(results):
+    names.append(r["stem"])
+    writer.append("labels", r["labels"])
+    for c in channels:
+      key = _channel_key(c)
+      rows, images = r["images"][c]
+      shared = shared and np.array_equal(rows, r["union"])
+      writer.append(f"images_{key}", images)
+      writer.append(f"labels_{key}", r["labels"][np.searchsorted(r["union"], rows)])
+      for d in (d for d in datasets if d.channel == c):
         kept = r["kept"][d.name]
-        rows.append(offsets[v] + np.searchsorted(r["images"][c][0], kept))
-        volume.append(np.full(kept.size, v, np.int64))
-        slice_index.append(kept.astype(np.int64))
-      arrays[f"rows_{d.name}"] = np.concatenate(rows).astype(np.int64)
-      arrays[f"volume_{d.name}"] = np.concatenate(volume)
-      arrays[f"slice_{d.name}"] = np.concatenate(slice_index)
-  return arrays
+        writer.append(f"rows_{d.name}", offsets[c] + np.searchsorted(rows, kept).astype(np.int64))
+        writer.append(f"volume_{d.name}", np.full(kept.size, v, np.int64))
+        writer.append(f"slice_{d.name}", kept.astype(np.int64))
+      offsets[c] += rows.size
+  for key in (["labels_" + _channel_key(c) for c in channels] if shared else ["labels"]):
+    writer.drop(key)
+  writer.put("labels_shared", np.array(shared))
+  writer.put("volume_names", np.array(names, dtype=str))
 
 
 def _cache_path(cache_dir: str, info: TaskInfo, cases: Sequence[_Case],
@@ -499,50 +499,27 @@ def _cache_path(cache_dir: str, info: TaskInfo, cases: Sequence[_Case],
   if info.name not in KNOWN_TASKS:  # a user's task: its table comes from its files and config
     key["table"] = [dataclasses.astuple(d) for d in datasets] + [dataclasses.astuple(info)]
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-  return os.path.join(cache_dir, f"{info.name}_{digest}.npz")
-
-
-def _load_cache(path: str) -> dict[str, np.ndarray] | None:
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}
-  except FileNotFoundError:
-    return None
-  except Exception as e:  # a partial or foreign file is rebuilt, not trusted
-    log.warning("ignoring unreadable cache file %s (%s)", path, e)
-    return None
-
-
-def _save_cache(path: str, arrays: dict[str, np.ndarray]) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    np.savez(f, **arrays)
-  # Atomic rename: a killed run never leaves a half-written cache behind.
-  os.replace(tmp, path)
+  return os.path.join(cache_dir, f"{info.name}_{digest}")
 
 
 def _load_task(cases: Sequence[_Case], info: TaskInfo, datasets: Sequence[MsdDataset],
                options: _Options, cache_dir: str | None) -> dict[str, SliceDataset]:
+  """The task's datasets; their banks are memory-mapped from the cache folder (made first,
+  a few cases at a time, when absent), so a run reads only the slices it samples."""
   options = options.for_task(info)
-  arrays = None
-  path = None
-  if cache_dir is not None:
-    path = _cache_path(cache_dir, info, cases, datasets, options)
-    arrays = _load_cache(path)
-  if arrays is None:
+  path = None if cache_dir is None else _cache_path(cache_dir, info, cases, datasets, options)
+
+  def fill(writer: arraycache.Writer) -> None:
     for case in cases:
       case.check(info)
     log.info("preprocessing %s: %d cases", info.name, len(cases))
-    workers = min(4, os.cpu_count() or 1, len(cases))
     # zlib inflation and numpy release the GIL for part of the time; results keep case order.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-      results = list(pool.map(lambda c: _process_case(info, c, datasets, options), cases))
-    arrays = _assemble(results, datasets)
-    arrays["volume_names"] = np.array([c.stem for c in cases], dtype=str)
-    if path is not None:
-      _save_cache(path, arrays)
+    results = arraycache.ordered_map(
+        lambda c: {**_process_case(info, c, datasets, options), "stem": c.stem}, cases,
+        workers=min(4, os.cpu_count() or 1))
+    _write_task(results, datasets, writer)
 
+  arrays = arraycache.build(path, fill)
   volume_names = tuple(str(s) for s in arrays["volume_names"])
   shared = bool(arrays["labels_shared"])
   out = {}
@@ -592,8 +569,8 @@ def load_msd(root: str, datasets: Iterable[str] | None = None, image_size: int =
     threshold_space: count the inclusion threshold on the "native" or the "resized" mask.
     normalisation: "modality" (CT: `ct_window`, MR: z-score), "zscore_nonzero" (per
       volume, every modality: the paper) or "slice_minmax" (per slice, to [0, 1]).
-    cache_dir: if given, preprocessed banks are stored there (one .npz per task and set of
-      options) and reused.
+    cache_dir: if given, preprocessed banks are stored there (a folder of .npy files per
+      task and set of options), reused, and read memory-mapped.
     ct_window: Hounsfield window (low, high) of CT channels, scaled to [0, 1].
 
   Returns:

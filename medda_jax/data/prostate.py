@@ -29,7 +29,6 @@ neighbours of the end slices are clamped, and the z-range includes both ends.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -41,8 +40,8 @@ import numpy as np
 from skimage.transform import resize
 
 from medda_jax.data.msd import case_stem
-from medda_jax.data.volumes import (DomainVolumes, Volume, load_volume_cache,
-                                     read_nifti, save_volume_cache)
+from medda_jax.data.arraycache import ordered_map
+from medda_jax.data.volumes import DomainVolumes, Volume, cached_volumes, read_nifti
 from medda_jax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -182,25 +181,20 @@ def _cache_path(cache_dir: str, site: str, cases: Sequence[_Case], image_size: i
                  os.path.getsize(c.image), os.path.getsize(c.label)) for c in cases],
   }, sort_keys=True)
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-  return os.path.join(cache_dir, f"prostate_{site}_{digest}.npz")
+  return os.path.join(cache_dir, f"prostate_{site}_{digest}")
 
 
 def _load_site(site: str, site_dir: str, image_size: int,
                cache_dir: str | None) -> list[Volume]:
   cases = _read_cases(site_dir)
-  path = None
-  if cache_dir is not None:
-    path = _cache_path(cache_dir, site, cases, image_size)
-    cached = load_volume_cache(path, site)
-    if cached is not None:
-      return cached
-  log.info("preprocessing prostate site %s: %d volumes", site, len(cases))
-  workers = min(4, os.cpu_count() or 1, len(cases))
-  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    volumes = list(pool.map(lambda c: _process(site, c, image_size), cases))
-  if path is not None:
-    save_volume_cache(path, volumes)
-  return volumes
+  path = None if cache_dir is None else _cache_path(cache_dir, site, cases, image_size)
+
+  def make():
+    log.info("preprocessing prostate site %s: %d volumes", site, len(cases))
+    return ordered_map(lambda c: _process(site, c, image_size), cases,
+                       workers=min(4, os.cpu_count() or 1))
+
+  return cached_volumes(path, site, make)
 
 
 def load_prostate(root: str | os.PathLike, *, image_size: int = 384,
@@ -212,8 +206,8 @@ def load_prostate(root: str | os.PathLike, *, image_size: int = 384,
     root: folder holding the site folders.
     image_size: side of the square in-plane grid.
     sites: site names, code names or letters (any case); None loads every site folder found.
-    cache_dir: if given, preprocessed volumes are stored there (one .npz per site and image
-      size) and reused.
+    cache_dir: if given, preprocessed volumes are stored there (a folder of .npy files per
+      site and image size), reused, and read memory-mapped.
 
   Returns:
     DomainVolumes keyed by release site name (RUNMC, BMC, HCRUDB, UCL, BIDMC, HK) in the order

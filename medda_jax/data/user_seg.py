@@ -32,7 +32,7 @@ import numpy as np
 
 from medda_jax.data import msd
 from medda_jax.data.collection import SliceCollection
-from medda_jax.data.volumes import Volume, load_volume_cache, save_volume_cache
+from medda_jax.data.volumes import Volume, cached_volumes
 from medda_jax.errors import ConfigError, DataError
 
 # Values of dataset.json "modality" (or of a CSV's modality column) read as MR: the
@@ -278,15 +278,13 @@ def load_user_sites(sources: Sequence[UserSource], *, modality: str = "",
         key = json.dumps({"site": info.name, "modalities": info.modalities, "window": window,
                           "cases": [c.fingerprint() for c in task.cases]}, sort_keys=True)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        path = os.path.join(os.fspath(cache_dir), f"user_{info.name}_{digest}.npz")
-        cached = load_volume_cache(path, info.name)
-        if cached is not None:
-          sites[info.name] = (cached, task.origin)
-          continue
-      for case in task.cases:
-        case.check(info)
-      volumes = [_volume(c, info.name, info.modalities[0], window) for c in task.cases]
-      if path is not None:
-        save_volume_cache(path, volumes)
+        path = os.path.join(os.fspath(cache_dir), f"user_{info.name}_{digest}")
+
+      def make(task=task, info=info):
+        for case in task.cases:
+          case.check(info)
+        return (_volume(c, info.name, info.modalities[0], window) for c in task.cases)
+
+      volumes = cached_volumes(path, info.name, make)
       sites[info.name] = (volumes, task.origin)
   return sites

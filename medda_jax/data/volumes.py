@@ -9,16 +9,13 @@ a volume and scores the volume in 3-D with its spacing (surface Dice needs milli
 from __future__ import annotations
 
 import dataclasses
-import logging
-import os
-from typing import Sequence
+from typing import Callable, Iterable
 
 import nibabel as nib
 import numpy as np
 
+from medda_jax.data import arraycache
 from medda_jax.errors import DataError
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,33 +75,32 @@ def split_ids(num: int, counts: tuple[int, ...], seed: int) -> list[np.ndarray]:
   return out
 
 
-def load_volume_cache(path: str, domain: str) -> list[Volume] | None:
-  """Volumes saved by `save_volume_cache`, or None when the file is absent or unreadable."""
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      return [Volume(id=str(case_id), domain=domain, image=f[f"image_{i}"], mask=f[f"mask_{i}"],
-                     spacing=tuple(float(s) for s in f["spacing"][i]))
-              for i, case_id in enumerate(f["ids"])]
-  except FileNotFoundError:
-    return None
-  except Exception as e:  # a partial or foreign file is rebuilt, not trusted
-    log.warning("ignoring unreadable cache file %s (%s)", path, e)
-    return None
+def cached_volumes(path: str | None, domain: str,
+                   make: Callable[[], Iterable[Volume]]) -> list[Volume]:
+  """The volumes of a domain from the cache folder `path`, memory-mapped: a run reads only
+  the slices it uses. The images (and masks) of all volumes lie end to end in one file, so
+  a domain of hundreds of volumes maps two files. When the folder is absent, `make()`
+  yields the volumes, stored one at a time. `path=None`: made and kept in memory."""
+  def fill(writer: arraycache.Writer) -> None:
+    ids, spacing, shapes, dtype = [], [], [], None
+    for v in make():
+      dtype = dtype or v.image.dtype  # the volumes of a loader share one dtype
+      writer.append("images", np.asarray(v.image, dtype).reshape(-1))
+      writer.append("masks", np.asarray(v.mask, np.uint8).reshape(-1))
+      ids.append(v.id)
+      spacing.append(v.spacing)
+      shapes.append(v.image.shape)
+    writer.put("ids", np.array(ids, dtype=str))
+    writer.put("spacing", np.array(spacing, np.float64).reshape(-1, 3))
+    writer.put("shapes", np.array(shapes, np.int64).reshape(-1, 3))
 
-
-def save_volume_cache(path: str, volumes: Sequence[Volume]) -> None:
-  """One .npz holding the preprocessed volumes of a domain."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  arrays = {"ids": np.array([v.id for v in volumes], dtype=str),
-            "spacing": np.array([v.spacing for v in volumes], np.float64).reshape(-1, 3)}
-  for i, v in enumerate(volumes):
-    arrays[f"image_{i}"] = v.image
-    arrays[f"mask_{i}"] = v.mask
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    np.savez(f, **arrays)
-  # Atomic rename: a killed run never leaves a half-written cache behind.
-  os.replace(tmp, path)
+  arrays = arraycache.build(path, fill)
+  starts = np.concatenate([[0], np.cumsum(np.prod(arrays["shapes"], axis=1))]).astype(int)
+  return [Volume(id=str(case_id), domain=domain,
+                 image=arrays["images"][starts[i]:starts[i + 1]].reshape(arrays["shapes"][i]),
+                 mask=arrays["masks"][starts[i]:starts[i + 1]].reshape(arrays["shapes"][i]),
+                 spacing=tuple(float(s) for s in arrays["spacing"][i]))
+          for i, case_id in enumerate(arrays["ids"])]
 
 
 def read_nifti(path: str, squeeze_trailing: bool = False) -> tuple[np.ndarray, tuple[float, ...]]:

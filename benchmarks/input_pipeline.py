@@ -108,7 +108,7 @@ def stargan_epoch(root: str, size: int, batch: int) -> int:
   c = load_config(str(repo / "configs" / "stargan.py") + ":cxr_smoke")
   c.data.dirs.nih, c.data.size = root, size
   c.classifier.batch_size, c.classifier.max_epochs = batch, 1
-  domain = sd._cxr_domain(c, "nih")
+  domain = sd.experiment._cxr_domain(c, "nih")
   trainer = sd.TaskTrainer(c, 2, parallel.data_mesh(), cu.inner_loop(c), cu.compute_dtype(c))
   variables, _, _ = trainer.train(domain.train, domain.val, seed=0)
   trainer.probs(variables, domain.test.images)

@@ -205,7 +205,7 @@ def test_a_short_stargan_run_learns_domains_and_cycles():
   for name in ("mnist", "mnist_m"):
     dom = digits.load_digit_domain(name, size=16, channels=3)
     idx = np.arange(300)
-    domains[name] = sd.ImageSet(sd._normalise(dom.images[idx]), dom.labels[idx])
+    domains[name] = sd.experiment.ImageSet(sd.experiment._normalise(dom.images[idx]), dom.labels[idx])
   net = LeNet(num_classes=10)
   classifier = jax.device_get(net.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
   mesh = parallel.data_mesh()

@@ -236,13 +236,13 @@ def test_stargan_chest_xray_domain_decodes_only_the_images_asked_for(tmp_path, m
   read = []
   opened = Image.open
   monkeypatch.setattr(Image, "open", lambda path, *a: read.append(str(path)) or opened(path, *a))
-  dom = sd._cxr_domain(c, "nih")
+  dom = sd.experiment._cxr_domain(c, "nih")
   assert read == []
   for part in (dom.train, dom.val, dom.test):
     assert isinstance(part.images, images.LazyImages) and part.images.shape[1:] == (12, 12, 3)
   table = cxr_sites.load_opacity_site("nih", tmp_path / "nih")
   train = cxr_sites.patient_split(table, tuple(c.data.split), seed=c.data.split_seed)[0]
-  want = sd._normalise(cxr_sites.read_images(train, 12))  # the whole site, in memory
+  want = sd.experiment._normalise(cxr_sites.read_images(train, 12))  # the whole site, in memory
   batch = np.array([[5, 0], [len(want) - 1, 5]])
   read.clear()
   np.testing.assert_array_equal(dom.train.images[batch], want[batch])

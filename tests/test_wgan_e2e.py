@@ -10,16 +10,18 @@ import pytest
 from conftest import TWO_DEVICES, kill_after_results, run_train
 from medda_jax import parallel
 from medda_jax.config_utils import load_config
+from medda_jax.data.images import ImageSet
 from medda_jax.engine.writers import MetricWriter
+from medda_jax.errors import ConfigError
 from medda_jax.methods import wgan_aug
 
 CONFIG = "configs/wgan_synth.py:smoke"
 
 
-def _set(images_per_class: dict[int, int], size=4) -> wgan_aug.ImageSet:
+def _set(images_per_class: dict[int, int], size=4) -> ImageSet:
   labels = np.concatenate([np.full(n, k, np.int32) for k, n in images_per_class.items()])
   images = np.arange(len(labels) * size * size, dtype=np.float32).reshape(-1, size, size, 1)
-  return wgan_aug.ImageSet(images / images.max(), labels)
+  return ImageSet(images / images.max(), labels)
 
 
 def test_stratified_draw_keeps_class_shares_and_stays_in_its_pool():
@@ -29,7 +31,7 @@ def test_stratified_draw_keeps_class_shares_and_stays_in_its_pool():
   assert len(set(idx)) == 10 and np.sum(labels[idx] == 0) == 3
   pool = np.arange(50, 100)  # class 1 only
   assert set(wgan_aug.stratified(labels, 5, rng, pool)) <= set(pool)
-  with pytest.raises(wgan_aug.ConfigError, match="only 50"):
+  with pytest.raises(ConfigError, match="only 50"):
     wgan_aug.stratified(labels, 51, rng, pool)
 
 
@@ -51,7 +53,7 @@ def test_mixed_training_set_adds_labelled_samples_from_the_pool():
   assert np.sum(synth_labels == 0) == 3 and np.sum(synth_labels == 1) == 7
   # every synthetic image carries the label of the generator (pool) it came from
   np.testing.assert_array_equal(synth_images[:, 0, 0, 0], np.where(synth_labels == 1, 0.75, 0.25))
-  with pytest.raises(wgan_aug.ConfigError, match="samples_per_class"):
+  with pytest.raises(ConfigError, match="samples_per_class"):
     wgan_aug.mixed_training_set(real, pool, 100, "proportional", seed=0)
 
 

@@ -43,7 +43,6 @@ import math
 import pathlib
 import shutil
 import sys
-from typing import Callable
 
 import grain
 import jax
@@ -53,7 +52,7 @@ import numpy as np
 import optax
 
 from medda_jax import config_utils as cu
-from medda_jax import files, losses, parallel, plots
+from medda_jax import files, parallel, plots
 from medda_jax.data import images as user_images
 from medda_jax.data.images import ImageSet
 from medda_jax.engine import gan
@@ -67,6 +66,10 @@ from medda_jax.engine.trainer import fit
 from medda_jax.engine.writers import MetricWriter
 from medda_jax.errors import ConfigError, DataError
 from medda_jax.models.wgan import Critic, Generator
+from medda_jax.methods.wgan_aug.paper import (class_counts, mixed_training_set,
+                                              synthetic_pool, wgan_losses)
+from medda_jax.methods.wgan_aug.report import summarise, tables_markdown
+
 
 SOURCES = ("digits", "busi", "breastmnist")
 TARGETS = ("breast", "busi", "breastmnist", "optdigits", "mnist", "mnist_m")
@@ -285,51 +288,7 @@ def domain_names(c) -> ml_collections.ConfigDict:
   return named
 
 
-# --------------------------------------------------------------------------- WGAN
-def wgan_losses(generator: Generator, critic: Critic, latent_dim: int, batch_size: int,
-                loss: str, gp_weight: float) -> tuple[Callable, Callable]:
-  """The critic and generator losses in the GAN engine's contract.
-
-  Critic: E[f(G(z))] - E[f(x)] (+ gp_weight * GP for "wgan_gp"). Real and fake pass the
-  critic as one batch, so spectral norm runs one power iteration per critic update.
-  Generator: -E[f(G(z))], the critic's statistics frozen. The generator runs in training
-  mode in both (its BatchNorm uses batch statistics and updates its running averages, as
-  PyTorch does while it makes fakes for the critic).
-  """
-
-  def generate(params, model_state, rng):
-    z = jax.random.normal(rng, (batch_size, latent_dim))
-    return generator.apply({"params": params["g"], **model_state["g"]}, z, train=True,
-                           mutable=["batch_stats"])
-
-  def critic_loss(params, model_state, batch, rng):
-    z_rng, gp_rng = jax.random.split(rng)
-    fake, g_state = generate(params, model_state, z_rng)
-    fake = jax.lax.stop_gradient(fake)
-    real = batch["image"]
-    scores, d_state = critic.apply({"params": params["d"], **model_state["d"]},
-                                   jnp.concatenate([real, fake]), update_stats=True,
-                                   mutable=["batch_stats"])
-    real_scores, fake_scores = scores[: real.shape[0]], scores[real.shape[0]:]
-    value = losses.wgan_critic_loss(real_scores, fake_scores)
-    metrics = {"wasserstein": -value}
-    if loss == "wgan_gp":
-      score_fn = lambda x: critic.apply({"params": params["d"], **d_state}, x,
-                                        update_stats=False)
-      gp = losses.gradient_penalty(score_fn, real, fake, gp_rng)
-      value = value + gp_weight * gp
-      metrics["gp"] = gp
-    return value, ({"g": g_state, "d": d_state}, metrics)
-
-  def generator_loss(params, model_state, batch, rng):
-    del batch  # an unconditional WGAN's generator sees no real image
-    fake, g_state = generate(params, model_state, rng)
-    scores = critic.apply({"params": params["d"], **model_state["d"]}, fake, update_stats=False)
-    return losses.wgan_generator_loss(scores), ({"g": g_state, "d": model_state["d"]}, {})
-
-  return critic_loss, generator_loss
-
-
+# --------------------------------------------------------------------------- class GANs
 def gan_batches(images: np.ndarray, calls: int, steps_per_call: int, n_critic: int,
                 batch_size: int, seed: int) -> grain.MapDataset:
   """grain dataset of chunks [steps_per_call, n_critic, batch, ...] of real images in
@@ -415,47 +374,6 @@ class ClassGAN:
 
 
 # --------------------------------------------------------------------------- synthetic sets
-def synthetic_pool(samples: dict[int, np.ndarray], real: ImageSet, flip_synth: bool,
-                   flip_real: bool) -> dict[int, np.ndarray]:
-  """Per class: the WGAN samples, their horizontal flips and flips of the real training
-  images, as the switches say (the paper counts flipped copies as synthetic)."""
-  pool = {}
-  for k, images in samples.items():
-    parts = [images] + ([images[:, :, ::-1]] if flip_synth else [])
-    if flip_real:
-      parts.append(real.images[real.labels == k][:, :, ::-1])
-    pool[k] = np.concatenate(parts)
-  return pool
-
-
-def class_counts(total: int, real: ImageSet, split: str) -> dict[int, int]:
-  """Synthetic images per class: proportional to the real class shares, or equal."""
-  classes = sorted(real.counts())
-  if split == "equal":
-    shares = {k: 1 / len(classes) for k in classes}
-  else:
-    counts = real.counts()
-    shares = {k: counts[k] / sum(counts.values()) for k in classes}
-  out = {k: int(math.floor(total * shares[k])) for k in classes}
-  for k in sorted(classes, key=lambda k: -(total * shares[k] - out[k]))[: total - sum(out.values())]:
-    out[k] += 1
-  return out
-
-
-def mixed_training_set(real: ImageSet, pool: dict[int, np.ndarray], total: int, split: str,
-                       seed: int) -> ImageSet:
-  """The real images plus `total` synthetic ones drawn from the pool without replacement."""
-  rng = np.random.default_rng(seed)
-  images, labels = [real.images], [real.labels]
-  for k, n in class_counts(total, real, split).items():
-    if n > len(pool[k]):
-      raise ConfigError(f"{total} synthetic images need {n} of class {k} but the pool has "
-                        f"{len(pool[k])}; raise config.synthetic.samples_per_class")
-    images.append(pool[k][rng.choice(len(pool[k]), n, replace=False)])
-    labels.append(np.full(n, k, np.int32))
-  return ImageSet(np.concatenate(images).astype(np.float32), np.concatenate(labels))
-
-
 def check_pool_sizes(c, real: ImageSet) -> None:
   """Fails before any training when the largest synthetic count needs more images of a
   class than its pool will hold."""
@@ -535,73 +453,6 @@ class Classifiers:
                  mesh=self.mesh, checkpoint_dir=checkpoint_dir,
                  checkpoint_every=max(1, steps_per_epoch // spc))
     return result.best, result.best_score
-
-
-# --------------------------------------------------------------------------- tables
-def domain_gap(acc_in: float, acc_out: float) -> float:
-  """Percentage points lost out of domain (the paper's Table 5)."""
-  return acc_in - acc_out
-
-
-def ratio_label(real: int, synth: int) -> str:
-  if synth == 0:
-    return "real only"
-  g = math.gcd(real, synth)
-  return f"{real // g}:{synth // g}"
-
-
-def summarise(results: dict, c, n_real: int) -> dict:
-  """table[classifier][count] = {"source": (mean, std), target: (mean, std), "gap/<t>": ...}."""
-  table = {}
-  for name in c.classifiers:
-    rows = {}
-    base = [results[f"{name}/0/{s}"]["source"] for s in c.seeds if f"{name}/0/{s}" in results]
-    acc_in_real_only = float(np.mean(base)) if base else float("nan")
-    for count in c.synthetic.counts:
-      runs = [results[f"{name}/{count}/{s}"] for s in c.seeds if f"{name}/{count}/{s}" in results]
-      if not runs:
-        continue
-      ms = lambda v: (float(np.mean(v)), float(np.std(v)))
-      row = {"label": ratio_label(n_real, count), "synthetic": count, "runs": len(runs),
-             "source": ms([r["source"] for r in runs])}
-      for target in c.data.targets:
-        accs = [r["targets"][target] for r in runs]
-        row[target] = ms(accs)
-        row[f"gap/{target}"] = ms([domain_gap(acc_in_real_only, a) for a in accs])
-        row[f"gap_row/{target}"] = ms([domain_gap(r["source"], r["targets"][target])
-                                       for r in runs])
-        row[f"recall/{target}"] = {k: float(np.mean([r["target_recall"][target][k] for r in runs]))
-                                   for k in runs[0]["target_recall"][target]}
-      rows[str(count)] = row
-    table[name] = rows
-  return table
-
-
-def tables_markdown(table: dict, c, label: str, n_real: int, class_names) -> str:
-  out = ["# Class-wise WGAN augmentation: accuracy (%) against the synthetic share", "",
-         f"**{label}**", "",
-         f"{n_real} real training images (+ validation share), mean ± std over seeds "
-         f"{list(c.seeds)}. `gap` = real-only in-domain accuracy - out-of-domain accuracy "
-         "(the paper's Table 5); `gap_row` uses the row's own in-domain accuracy. Recall "
-         f"per class: {class_names}.", ""]
-  for name, rows in table.items():
-    out += [f"## {name}", ""]
-    head = ["ratio", "real + synthetic", "source test"]
-    for t in c.data.targets:
-      head += [f"{t}", f"gap {t}", f"gap_row {t}", f"recall {t}"]
-    out.append("| " + " | ".join(head) + " |")
-    out.append("|" + "---|" * len(head))
-    for row in rows.values():
-      cells = [row["label"], f"{n_real} + {row['synthetic']}",
-               f"{row['source'][0]:.1f} ± {row['source'][1]:.1f}"]
-      for t in c.data.targets:
-        recall = ", ".join(f"{class_names[int(k)]} {v:.0f}" for k, v in
-                           sorted(row[f"recall/{t}"].items()))
-        cells += [f"{row[t][0]:.1f} ± {row[t][1]:.1f}", f"{row[f'gap/{t}'][0]:.1f}",
-                  f"{row[f'gap_row/{t}'][0]:.1f}", recall]
-      out.append("| " + " | ".join(cells) + " |")
-    out.append("")
-  return "\n".join(out)
 
 
 # --------------------------------------------------------------------------- driver

@@ -58,7 +58,7 @@ import numpy as np
 import optax
 
 from medda_jax import config_utils as cu
-from medda_jax import files, losses, metrics, parallel, plots
+from medda_jax import files, metrics, parallel, plots
 from medda_jax.data import images as user_images
 from medda_jax.data.images import ImageSet
 from medda_jax.engine import gan
@@ -71,18 +71,15 @@ from medda_jax.engine.supervised import TrainState, build_train_chunk, epoch_ind
 from medda_jax.engine.trainer import fit
 from medda_jax.engine.writers import MetricWriter
 from medda_jax.errors import ConfigError, DataError
+from medda_jax.methods.stargan_da.paper import (SOURCE, TARGET, apply_task, lr_schedule,
+                                               stargan_losses)
+from medda_jax.methods.stargan_da.report import PAPER, interval_text, summarise, tables_markdown
 from medda_jax.models.stargan import LeNet, StarDiscriminator, StarGenerator, critic_layers
+
 
 DIGIT_DOMAINS = ("mnist", "mnist_m", "optdigits", "usps")
 CXR_SITES = ("nih", "chexpert", "mimic", "padchest")
 CLASSIFIERS = ("lenet", "densenet_cxr")
-SOURCE, TARGET = 0, 1  # domain indices of a pair-specific StarGAN
-# The paper's averages over its 3 digit domains (MNIST, MNIST-M, USPS; 200K iterations) and
-# 4 chest X-ray sites, for the table's reference column (spec (e)).
-PAPER = {"digits": {"internal": 99.87, "external": 91.85, "adapted": 94.66,
-                    "relative_gain": 3.04, "average_salvage": 35.0, "median_salvage": 83.16},
-         "cxr": {"internal": 78.07, "external": 71.43, "adapted": 73.07,
-                 "relative_gain": 2.42, "average_salvage": 25.0, "median_salvage": 20.98}}
 
 
 # --------------------------------------------------------------------------- config
@@ -272,16 +269,6 @@ def task_optimizer(c) -> optax.GradientTransformation:
   return optax.chain(optax.add_decayed_weights(t.weight_decay), adam) if t.weight_decay else adam
 
 
-def apply_task(net, params, model_state, x, train: bool, rng=None):
-  """Logits and the (updated, in training) model state of a task network."""
-  variables = {"params": params, **model_state}
-  if not train:
-    return net.apply(variables, x, train=False), model_state
-  if model_state:  # BatchNorm statistics (DenseNet); LeNet has none
-    return net.apply(variables, x, train=True, rngs={"dropout": rng}, mutable=list(model_state))
-  return net.apply(variables, x, train=True, rngs={"dropout": rng}), model_state
-
-
 def balanced_indices(labels: np.ndarray, steps: int, batch_size: int, seed: int) -> np.ndarray:
   """[steps, batch_size] indices with every class equally represented per batch (drawn
   with replacement within each class), the paper's label-balanced chest X-ray batches."""
@@ -376,89 +363,7 @@ def _saved_classifier(path: pathlib.Path, trainer: TaskTrainer, train_fn):
   return variables, info
 
 
-# --------------------------------------------------------------------------- StarGAN
-def lr_schedule(lr: float, decay_from: int, total: int, iters_per_update: int):
-  """Constant `lr` up to D-iteration `decay_from`, then linear to 0 at `total`; an
-  optimiser's update count times `iters_per_update` gives its D-iteration (G: n_critic)."""
-
-  def schedule(count):
-    it = count * iters_per_update
-    frac = jnp.clip((total - it) / max(total - decay_from, 1), 0.0, 1.0)
-    return lr * jnp.where(it < decay_from, 1.0, frac)
-
-  return schedule
-
-
-def stargan_losses(generator: StarGenerator, critic: StarDiscriminator, task_net, s):
-  """(critic_loss, generator_loss, ft_loss, fs_loss) in the GAN engine's contract.
-
-  A batch is {"x_s", "y_s", "x_t"}: source images with labels and target images, each half
-  of the batch. Real images carry their own domain (c_org: source 0, target 1) and are
-  translated to the other one (c_trg), as the spec fixes StarGAN's random target labels for
-  two domains. `s` holds the weights lambda_gp, lambda_cls, lambda_rec and lambda_sem.
-  """
-  ce = optax.softmax_cross_entropy_with_integer_labels
-
-  def domains(batch):
-    b = batch["x_s"].shape[0]
-    org = jnp.concatenate([jnp.full((b,), SOURCE), jnp.full((b,), TARGET)])
-    return jnp.concatenate([batch["x_s"], batch["x_t"]]), org, 1 - org
-
-  def translate(params, x, c):
-    return generator.apply({"params": params["g"]}, x, c)
-
-  def judge(params, x):
-    return critic.apply({"params": params["d"]}, x)
-
-  def classify(params, model_state, side, x):  # frozen inside the GAN losses: eval mode
-    return apply_task(task_net, params[side], model_state[side], x, train=False)[0]
-
-  def critic_loss(params, model_state, batch, rng):
-    x, org, trg = domains(batch)
-    fake = jax.lax.stop_gradient(translate(params, x, trg))
-    src, cls = judge(params, jnp.concatenate([x, fake]))
-    n = x.shape[0]
-    adv = losses.wgan_critic_loss(src[:n], src[n:])
-    gp = losses.gradient_penalty(lambda im: judge(params, im)[0].sum(axis=(1, 2)), x, fake, rng)
-    cls_loss = ce(cls[:n], org).mean()
-    loss = adv + s.lambda_gp * gp + s.lambda_cls * cls_loss
-    return loss, (model_state, {"wasserstein": -adv, "gp": gp, "cls": cls_loss})
-
-  def generator_loss(params, model_state, batch, rng):
-    del rng
-    x, org, trg = domains(batch)
-    b = batch["x_s"].shape[0]
-    fake = translate(params, x, trg)
-    src, cls = judge(params, fake)
-    adv = losses.wgan_generator_loss(src)
-    cls_loss = ce(cls, trg).mean()
-    rec = translate(params, fake, org)
-    rec_loss = jnp.mean(jnp.abs(x - rec))
-    sem = jnp.zeros(())
-    if s.lambda_sem:  # 0: plain StarGAN, the task networks are never run
-      pseudo = jnp.argmax(classify(params, model_state, "ft", batch["x_t"]), axis=-1)
-      sem = (ce(classify(params, model_state, "fs", rec[:b]), batch["y_s"]).mean()
-             + ce(classify(params, model_state, "ft", fake[:b]), batch["y_s"]).mean()
-             + ce(classify(params, model_state, "fs", fake[b:]), pseudo).mean())
-    loss = adv + s.lambda_cls * cls_loss + s.lambda_rec * rec_loss + s.lambda_sem * sem
-    return loss, (model_state, {"adv": adv, "cls": cls_loss, "rec": rec_loss, "sem": sem})
-
-  def task_loss(side, images_fn):
-    def loss_fn(params, model_state, batch, rng):
-      logits, side_state = apply_task(task_net, params[side], model_state[side],
-                                      images_fn(params, batch), True, rng)
-      loss = ce(logits, batch["y_s"]).mean()
-      return loss, ({**model_state, side: side_state}, {})
-    return loss_fn
-
-  # F_T learns the source labels on translated source images; F_S keeps training on real
-  # source images (CyCADA trains its classifier alongside).
-  ft_loss = task_loss("ft", lambda p, b: jax.lax.stop_gradient(
-      translate(p, b["x_s"], jnp.full((b["x_s"].shape[0],), TARGET))))
-  fs_loss = task_loss("fs", lambda p, b: b["x_s"])
-  return critic_loss, generator_loss, ft_loss, fs_loss
-
-
+# --------------------------------------------------------------------------- StarGAN per pair
 def pair_batches(source: ImageSet, target: ImageSet, calls: int, c, seed: int):
   """grain dataset of chunks [steps_per_call, n_critic, batch / 2, ...] of source images
   with labels and target images; element k is a pure function of (seed, k), so a resumed
@@ -599,75 +504,6 @@ def domain_spread(c, domains: dict[str, Domain], trainer: TaskTrainer, fraction:
           "pooled_auc": 100 * trainer.auc(variables, pooled_test)}
 
 
-def summarise(pairs: dict, internal: dict) -> dict:
-  """The paper's averages (`metrics.pair_summary`), in %."""
-  keys = [(p["source"], p["target"]) for p in pairs.values()]
-  sm = metrics.pair_summary(
-      {d: v["auc"] for d, v in internal.items()},
-      {k: pairs["->".join(k)]["external"]["auc"] for k in keys},
-      {k: pairs["->".join(k)]["adapted"]["auc"] for k in keys})
-  return {"internal": sm.mean_internal, "external": sm.mean_external,
-          "adapted": sm.mean_adapted, "absolute_gain": sm.mean_abs_gain,
-          "relative_gain": 100 * sm.mean_relative_change,
-          "relative_loss": 100 * sm.relative_loss,
-          "average_salvage": 100 * sm.average_salvage,
-          "median_salvage": 100 * sm.median_salvage, "pairs": len(keys)}
-
-
-def _ci(v: dict) -> str:
-  lo, hi = v["ci_normal"]
-  return f"{v['auc']:.2f} ({lo:.2f}–{hi:.2f})"
-
-
-def tables_markdown(c, label: str, data_desc: str, internal: dict, pairs: dict, summary: dict,
-                    spread: list[dict], classes: tuple[str, ...] = ()) -> str:
-  """The results page; `classes` (a user domain's class names) replaces the paper's
-  reference column and task description, which belong to its own data."""
-  paper = None if classes else PAPER[c.data.kind]
-  if classes:
-    auc_kind = (f"binary AUC ({classes[1]} against {classes[0]})" if len(classes) == 2 else
-                f"macro one-vs-rest AUC over {len(classes)} classes {list(classes)}")
-  else:
-    auc_kind = ("macro one-vs-rest AUC over 10 digits" if c.data.kind == "digits"
-                else "binary opacity AUC")
-  names = domain_names(c)
-  out = ["# StarGAN + CyCADA semantic loss: AUC (%) before and after adaptation", "",
-         f"**{label}**", "", f"Data: {data_desc}.", "",
-         f"{auc_kind}: the mean over B = {c.eval.bootstrap} bootstrap replicates of "
-         f"{c.eval.bootstrap_size or 'test-size'} test images, 95% CI = mean ± 1.96·sd/√B (the "
-         "form the paper's intervals match; percentile intervals and the whole-test-set AUC "
-         "are in results.json). StarGAN: "
-         f"{c.stargan.d_iters} critic iterations per pair (paper: 200,000).", "",
-         "## Per ordered pair", "",
-         "| S → T | internal(T) | external (B_S on T) | adapted | gain | relative | salvage |",
-         "|---|---|---|---|---|---|---|"]
-  for p in pairs.values():
-    out.append(f"| {p['source']} → {p['target']} | {_ci(internal[p['target']])} | "
-               f"{_ci(p['external'])} | {_ci(p['adapted'])} | {p['gain']:+.2f} | "
-               f"{p['relative_change']:+.2f}% | {p['salvage']:.1f}% |")
-  out += ["", "Internal AUC per domain: " + ", ".join(
-      f"{d} {_ci(v)}" for d, v in internal.items()), "",
-      "## Averages", ""]
-  out += (["| quantity | this run | paper |", "|---|---|---|"] if paper else
-          ["| quantity | this run |", "|---|---|"])
-  rows = [("mean internal AUC", "internal", ""), ("mean external AUC", "external", ""),
-          ("mean adapted AUC", "adapted", ""), ("mean relative gain", "relative_gain", "%"),
-          ("average salvage", "average_salvage", "%"), ("median salvage", "median_salvage", "%")]
-  for title, key, unit in rows:
-    ref = f" {paper[key]:.2f}{unit} |" if paper else ""
-    out.append(f"| {title} | {summary[key]:.2f}{unit} |{ref}")
-  if spread:
-    out += ["", "## Domain spread (one classifier on pooled data)", "",
-            "| pooled fraction | images | " + " | ".join(f"AUC {d}" for d in names)
-            + f" | spread (Var, ddof {c.eval.spread_ddof}) | pooled-test AUC |",
-            "|---|---|" + "---|" * (len(names) + 2)]
-    for row in spread:
-      out.append(f"| {100 * row['fraction']:g}% | {row['train_images']} | "
-                 + " | ".join(f"{row['auc'][d]:.2f}" for d in names)
-                 + f" | {row['spread']:.2f} | {row['pooled_auc']:.2f} |")
-  return "\n".join(out) + "\n"
-
-
 # --------------------------------------------------------------------------- driver
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   validate(config)
@@ -714,7 +550,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     internal[name]["val_auc"] = 100 * info["val_auc"]
     writer.write("baseline", 0, {f"internal_auc/{name}": internal[name]["auc"]})
     if main:
-      print(f"baseline {name}: internal AUC {_ci(internal[name])} "
+      print(f"baseline {name}: internal AUC {interval_text(internal[name])} "
             f"({info['epochs']} epochs)", file=sys.stderr)
 
   # 2-5. One StarGAN per ordered pair, translation, fine-tuning, evaluation.

@@ -1,18 +1,5 @@
-"""MetaMedSeg (Farshad et al., DART 2022): volumetric Reptile meta-learning for few-shot
-organ segmentation, with its baselines, as one experiment.
-
-  1. Cut 2-D binary datasets (structure x sequence) from volumes; hold out the targets.
-  2. Transfer baseline: pre-train one U-Net on the union of the source datasets.
-  3. For each Reptile rule (AW, IDW): meta-train an initialisation — every meta-iteration
-     samples L datasets with 1/z group weights, builds a volumetric task of K slices from
-     one volume of each, adapts a copy of θ to each task (Adam, batch 1, fresh state),
-     and moves θ ← θ + β Σ_l w_l (θ_l − θ).
-  4. Fine-tune every initialisation (random, transfer, meta) on 15 fixed shots of each
-     target, for several shot selections, and report the test IoU (mean ± std).
-
-Every stage checkpoints and resumes; finished fine-tuning runs are kept in
-`finetune_results.json`, so a killed run restarted with the same command ends with the
-same table.
+"""The MetaMedSeg experiment: config, data, the transfer baseline, meta-training, fine-tuning
+of every initialisation on every target, and the driver (see the package's docstring).
 """
 
 from __future__ import annotations
@@ -22,13 +9,13 @@ import pathlib
 import sys
 from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-import grain
 from medda_jax import config_utils as cu
 from medda_jax import losses as losses_lib
 from medda_jax import metrics as metrics_lib
@@ -45,8 +32,10 @@ from medda_jax.engine.runtable import RunTable
 from medda_jax.engine.supervised import TrainState, build_train_chunk, supervised_loss
 from medda_jax.engine.writers import MetricWriter
 from medda_jax.errors import ConfigError, DataError, NonFiniteLossError
+from medda_jax.methods.metamedseg.report import results_table, table_markdown
 from medda_jax.models.unet import UNet
 from medda_jax.optim import coupled_adam, maml, reptile
+
 
 DEMO_TARGETS = ("thalamus_t1w", "caudate_t2w_like", "putamen_lowres_noisy")
 RESULTS_FILE = "finetune_results.json"
@@ -451,26 +440,7 @@ class Experiment:
     return table.runs
 
 
-def results_table(results: dict, inits, targets, seeds) -> dict[str, dict[str, tuple]]:
-  table = {}
-  for init in inits:
-    for target in targets:
-      values = np.array([results[f"{init}/{target}/{s}"]["iou"] for s in seeds])
-      table.setdefault(init, {})[target] = (float(values.mean()), float(values.std()),
-                                            len(values))
-  return table
-
-
-def table_markdown(table, targets, label: str) -> str:
-  lines = [f"Test IoU x100, mean ± std over shot selections — {label}", "",
-           "| init | " + " | ".join(targets) + " |",
-           "|---|" + "---|" * len(targets)]
-  for init, row in table.items():
-    cells = [f"{row[t][0]:.2f} ± {row[t][1]:.2f}" for t in targets]
-    lines.append(f"| {init} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
-
-
+# --------------------------------------------------------------------------- driver
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   validate(config)
   workdir = pathlib.Path(workdir)

@@ -1,23 +1,6 @@
-"""Supervised domain adaptation by transferring gradients (Goodman, Greenspan, Goldberger,
-DART 2022): mixed-minibatch transfer (MMTL) and optimizer-state continuation (OCTL), with
-the fine-tuning baselines, on cross-site skull stripping.
-
-For each optimizer (SGD, Adam), source -> target site pair and seed:
-  1. Pre-train the residual U-Net on the source site's training subjects (BCE, batch B,
-     lr 1e-3 -> 1e-4 at 3/4 of the epochs); keep its optimizer state in the checkpoint.
-  2. For each target budget (subjects x slice step), fine-tune the source model with
-       fta       all layers, target data only, fresh optimizer;
-       ftf       only the first layers (`ftf.trainable_prefixes`), fresh optimizer;
-       l2sp      all layers plus alpha ||theta - theta_source||^2 (an optax transform);
-       spottune  per input, a policy picks the frozen or a fine-tuned copy of every
-                 residual block (hard Gumbel-softmax, penalty on fine-tuned blocks);
-       octl      fresh schedule, but the pre-training moments (SGD buffer, or Adam's
-                 M and V with the step count at 100) continue with mu / beta1 = 0.99;
-       mmtl      batches mixing n_t target and B - n_t source samples, n_t growing with
-                 the epoch (Algorithm 1), fresh optimizer.
-  3. Score every model on the target site's test subjects (surface Dice at the tolerance,
-     per 3-D volume) and on the source site's test subjects (source retention).
-Tables: mean +- std over seeds of the pair-averaged scores, per optimizer and budget.
+"""The gradient-transfer experiment: config, data, pre-training on the source site, the fine-
+tuning methods on every target budget, evaluation, and the driver (see the package's
+docstring).
 """
 
 from __future__ import annotations
@@ -49,8 +32,10 @@ from medda_jax.engine.runtable import RunTable
 from medda_jax.engine.supervised import TrainState, build_train_chunk
 from medda_jax.engine.writers import MetricWriter
 from medda_jax.errors import ConfigError, DataError
+from medda_jax.methods.gradient_transfer.report import run_key, summarise, tables_markdown
 from medda_jax.models import unet2d_res
 from medda_jax.optim import transfer as transfer_opt
+
 
 METHODS = ("fta", "ftf", "l2sp", "spottune", "octl", "mmtl")
 RESULTS_FILE = "transfer_results.json"
@@ -461,56 +446,7 @@ def target_budget_pool(split: SiteSplit, subjects: int, slice_step: int, seed: i
   return mixed.SlicePool.of([split.train[i] for i in sorted(chosen)], slice_step)
 
 
-# --------------------------------------------------------------------------- tables
-def run_key(opt, source, target, budget, method, seed) -> str:
-  return f"{opt}/{source}->{target}/{budget}/{method}/{seed}"
-
-
-def summarise(results: dict, c) -> dict:
-  """{opt: {budget: {column: {target|source: (mean, std)}}}}: per seed the mean over
-  pairs, then mean and std over seeds. Column 'none' is the source model unadapted."""
-  table: dict = {}
-  columns = ["none"] + list(c.methods)
-  for opt in c.optimizers:
-    for budget, _, _ in c.budgets:
-      for col in columns:
-        cell = {}
-        for side in ("target", "source"):
-          per_seed = []
-          for seed in c.seeds:
-            vals = []
-            for src, tgt in c.data.pairs:
-              key = (f"{opt}/{src}->{tgt}/source_model/{seed}" if col == "none" else
-                     run_key(opt, src, tgt, budget, col, seed))
-              scores = results[key][side]
-              vals.append(np.nan if scores is None else scores["sdice"])
-            per_seed.append(np.mean(vals))
-          cell[side] = (float(np.mean(per_seed)), float(np.std(per_seed)), len(per_seed))
-        table.setdefault(opt, {}).setdefault(budget, {})[col] = cell
-  return table
-
-
-def tables_markdown(table: dict, c, label: str) -> str:
-  columns = ["none"] + list(c.methods)
-  header = "| optimizer | budget | " + " | ".join(columns) + " |"
-  rule = "|---|---|" + "---|" * len(columns)
-  out = []
-  for side, title in (("target", "Target-site test surface Dice x100"),
-                      ("source", "Source retention: source-site test surface Dice x100 after "
-                                 "adaptation")):
-    out += [f"### {title}", "",
-            f"mean ± std over {len(c.seeds)} seeds of the average over "
-            f"{len(c.data.pairs)} site pair(s); tolerance {c.eval.tolerance_mm:g} mm; "
-            f"'none' = source model without adaptation. {label}", "", header, rule]
-    for opt, rows in table.items():
-      for budget, row in rows.items():
-        cells = [f"{row[col][side][0]:.2f} ± {row[col][side][1]:.2f}"
-                 if np.isfinite(row[col][side][0]) else "n/a" for col in columns]
-        out.append(f"| {opt} | {budget} | " + " | ".join(cells) + " |")
-    out.append("")
-  return "\n".join(out)
-
-
+# --------------------------------------------------------------------------- driver
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   validate(config)
   c = config

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from medda_jax import losses
-from medda_jax.models.stargan import LeNet, StarDiscriminator, StarGenerator
+from medda_jax.models.stargan import StarDiscriminator, StarGenerator
 
 
 SOURCE, TARGET = 0, 1  # domain indices of a pair-specific StarGAN

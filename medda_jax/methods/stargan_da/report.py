@@ -4,10 +4,8 @@ bootstrap intervals, set beside the paper's numbers on the paper's data.
 
 from __future__ import annotations
 
-import json
-
 from medda_jax import metrics
-from medda_jax.methods.stargan_da.experiment import Domain, domain_names
+from medda_jax.data import images as user_images
 
 
 # The paper's averages over its 3 digit domains (MNIST, MNIST-M, USPS; 200K iterations) and
@@ -49,7 +47,7 @@ def tables_markdown(c, label: str, data_desc: str, internal: dict, pairs: dict, 
   else:
     auc_kind = ("macro one-vs-rest AUC over 10 digits" if c.data.kind == "digits"
                 else "binary opacity AUC")
-  names = domain_names(c)
+  names = [user_images.parse_domain(d)[0] for d in c.data.domains]  # as domain_names(c)
   out = ["# StarGAN + CyCADA semantic loss: AUC (%) before and after adaptation", "",
          f"**{label}**", "", f"Data: {data_desc}.", "",
          f"{auc_kind}: the mean over B = {c.eval.bootstrap} bootstrap replicates of "

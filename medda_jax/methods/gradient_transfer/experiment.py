@@ -1,5 +1,5 @@
-"""The gradient-transfer experiment: config, data, pre-training on the source site, the fine-
-tuning methods on every target budget, evaluation, and the driver (see the package's
+"""The gradient-transfer experiment: config, data, pre-training on the source site, the
+fine-tuning methods on every target budget, evaluation, and the driver (see the package's
 docstring).
 """
 

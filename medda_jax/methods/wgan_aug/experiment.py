@@ -1,38 +1,5 @@
-"""Class-wise WGAN synthetic augmentation across hospitals (Alrajhi et al., seed 000).
-
-  python -m medda_jax.train --config=configs/wgan_synth.py --workdir=runs/busi \
-      --config.data.source_dir=/data/Dataset_BUSI_with_GT --config.data.target_dir=/data/BrEaST
-  python -m medda_jax.train --config=configs/wgan_synth.py:demo --workdir=runs/wgan_demo
-  python -m medda_jax.train --config=configs/wgan_synth.py --workdir=runs/ours \
-      --config.data.source=ourhospital=/data/our_us \
-      --config.data.targets="('clinic_b=/data/clinic_b.csv',)" \
-      --config.data.positive_classes="('benign','normal')" \
-      --config.data.negative_classes="('malignant',)"
-
-A domain given as `name=path` is the user's own (`medda_jax.data.images`: a class-folder
-root or a CSV path,label[,patient_id]); results call it `name`.
-
-Algorithm 1 of the paper, then its ratio experiment:
-1. Split the source hospital's images by class; hold out a source test set first, so that
-   neither the GANs nor the classifiers ever see it (nor any target image).
-2. Train one unconditional WGAN per class on that class's source training images (the
-   class is the partition, not a network input): n_critic critic updates, then one
-   generator update, as jitted chunks of the GAN engine (`medda_jax.engine.gan`).
-3. Sample each class's generator; its samples take the class's label. Horizontal flips of
-   the samples (and, optionally, of the real images) count as synthetic, as in the paper.
-4. For every classifier and every synthetic count S (0, 25, 50, 75, 100 with 100 real
-   images: ratios real-only, 4:1, 2:1, 3:2 (really 4:3), 1:1), train on real + S synthetic
-   images, keep the checkpoint with the best accuracy on a validation split of the real
-   training images, and measure accuracy on the source test set and on every target
-   hospital. Domain gap = in-domain accuracy - out-of-domain accuracy; the paper's tables
-   use the real-only model's in-domain accuracy on every row (`gap`), `gap_row` uses the
-   row's own.
-
-Outputs in the workdir: `results.md` / `results.json` (the table, mean ± std over seeds),
-`ratio.png` (accuracy against the synthetic count, one panel per classifier),
-`samples_<class>.png` (real and generated images per class), `synthetic.npz` (the samples
-with their manifest), `wgan_results.json` (every run; a rerun skips finished runs), the GAN
-checkpoints (a killed run resumes), `metrics.jsonl` and TensorBoard logs.
+"""The WGAN augmentation experiment: config, data, the class GANs, the classifiers, the sweep
+over classifiers, synthetic counts and seeds, and the driver (see the package's docstring).
 """
 
 from __future__ import annotations

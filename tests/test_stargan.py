@@ -14,6 +14,7 @@ import pytest
 from medda_jax import losses, parallel
 from medda_jax.config_utils import load_config
 from medda_jax.data import digits
+from medda_jax.data.images import ImageSet
 from medda_jax.methods import stargan_da as sd
 from medda_jax.models.stargan import LeNet, StarDiscriminator, StarGenerator, critic_layers
 
@@ -205,7 +206,7 @@ def test_a_short_stargan_run_learns_domains_and_cycles():
   for name in ("mnist", "mnist_m"):
     dom = digits.load_digit_domain(name, size=16, channels=3)
     idx = np.arange(300)
-    domains[name] = sd.experiment.ImageSet(sd.experiment._normalise(dom.images[idx]), dom.labels[idx])
+    domains[name] = ImageSet(sd.experiment._normalise(dom.images[idx]), dom.labels[idx])
   net = LeNet(num_classes=10)
   classifier = jax.device_get(net.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
   mesh = parallel.data_mesh()

@@ -120,26 +120,33 @@ class Writer:
 def build(path: str | None, fill: Callable[[Writer], None]) -> dict[str, np.ndarray]:
   """The cache at `path` (memory-mapped), made by `fill(writer)` first when absent. With
   `path=None` the arrays are made in a temporary folder and returned in memory."""
-  if path is not None:
-    cached = load(path)
-    if cached is not None:
-      return cached
-    if os.path.lexists(path):  # damaged (load warned): made again
-      shutil.rmtree(path, ignore_errors=True)
-  with tempfile.TemporaryDirectory() as scratch:
-    writer = Writer(path if path is not None else os.path.join(scratch, "arrays"))
-    try:
-      fill(writer)
-    except BaseException:
-      writer.abort()
-      raise
-    return writer.finish(mmap=path is not None)
+  if path is None:
+    with tempfile.TemporaryDirectory() as scratch:
+      return _make(os.path.join(scratch, "arrays"), fill, mmap=False)
+  cached = load(path)
+  if cached is not None:
+    return cached
+  if os.path.lexists(path):  # damaged (load warned): made again
+    shutil.rmtree(path, ignore_errors=True)
+  return _make(path, fill, mmap=True)
 
 
-def ordered_map(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
-  """fn over items on `workers` threads, yielded in order, with at most `workers` results
-  held at a time (reading and resampling release the GIL for part of the time)."""
-  workers = max(1, min(workers, len(items)))
+def _make(path: str, fill: Callable[[Writer], None], mmap: bool) -> dict[str, np.ndarray]:
+  writer = Writer(path)
+  try:
+    fill(writer)
+  except BaseException:
+    writer.abort()
+    raise
+  return writer.finish(mmap)
+
+
+def ordered_map(fn: Callable[[T], R], items: Sequence[T],
+                workers: int | None = None) -> Iterator[R]:
+  """fn over items on `workers` threads (default: up to 4), yielded in order, with at most
+  `workers` results held at a time (reading and resampling release the GIL for part of the
+  time)."""
+  workers = max(1, min(workers or min(4, os.cpu_count() or 1), len(items)))
   with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
     for start in range(0, len(items), workers):
       yield from pool.map(fn, items[start:start + workers])

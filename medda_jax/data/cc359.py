@@ -226,7 +226,7 @@ def _load_domain(root: str, domain: str, cases: Sequence[_Case | _TfdsCase],
   def make():
     log.info("preprocessing CC359 %s: %d volumes", domain, len(cases))
     # Spline filtering and zlib inflation release the GIL for part of the time.
-    return ordered_map(lambda c: _process(c, spacing), cases, workers=min(4, os.cpu_count() or 1))
+    return ordered_map(lambda c: _process(c, spacing), cases)
 
   return cached_volumes(path, domain, make)
 

@@ -515,8 +515,7 @@ def _load_task(cases: Sequence[_Case], info: TaskInfo, datasets: Sequence[MsdDat
     log.info("preprocessing %s: %d cases", info.name, len(cases))
     # zlib inflation and numpy release the GIL for part of the time; results keep case order.
     results = arraycache.ordered_map(
-        lambda c: {**_process_case(info, c, datasets, options), "stem": c.stem}, cases,
-        workers=min(4, os.cpu_count() or 1))
+        lambda c: {**_process_case(info, c, datasets, options), "stem": c.stem}, cases)
     _write_task(results, datasets, writer)
 
   arrays = arraycache.build(path, fill)

@@ -191,8 +191,7 @@ def _load_site(site: str, site_dir: str, image_size: int,
 
   def make():
     log.info("preprocessing prostate site %s: %d volumes", site, len(cases))
-    return ordered_map(lambda c: _process(site, c, image_size), cases,
-                       workers=min(4, os.cpu_count() or 1))
+    return ordered_map(lambda c: _process(site, c, image_size), cases)
 
   return cached_volumes(path, site, make)
 

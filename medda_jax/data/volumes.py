@@ -84,7 +84,8 @@ def cached_volumes(path: str | None, domain: str,
   def fill(writer: arraycache.Writer) -> None:
     ids, spacing, shapes, dtype = [], [], [], None
     for v in make():
-      dtype = dtype or v.image.dtype  # the volumes of a loader share one dtype
+      if dtype is None:  # the volumes of a loader share one dtype: the first one's
+        dtype = v.image.dtype
       writer.append("images", np.asarray(v.image, dtype).reshape(-1))
       writer.append("masks", np.asarray(v.mask, np.uint8).reshape(-1))
       ids.append(v.id)

@@ -9,7 +9,11 @@ everything a method's paper updates in one iteration.
 
 Step. One engine step = `n_critic` critic updates, each on its own batch, then one
 generator update on the last of those batches (as StarGAN's reference loop does; a WGAN
-generator ignores the batch), then any `SideUpdate`s on that batch: further networks the
+generator ignores the batch). With `generator_first` (CycleGAN, SIFA) the generator update
+comes first, on the first batch, and the critic updates follow: whatever the generator
+loss leaves in `model_state` (the fakes it made, for the critics to judge through an image
+pool, `engine.image_pool`) is what the critic losses read. Then any `SideUpdate`s on the
+step's last batch: further networks the
 method trains in the same iteration (CyCADA's task classifiers), each on its own loss and
 optimiser, every `every` generator steps. Their parameters sit in the same state under
 their own key, so the critic and generator losses can read them (frozen there: each loss
@@ -115,8 +119,8 @@ def _update_side(side: str, loss_fn: LossFn, tx: optax.GradientTransformation,
 def build_gan_step(critic_loss: LossFn, generator_loss: LossFn,
                    g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation, *,
                    n_critic: int = 1, clip_value: float | None = None,
-                   inner_loop: str = "scan", side_updates: tuple[SideUpdate, ...] = ()
-                   ) -> Callable:
+                   inner_loop: str = "scan", side_updates: tuple[SideUpdate, ...] = (),
+                   generator_first: bool = False) -> Callable:
   """One engine step, not jitted: `step(state, batches) -> (state, metrics)` with every
   leaf of `batches` shaped [n_critic, batch, ...]. Metric names get a `d_` / `g_` prefix
   (`<side>_` for side updates; zeros at the steps a side skips)."""
@@ -133,9 +137,16 @@ def build_gan_step(critic_loss: LossFn, generator_loss: LossFn,
     batch, rng = xs
     return _update_side("d", critic_loss, d_tx, state, batch, rng, clip_value)
 
+  def generator_update(state, batch, step_rng):
+    return _update_side("g", generator_loss, g_tx, state, batch,
+                        jax.random.fold_in(step_rng, 1))
+
   def step(state: GANState, batches):
     rng, step_rng = jax.random.split(state.rng)
     critic_rngs = jax.random.split(jax.random.fold_in(step_rng, 0), n_critic)
+    if generator_first:
+      state, g_metrics = generator_update(state, jax.tree.map(lambda x: x[0], batches),
+                                          step_rng)
     if inner_loop == "scan":
       state, d_metrics = jax.lax.scan(critic_update, state, (batches, critic_rngs))
     else:
@@ -145,8 +156,8 @@ def build_gan_step(critic_loss: LossFn, generator_loss: LossFn,
         per_update.append(m)
       d_metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *per_update)
     last_batch = jax.tree.map(lambda x: x[n_critic - 1], batches)
-    state, g_metrics = _update_side("g", generator_loss, g_tx, state, last_batch,
-                                    jax.random.fold_in(step_rng, 1))
+    if not generator_first:
+      state, g_metrics = generator_update(state, last_batch, step_rng)
     metrics = {**{f"d_{k}": jnp.mean(v) for k, v in d_metrics.items()},
                **{f"g_{k}": v for k, v in g_metrics.items()}}
     for i, side in enumerate(side_updates):
@@ -170,7 +181,8 @@ def build_gan_chunk(critic_loss: LossFn, generator_loss: LossFn,
                     g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation, *,
                     n_critic: int = 1, clip_value: float | None = None,
                     inner_loop: str = "scan", side_updates: tuple[SideUpdate, ...] = (),
-                    jit: bool = True, mesh: Mesh | None = None) -> Callable:
+                    generator_first: bool = False, jit: bool = True,
+                    mesh: Mesh | None = None) -> Callable:
   """`chunk(state, batches) -> (state, metrics)`: `steps_per_call` engine steps in one
   jitted call (state donated; with a mesh, state replicated and batches sharded as
   `shard_batches` places them). Every leaf of `batches` is [steps_per_call, n_critic,
@@ -178,7 +190,7 @@ def build_gan_chunk(critic_loss: LossFn, generator_loss: LossFn,
   `jit=False` returns the plain function (to vmap over several GANs, or to inspect)."""
   step = build_gan_step(critic_loss, generator_loss, g_tx, d_tx, n_critic=n_critic,
                         clip_value=clip_value, inner_loop=inner_loop,
-                        side_updates=side_updates)
+                        side_updates=side_updates, generator_first=generator_first)
 
   def chunk(state: GANState, batches):
     if inner_loop == "scan":

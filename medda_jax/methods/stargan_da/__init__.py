@@ -49,6 +49,7 @@ from medda_jax.methods.stargan_da.experiment import (DIGIT_DOMAINS, CXR_SITES, C
                                                      task_optimizer, balanced_indices,
                                                      TaskTrainer, pair_batches, PairGAN,
                                                      domain_spread, train_and_evaluate)
-from medda_jax.methods.stargan_da.paper import (apply_task, lr_schedule, stargan_losses)
+from medda_jax.engine.classifier import apply_task
+from medda_jax.methods.stargan_da.paper import lr_schedule, stargan_losses
 from medda_jax.methods.stargan_da.report import (PAPER, summarise, interval_text,
                                                  tables_markdown)

@@ -6,15 +6,12 @@ driver (see the package's docstring).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import json
-import math
 import pathlib
 import sys
 import zlib
 
-import flax
 import grain
 import jax
 import jax.numpy as jnp
@@ -28,16 +25,15 @@ from medda_jax.data import images as user_images
 from medda_jax.data.images import ImageSet
 from medda_jax.engine import gan
 from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.classifier import (ClassifierTrainer, Schedule, adam_l2,
+                                         balanced_indices, saved_classifier)
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
 from medda_jax.engine.runtable import RunTable
-from medda_jax.engine.supervised import TrainState, build_train_chunk, epoch_indices
-from medda_jax.engine.trainer import fit
 from medda_jax.engine.writers import MetricWriter
 from medda_jax.errors import ConfigError, DataError
-from medda_jax.methods.stargan_da.paper import (SOURCE, TARGET, apply_task, lr_schedule,
-                                               stargan_losses)
+from medda_jax.methods.stargan_da.paper import SOURCE, TARGET, lr_schedule, stargan_losses
 from medda_jax.methods.stargan_da.report import PAPER, interval_text, summarise, tables_markdown
 from medda_jax.models.stargan import LeNet, StarDiscriminator, StarGenerator, critic_layers
 
@@ -229,103 +225,20 @@ def _task_net(c, num_classes: int, dtype):
 
 def task_optimizer(c) -> optax.GradientTransformation:
   """Adam with PyTorch's coupled L2 weight decay (`weight_decay` added to the gradient)."""
-  t = c.classifier
-  adam = optax.adam(t.learning_rate)
-  return optax.chain(optax.add_decayed_weights(t.weight_decay), adam) if t.weight_decay else adam
+  return adam_l2(c.classifier.learning_rate, c.classifier.weight_decay)
 
 
-def balanced_indices(labels: np.ndarray, steps: int, batch_size: int, seed: int) -> np.ndarray:
-  """[steps, batch_size] indices with every class equally represented per batch (drawn
-  with replacement within each class), the paper's label-balanced chest X-ray batches."""
-  rng = np.random.default_rng(seed)
-  classes = np.unique(labels)
-  by_class = [np.flatnonzero(labels == k) for k in classes]
-  per = [batch_size // len(classes) + (i < batch_size % len(classes))
-         for i in range(len(classes))]
-  idx = np.concatenate([rng.choice(members, (steps, n)) for members, n in zip(by_class, per)],
-                       axis=1)
-  return rng.permuted(idx, axis=1)
-
-
-class TaskTrainer:
-  """Trains a classifier with early stopping on validation AUC; predicts probabilities."""
+class TaskTrainer(ClassifierTrainer):
+  """The config's classifier (LeNet or DenseNet-121) on the domains' 3-channel images, with
+  early stopping on validation AUC (`engine.classifier`)."""
 
   def __init__(self, c, num_classes: int, mesh, inner_loop: str, dtype):
-    self.c, self.mesh, self.num_classes = c, mesh, num_classes
-    self.net = _task_net(c, num_classes, dtype)
-    self.tx = task_optimizer(c)
-    net = self.net
-
-    def loss_fn(params, model_state, batch, rng):
-      logits, model_state = apply_task(net, params, model_state, batch["image"], True, rng)
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-      return loss, (model_state, {})
-
-    self.chunk = build_train_chunk(loss_fn, self.tx, inner_loop, mesh=mesh)
-    x = jnp.zeros((1, c.data.size, c.data.size, 3))
-    self._init = jax.jit(lambda k: net.init(k, x, train=False))
-    self._probs = batch_predictor(
-        lambda v, images: jax.nn.softmax(net.apply(v, images, train=False)),
-        c.engine.eval_batch_size, mesh)
-
-  def init(self, seed: int) -> dict:
-    return self._init(jax.random.PRNGKey(seed))
-
-  def probs(self, variables, images: np.ndarray) -> np.ndarray:
-    """Class probabilities [N, K]."""
-    return self._probs(variables, images)
-
-  def auc(self, variables, data: ImageSet) -> float:
-    return metrics.multiclass_auc(data.labels, self.probs(variables, data.images))
-
-  def train(self, data: ImageSet, val: ImageSet, seed: int, variables=None, name: str = "",
-            checkpoint_dir: pathlib.Path | None = None):
-    """Trains from `variables` (default: a fresh initialisation) for at most `max_epochs`
-    epochs, validating after every epoch; stops after `patience` epochs without a better
-    validation AUC. Returns (best variables, best validation AUC, epochs run). Checkpointed
-    once per epoch in `checkpoint_dir` (None: not at all)."""
-    t = self.c.classifier
-    spc = self.c.engine.steps_per_call
-    calls_per_epoch = max(1, math.ceil(len(data) / t.batch_size / spc))
-    steps = calls_per_epoch * spc
-    variables = dict(self.init(seed) if variables is None else variables)
-    params = variables.pop("params")
-    state = TrainState.create(params, self.tx, variables, jax.random.PRNGKey(seed + 1))
-
-    @functools.lru_cache(maxsize=1)
-    def epoch_order(epoch):  # [steps, batch] indices of one epoch, a function of the seed
-      draw = balanced_indices if t.balanced else (
-          lambda labels, *a: epoch_indices(len(labels), *a))
-      return draw(data.labels, steps, t.batch_size, seed * 1000 + epoch)
-
-    def batch(k):
-      part = epoch_order(k // calls_per_epoch)[(k % calls_per_epoch) * spc:][:spc]
-      return {"image": data.images[part], "label": data.labels[part]}
-
-    def evaluate(v):
-      auc = self.auc(v, val)
-      return -1.0 if np.isnan(auc) else auc  # a validation set of one class scores nothing
-
-    result = fit(f"classifier {name} (seed {seed})", state, self.chunk, batch,
-                 total_calls=t.max_epochs * calls_per_epoch, steps_per_call=spc,
-                 evaluate=evaluate, every=calls_per_epoch, patience=t.patience, floor=-2.0,
-                 mesh=self.mesh, checkpoint_dir=checkpoint_dir)
-    return result.best, result.best_score, result.evaluations
-
-
-def _saved_classifier(path: pathlib.Path, trainer: TaskTrainer, train_fn):
-  """Loads a classifier saved by an earlier (interrupted) run, or trains and saves it."""
-  template = jax.device_get(trainer.init(0))
-  if path.exists():
-    saved = json.loads(path.with_suffix(".json").read_text())
-    return flax.serialization.from_bytes(template, path.read_bytes()), saved
-  variables, val_auc, epochs = train_fn()
-  info = {"val_auc": val_auc, "epochs": epochs}
-  if parallel.is_main_process():
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files.write_bytes(path, flax.serialization.to_bytes(variables))
-    files.write_text(path.with_suffix(".json"), json.dumps(info))
-  return variables, info
+    t = c.classifier
+    schedule = Schedule(batch_size=t.batch_size, max_epochs=t.max_epochs, patience=t.patience,
+                        balanced=t.balanced, steps_per_call=c.engine.steps_per_call,
+                        eval_batch_size=c.engine.eval_batch_size)
+    super().__init__(_task_net(c, num_classes, dtype), task_optimizer(c),
+                     (c.data.size, c.data.size, 3), schedule, mesh, inner_loop)
 
 
 # --------------------------------------------------------------------------- StarGAN per pair
@@ -505,7 +418,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   # 1. Baselines, and the internal AUC (the ceiling of every pair targeting the domain).
   baselines, internal = {}, {}
   for name, d in domains.items():
-    baselines[name], info = _saved_classifier(
+    baselines[name], info = saved_classifier(
         workdir / "classifiers" / f"baseline_{name}.msgpack", trainer,
         lambda d=d, name=name: trainer.train(
             d.train, d.val, c.seed, name=f"baseline {name}",
@@ -539,7 +452,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       translated = {split: _translated(c, pair_gan, g_params, getattr(S, split),
                                        workdir / "scratch" / f"{src}_to_{trg}_{split}")
                     for split in ("train", "val")}
-      adapted_vars, _ = _saved_classifier(
+      adapted_vars, _ = saved_classifier(
           workdir / "classifiers" / f"adapted_{src}_to_{trg}.msgpack", trainer,
           lambda: trainer.train(translated["train"], translated["val"], c.seed,
                                 variables=baselines[src], name=f"adapted {key}",

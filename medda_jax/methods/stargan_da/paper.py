@@ -10,20 +10,11 @@ import jax.numpy as jnp
 import optax
 
 from medda_jax import losses
+from medda_jax.engine.classifier import apply_task
 from medda_jax.models.stargan import StarDiscriminator, StarGenerator
 
 
 SOURCE, TARGET = 0, 1  # domain indices of a pair-specific StarGAN
-
-
-def apply_task(net, params, model_state, x, train: bool, rng=None):
-  """Logits and the (updated, in training) model state of a task network."""
-  variables = {"params": params, **model_state}
-  if not train:
-    return net.apply(variables, x, train=False), model_state
-  if model_state:  # BatchNorm statistics (DenseNet); LeNet has none
-    return net.apply(variables, x, train=True, rngs={"dropout": rng}, mutable=list(model_state))
-  return net.apply(variables, x, train=True, rngs={"dropout": rng}), model_state
 
 
 # --------------------------------------------------------------------------- StarGAN

@@ -308,9 +308,11 @@ def _read_dicom(path: pathlib.Path) -> np.ndarray:
   return pixels
 
 
-def read_image(path, size: int, channels: int) -> np.ndarray:
+def read_image(path, size: int, channels: int, pad_square: bool = False) -> np.ndarray:
   """One file as float32 [size, size, channels] in [0, 1]: grey (luminance) or RGB (grey
-  replicated), bilinear resize (aspect ratio not kept); 16-bit images scaled by their range."""
+  replicated), bilinear resize; 16-bit images scaled by their range. The aspect ratio is
+  not kept unless `pad_square`, which first centres the image on a black (0) square of its
+  longer side (mammograms, whose background is black)."""
   path = pathlib.Path(path)
   try:
     if path.suffix.lower() == ".dcm":
@@ -323,6 +325,11 @@ def read_image(path, size: int, channels: int) -> np.ndarray:
           img = Image.fromarray(np.asarray(f, np.float32) / (65535.0 if f.mode != "F" else 1.0))
         else:
           img = f.convert("RGB" if channels == 3 else "L")
+    if pad_square and img.width != img.height:
+      side = max(img.size)
+      square = Image.new(img.mode, (side, side), 0)
+      square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+      img = square
     img = img.resize((size, size), Image.Resampling.BILINEAR)
     out = np.asarray(img, np.float32)
   except DataError:
@@ -342,17 +349,19 @@ def read_image(path, size: int, channels: int) -> np.ndarray:
 
 class ImageSource:
   """Random-access source over a table: `source[i]` decodes file i -> (image, label), with
-  image float32 [size, size, channels] in [0, 1]. A grain `MapDataset.source` accepts it."""
+  image float32 [size, size, channels] in [0, 1] (`pad_square` as in `read_image`). A grain
+  `MapDataset.source` accepts it."""
 
-  def __init__(self, table: ImageTable, size: int, channels: int):
+  def __init__(self, table: ImageTable, size: int, channels: int, pad_square: bool = False):
     self.table, self.size, self.channels = table, size, channels
+    self.pad_square = pad_square
     self.image_shape = (size, size, channels)
 
   def __len__(self) -> int:
     return len(self.table)
 
   def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-    return (read_image(self.table.paths[i], self.size, self.channels),
+    return (read_image(self.table.paths[i], self.size, self.channels, self.pad_square),
             int(self.table.labels[i]))
 
 

@@ -243,7 +243,8 @@ def test_alexnet_refuses_images_below_63_px(shape):
 
 # --- building blocks against numpy ---------------------------------------------------------
 
-def test_transposed_conv_is_torchs_conv_transpose2d():
+@pytest.mark.parametrize("subpixel", [True, False])
+def test_transposed_conv_is_torchs_conv_transpose2d(subpixel):
   rng = np.random.default_rng(0)
   n, cin, cout, h, w = 2, 3, 2, 3, 4
   x_nchw = rng.normal(size=(n, cin, h, w))
@@ -251,7 +252,7 @@ def test_transposed_conv_is_torchs_conv_transpose2d():
   bias = rng.normal(size=(cout,))
   want = np_torch_conv_transpose2d(x_nchw, weight, bias, stride=2, padding=1, output_padding=1)
   assert want.shape == (n, cout, 2 * h, 2 * w)
-  layer = cyclegan.conv_transpose_up(cout, jnp.float32, "up")
+  layer = cyclegan.conv_transpose_up(cout, jnp.float32, "up", subpixel)
   params = {"kernel": jnp.asarray(np.transpose(weight, (2, 3, 1, 0)), jnp.float32),
             "bias": jnp.asarray(bias, jnp.float32)}
   got = layer.apply({"params": params}, jnp.asarray(np.transpose(x_nchw, (0, 2, 3, 1)),

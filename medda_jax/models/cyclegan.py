@@ -72,16 +72,56 @@ def conv(features: int, kernel: int, dtype: Any, name: str, stride: int = 1,
                  bias_init=_BIAS_INIT, dtype=dtype, name=name)
 
 
-def conv_transpose_up(features: int, dtype: Any, name: str) -> nn.ConvTranspose:
+# Sub-pixel form of the transposed conv below: output row 2m + a gathers input rows m + d
+# through torch's kernel row ky, {phase a: {offset d: ky}} (columns alike), from
+# out[2i - 1 + ky] += x[i] W[ky] (stride 2, padding 1, output_padding 1).
+_PHASE_TAPS = {0: {0: 1}, 1: {0: 2, 1: 0}}
+
+
+class ConvTransposeUp(nn.Module):
   """torch ConvTranspose2d(kernel 3, stride 2, padding 1, output_padding 1, bias): 2H x 2W.
 
-  lax pads the stride-dilated input and correlates it with the flipped kernel; torch's
-  padding p and output_padding q become k - 1 - p = 1 before and k - 1 - p + q = 2 after.
-  The kernel is `kernel[ky, kx, out, in] = torch_weight[in, out, ky, kx]`.
+  The kernel is `kernel[ky, kx, out, in] = torch_weight[in, out, ky, kx]` (Flax's
+  `ConvTranspose(transpose_kernel=True)` layout). `subpixel=False` runs lax's transposed
+  convolution (the gradient of a forward conv: torch's map, taps and orientation included;
+  torch's padding p and output_padding q become k - 1 - p = 1 before and k - 1 - p + q = 2
+  after). `subpixel=True` (default) computes the same map as one 2x2 convolution to 4 x
+  features channels, one group per output phase, then depth-to-space: XLA:CPU runs the
+  input-dilated convolutions of the transposed form, and their gradients, several times
+  slower (as `models.wgan.ConvTranspose4x4` measured).
   """
-  return nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)),
-                          transpose_kernel=True, kernel_init=_WEIGHT_INIT,
-                          bias_init=_BIAS_INIT, dtype=dtype, name=name)
+  features: int
+  subpixel: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    cin = x.shape[-1]
+    kernel = self.param("kernel", _WEIGHT_INIT, (3, 3, self.features, cin)).astype(self.dtype)
+    bias = self.param("bias", _BIAS_INIT, (self.features,)).astype(self.dtype)
+    x = x.astype(self.dtype)
+    dims = ("NHWC", "HWIO", "NHWC")
+    if not self.subpixel:
+      y = jax.lax.conv_transpose(x, kernel, (2, 2), ((1, 2), (1, 2)), dimension_numbers=dims,
+                                 transpose_kernel=True)
+      return y + bias
+    k2 = jnp.zeros((2, 2, cin, 2, 2, self.features), self.dtype)
+    for a, rows in _PHASE_TAPS.items():
+      for b, cols in _PHASE_TAPS.items():
+        for dy, ky in rows.items():
+          for dx, kx in cols.items():
+            k2 = k2.at[dy, dx, :, a, b, :].set(kernel[ky, kx].T)
+    y = jax.lax.conv_general_dilated(x, k2.reshape(2, 2, cin, 4 * self.features), (1, 1),
+                                     ((0, 1), (0, 1)), dimension_numbers=dims)
+    n, h, w, _ = y.shape
+    y = y.reshape(n, h, w, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(n, 2 * h, 2 * w, self.features) + bias
+
+
+def conv_transpose_up(features: int, dtype: Any, name: str,
+                      subpixel: bool = True) -> ConvTransposeUp:
+  """The generator's up-sampling layer (`ConvTransposeUp`)."""
+  return ConvTransposeUp(features, subpixel, dtype, name=name)
 
 
 class ResnetBlock(nn.Module):
@@ -111,6 +151,7 @@ class ResnetGenerator(nn.Module):
   channels: int = 1
   features: int = 64
   n_blocks: int = 9
+  subpixel: bool = True  # how the transposed convolutions run (same map, see ConvTransposeUp)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -125,7 +166,8 @@ class ResnetGenerator(nn.Module):
     for i in range(self.n_blocks):
       h = ResnetBlock(self.features * 4, self.dtype, name=f"block_{i}")(h)
     for i in range(2):
-      h = conv_transpose_up(self.features * 2 ** (1 - i), self.dtype, f"up_{i}")(h)
+      h = conv_transpose_up(self.features * 2 ** (1 - i), self.dtype, f"up_{i}",
+                            self.subpixel)(h)
       h = nn.relu(instance_norm(h))
     h = conv(self.channels, 7, self.dtype, "head")(reflect_pad(h, 3))
     return jnp.tanh(h.astype(jnp.float32))

@@ -94,6 +94,7 @@ smoke_run = shared_run("configs/metamedseg.py:smoke", name="smoke_run", demo_dat
 TWO_DEVICES = {"JAX_NUM_CPU_DEVICES": "2"}
 wgan_run = shared_run("configs/wgan_synth.py:smoke", name="wgan_run", env=TWO_DEVICES)
 stargan_run = shared_run("configs/stargan.py:smoke", name="stargan_run", env=TWO_DEVICES)
+cyclegan_run = shared_run("configs/cyclegan.py:smoke", name="cyclegan_run", env=TWO_DEVICES)
 
 
 def final_metrics(workdir) -> dict:
@@ -126,6 +127,18 @@ def kill_after_results(child, results_file, min_entries: int, timeout: float = 4
   assert child.poll() is None, "the run finished before it could be interrupted"
   child.send_signal(signal.SIGKILL)
   child.communicate()
+
+
+def kill_after_checkpoint(child, directory, timeout: float = 400) -> int:
+  """SIGKILLs a background trainer as soon as the orbax checkpoint directory holds a step;
+  returns that step. Fails if the run ends first."""
+  deadline = time.time() + timeout
+  while time.time() < deadline and child.poll() is None and not checkpoint_steps(directory):
+    time.sleep(0.02)
+  assert child.poll() is None, "the run finished before it could be interrupted"
+  child.send_signal(signal.SIGKILL)
+  child.communicate()
+  return max(checkpoint_steps(directory))
 
 
 def abstract_variables(model, shape, dtype=None):

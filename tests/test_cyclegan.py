@@ -2,7 +2,6 @@
 written out, the learning-rate policy, the generator-first step and K scanned iterations
 against K single ones."""
 
-import random
 
 import jax
 import jax.numpy as jnp

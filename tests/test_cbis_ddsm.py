@@ -278,3 +278,45 @@ def test_split_without_its_csv_is_an_error(cbis):
   (cbis / "calc_case_description_test_set.csv").unlink()
   message = _error(lambda: cbis_ddsm.load_cbis_ddsm(cbis, split="test"))
   assert "calc_case_description_test_set.csv" in message
+
+
+@pytest.mark.parametrize("split", ["official", "patient"])
+def test_cyclegan_uda_reads_cbis_ddsm_as_a_domain(tmp_path, split):
+  """The default CycleGAN UDA config's domain A: CBIS-DDSM split by patient (or by its own
+  CSVs), every patient here holding a malignant CC and a benign MLO image."""
+  from medda_jax.config_utils import load_config
+  from medda_jax.methods import cyclegan_uda
+  root = tmp_path / "cbis"
+  root.mkdir()
+  rows = {"train": [], "test": []}
+  for p in range(16):
+    part = "train" if p < 12 else "test"
+    for view, pathology in (("CC", "MALIGNANT"), ("MLO", "BENIGN")):
+      rows[part].append((f"P_{p:05d}", "LEFT", view, 1, pathology))
+  prefixes = {"train": "Mass-Training", "test": "Mass-Test"}
+  for part, prefix in prefixes.items():
+    write_csv(root / f"mass_case_description_{part}_set.csv", MASS_HEADER,
+              _csv_rows(prefix, rows[part], False))
+    for patient, breast, view, _, _ in rows[part]:
+      write_dicom(root / "CBIS-DDSM" / f"{prefix}_{patient}_{breast}_{view}" / "s" / "1-1.dcm",
+                  MAMMOGRAM)
+  c = load_config("configs/cyclegan.py")
+  c.data.dirs.cbis_ddsm = str(root)
+  c.data.cbis_split = split
+  c.data.val_fraction = 0.25
+  c.cyclegan.crop_size, c.cyclegan.load_size = 12, 16
+  domain = cyclegan_uda.load_domain(c, "cbis_ddsm")
+  assert domain.classes == ("benign", "malignant")
+  sizes = [len(s) for s in (domain.train, domain.val, domain.test)]
+  assert sum(sizes) == 32 and len(domain.gan_images) == sizes[0] + sizes[1]
+  if split == "official":
+    assert sizes[2] == 8  # CBIS's own test CSV
+  for s in (domain.train, domain.val, domain.test):
+    assert sorted(set(s.labels.tolist())) == [0, 1]
+  x = domain.train.images[:2]
+  assert x.shape == (2, 12, 12, 1) and domain.gan_images[:1].shape == (1, 16, 16, 1)
+  # The 12 x 8 mammogram padded to 12 x 12 with black: 2 black columns each side, then
+  # its own black left half and bright right half.
+  np.testing.assert_allclose(x[0, :, :2, 0], -1.0)
+  np.testing.assert_allclose(x[0, :, -2:, 0], -1.0)
+  assert x[0, :, 8, 0].min() > 0.9

@@ -78,6 +78,7 @@ def test_a_diverging_cyclegan_stops_with_exit_3(tmp_path):
 
 @pytest.mark.parametrize("field, value, message", [
     ("data.domains", ("mnist",), "exactly two domains"),
+    ("data.domains", ("mnist", "ffdm="), "domain 'ffdm' needs its data"),
     ("data.domains", ("mnist", "svhn"), "unknown domain 'svhn'"),
     ("data.domains", ("cbis_ddsm", "mnist"), "config.data.dirs.cbis_ddsm must name"),
     ("cyclegan.crop_size", 18, "must be a multiple of 4"),

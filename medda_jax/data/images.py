@@ -12,7 +12,7 @@ file, table and figure calls it and `path` is either
 
 Images are decoded lazily: `ImageSource` is a random-access source (`len`, `[i]` ->
 (image, label)) that reads, converts (grey or RGB) and resizes one file per access, so it
-can be streamed through grain. DICOM files are read through pydicom when it is installed.
+can be streamed through grain. DICOM files are read through pydicom.
 """
 
 from __future__ import annotations

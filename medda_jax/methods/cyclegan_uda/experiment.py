@@ -64,6 +64,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if len(entries) != 2:
     raise ConfigError(f"config.data.domains must name exactly two domains (A, B); got "
                       f"{entries}")
+  for e in entries:
+    if str(e).endswith("="):  # the default config's second domain waits for its path
+      raise ConfigError(f"config.data.domains: domain {str(e)[:-1]!r} needs its data: write "
+                        f"{str(e)[:-1]}=/path/to/folder_or.csv (a class-folder root or a CSV "
+                        "path,label[,patient_id])")
   parsed = [user_images.parse_domain(e) for e in entries]
   names = [n for n, _ in parsed]
   if names[0] == names[1]:

@@ -194,6 +194,28 @@ def time_repeats(run: Callable[[], Any], finish: Callable[[Any], None], *, warmu
           "warmup_seconds": warmup_s}
 
 
+def time_within_budget(run, finish, *, warmup, repeats, iters, budget):
+  """common.time_repeats after `warmup` untimed calls, with the repeats cut to fit `budget`
+  seconds (at least one) by the last warm-up call's time. Also returns the last output."""
+  last = [None]
+
+  def call():
+    last[0] = run()
+    return last[0]
+
+  warm, call_s = 0.0, None
+  for _ in range(warmup):
+    t0 = time.perf_counter()
+    finish(call())
+    call_s = time.perf_counter() - t0
+    warm += call_s
+  if budget and call_s:
+    repeats = max(1, min(repeats, int(budget // (call_s * iters))))
+  t = time_repeats(call, finish, warmup=0, repeats=repeats, iters=iters)
+  return dict(t, warmup_seconds=warm, warmup_calls=warmup, repeats=repeats,
+              calls_per_block=iters), last[0]
+
+
 def jax_block(tree) -> None:
   import jax
   jax.block_until_ready(tree)

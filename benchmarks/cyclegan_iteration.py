@@ -627,28 +627,6 @@ def random_batches(args, batch, n, seed=0):
           "b": rng.uniform(-1, 1, shape).astype(np.float32)}
 
 
-def timed(run, finish, *, warmup, repeats, iters, budget):
-  """common.time_repeats after `warmup` untimed calls, with the repeats cut to fit `budget`
-  seconds (at least one) by the last warm-up call's time. Also returns the last output."""
-  last = [None]
-
-  def call():
-    last[0] = run()
-    return last[0]
-
-  warm, call_s = 0.0, None
-  for _ in range(warmup):
-    t0 = time.perf_counter()
-    finish(call())
-    call_s = time.perf_counter() - t0
-    warm += call_s
-  if budget and call_s:
-    repeats = max(1, min(repeats, int(budget // (call_s * iters))))
-  t = common.time_repeats(call, finish, warmup=0, repeats=repeats, iters=iters)
-  return dict(t, warmup_seconds=warm, warmup_calls=warmup, repeats=repeats,
-              calls_per_block=iters), last[0]
-
-
 def per_iteration(t, iterations_per_call, batch):
   reps = [s / iterations_per_call for s in t["seconds_per_call_repeats"]]
   med = statistics.median(reps)
@@ -695,10 +673,9 @@ def bench_jax(args, platform, batch, timing, results):
         return metrics
 
       calls = lambda iterations, spc=spc: max(1, -(-iterations // spc))  # ceil
-      t, metrics = timed(run, common.jax_block,
-                         warmup=calls(timing["warmup"]) if platform == "gpu" else 1,
-                         repeats=timing["repeats"], iters=calls(timing["iters"]),
-                         budget=timing["budget"])
+      t, metrics = common.time_within_budget(
+          run, common.jax_block, warmup=calls(timing["warmup"]) if platform == "gpu" else 1,
+          repeats=timing["repeats"], iters=calls(timing["iters"]), budget=timing["budget"])
       metrics = jax.device_get(metrics)
       results[name] = {**per_iteration(t, spc, batch), "iterations_per_call": spc,
                        "inner_loop": loop,
@@ -786,8 +763,9 @@ def bench_torch(args, platform, batch, timing, results, compile_log):
         fn = model.optimize_parameters
       try:
         warmup = timing["warmup"] if platform == "gpu" else (3 if compiled else 1)
-        t, loss = timed(fn, lambda _: sync(), warmup=warmup, repeats=timing["repeats"],
-                        iters=timing["iters"], budget=timing["budget"])
+        t, loss = common.time_within_budget(fn, lambda _: sync(), warmup=warmup,
+                                            repeats=timing["repeats"], iters=timing["iters"],
+                                            budget=timing["budget"])
         loss = float(loss.detach())
         results[name] = {**per_iteration(t, 1, batch), "last_g_loss": loss,
                          "finite": math.isfinite(loss), "wall_seconds": time.perf_counter() - t0}

@@ -548,28 +548,6 @@ def parse_executors(text):
   return out
 
 
-def timed(run, finish, *, warmup, repeats, iters, budget):
-  """common.time_repeats after `warmup` untimed calls, with the repeats cut to fit `budget`
-  seconds (at least one) by the last warm-up call's time. Also returns the last output."""
-  last = [None]
-
-  def call():
-    last[0] = run()
-    return last[0]
-
-  warm, call_s = 0.0, None
-  for _ in range(warmup):
-    t0 = time.perf_counter()
-    finish(call())
-    call_s = time.perf_counter() - t0
-    warm += call_s
-  if budget and call_s:
-    repeats = max(1, min(repeats, int(budget // (call_s * iters))))
-  t = common.time_repeats(call, finish, warmup=0, repeats=repeats, iters=iters)
-  return dict(t, warmup_seconds=warm, warmup_calls=warmup, repeats=repeats,
-              calls_per_block=iters), last[0]
-
-
 def bench_jax(args, platform, reals_np, timing, results):
   import jax
   import jax.numpy as jnp
@@ -600,10 +578,9 @@ def bench_jax(args, platform, reals_np, timing, results):
         return metrics
 
       calls = lambda cycles, spc=spc: max(1, -(-cycles // spc))  # ceil
-      t, metrics = timed(run, common.jax_block,
-                         warmup=calls(timing["warmup"]) if platform == "gpu" else 1,
-                         repeats=timing["repeats"], iters=calls(timing["iters"]),
-                         budget=timing["budget"])
+      t, metrics = common.time_within_budget(
+          run, common.jax_block, warmup=calls(timing["warmup"]) if platform == "gpu" else 1,
+          repeats=timing["repeats"], iters=calls(timing["iters"]), budget=timing["budget"])
       metrics = jax.device_get(metrics)
       results[name] = {**per_cycle(t, spc), "wall_seconds": time.perf_counter() - t0,
                        "steps_per_call": spc, "inner_loop": loop,
@@ -692,9 +669,9 @@ def bench_torch(args, platform, reals_np, timing, results, compile_log):
         # An eager step has nothing to compile: one warm-up cycle on a CPU is enough.
         warmup = timing["warmup"] if compiled or platform == "gpu" else 1
         t0 = time.perf_counter()
-        t, loss = timed(fn, lambda _: sync(), warmup=warmup,
-                        repeats=timing["repeats"], iters=timing["iters"],
-                        budget=timing["budget"])
+        t, loss = common.time_within_budget(fn, lambda _: sync(), warmup=warmup,
+                                            repeats=timing["repeats"], iters=timing["iters"],
+                                            budget=timing["budget"])
         loss = float(loss.detach())
         results[label] = {**per_cycle(t, 1), "compiled": how, "last_g_loss": loss,
                           "wall_seconds": time.perf_counter() - t0,

@@ -190,6 +190,26 @@ def spill(path, images: "np.ndarray | LazyImages", fn, batch_size: int) -> LazyI
   return LazyImages(NpyRows(path))
 
 
+def map_set(fn, data: ImageSet, stem, batch_size: int) -> ImageSet:
+  """`data` with `fn` (a batch -> a batch of images, e.g. a translator) applied, labels kept:
+  in memory for an in-memory set; for a lazy set (one too large for memory) spilled batch
+  by batch into a per-process .npy file at `stem` and read back lazily (`drop_spill`
+  removes it)."""
+  if not isinstance(data.images, LazyImages):
+    return ImageSet(fn(data.images), data.labels)
+  import jax  # the file is per process: every process of a run maps its own copy
+  stem = pathlib.Path(stem)
+  path = stem.with_name(f"{stem.name}.p{jax.process_index()}.npy")
+  return ImageSet(spill(path, data.images, fn, batch_size), data.labels)
+
+
+def drop_spill(data: ImageSet) -> None:
+  """Deletes the .npy file behind a set `map_set` spilled (nothing for any other set)."""
+  source = getattr(data.images, "source", None)
+  if isinstance(source, NpyRows):
+    pathlib.Path(source.path).unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------- tables
 @dataclasses.dataclass(frozen=True)
 class ImageTable:

@@ -34,7 +34,7 @@ its tables.
 # The command line, the tests and the benchmarks use the package; its parts are re-exported.
 from medda_jax.methods.cyclegan_uda.experiment import (
     BUILTIN_DOMAINS, CLASSIFIERS, CycleGAN, Domain, classifier_net, gan_batches, load_domain,
-    steps_per_epoch, train_and_evaluate, translated, validate)
+    steps_per_epoch, train_and_evaluate, validate)
 from medda_jax.methods.cyclegan_uda.paper import (cyclegan_losses, initial_critic_state,
                                                   least_squares, lr_schedule)
 from medda_jax.methods.cyclegan_uda.report import PAPER, interval, summarise, tables_markdown

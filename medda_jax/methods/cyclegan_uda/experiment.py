@@ -200,22 +200,19 @@ def _table_domain(c, name: str, tables: list[user_images.ImageTable]) -> Domain:
                                            c.data.split_seed, c.data.max_per_domain)
     parts = [(train_table, train), (train_table, val),
              (test_table, np.arange(len(test_table)))]
-  sets, gan_parts, classes = [], [], None
+  sets = []
   for which, (table, idx) in zip(("training", "validation", "test"), parts):
     labels, classes = _binary_labels(c, table)
-    held = set(labels[idx].tolist())
-    if held != {0, 1}:
+    if set(labels[idx].tolist()) != {0, 1}:
       raise DataError(f"domain {name}: its {which} split holds {len(idx)} images of one "
                       f"class only; its auROC needs both classes (add images or change "
                       f"config.data.test_fraction / val_fraction)")
     source = user_images.ImageSource(table, g.crop_size, 1, pad_square=True)
     sets.append(ImageSet(LazyImages(source, idx, transform=_to_pm1), labels[idx]))
-    if which != "test":
-      gan_parts.append(LazyImages(user_images.ImageSource(table, g.load_size, 1,
-                                                          pad_square=True),
-                                  idx, transform=_to_pm1))
-  gan_images = user_images.concat([ImageSet(p, np.zeros(len(p), np.int32))
-                                   for p in gan_parts]).images
+  # The CycleGAN's images: training and validation (one table), at its load size.
+  (train_table, train), (_, val) = parts[:2]
+  gan_images = LazyImages(user_images.ImageSource(train_table, g.load_size, 1, pad_square=True),
+                          np.concatenate([train, val]), transform=_to_pm1)
   return Domain(name, *sets, gan_images=gan_images, classes=classes)
 
 
@@ -252,9 +249,7 @@ def gan_batches(c, a: Domain, b: Domain, calls: int, seed: int) -> grain.MapData
     off = rng.integers(0, g.load_size - g.crop_size + 1, (len(images), 2))
     out = np.stack([im[y:y + g.crop_size, x:x + g.crop_size] for im, (y, x) in
                     zip(images, off)])
-    if g.flip:
-      out = np.where(rng.random(len(out))[:, None, None, None] < 0.5, out[:, :, ::-1], out)
-    return out
+    return hflip(out, rng) if g.flip else out
 
   def chunk(k):
     a_idx, b_idx = [], []
@@ -327,17 +322,6 @@ class CycleGAN:
     return self._translate(g_params, images)
 
 
-def translated(c, cycle: CycleGAN, g_params, data: ImageSet, stem: pathlib.Path) -> ImageSet:
-  """`data` through one generator, labels kept; a lazy set is translated batch by batch
-  into a per-process .npy file at `stem` and read back lazily."""
-  fn = lambda images: cycle.translate(g_params, images)
-  if not isinstance(data.images, LazyImages):
-    return ImageSet(fn(data.images), data.labels)
-  path = stem.with_name(f"{stem.name}.p{jax.process_index()}.npy")
-  return ImageSet(user_images.spill(path, data.images, fn, c.engine.eval_batch_size),
-                  data.labels)
-
-
 # --------------------------------------------------------------------------- classifiers
 class AtSize(nn.Module):
   """A classifier fed at its own input size: images resized (bilinear) on the device."""
@@ -405,7 +389,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   digits_only = all(name in DIGIT_DOMAINS and path is None for name, path in
                     map(user_images.parse_domain, c.data.domains))
   label = DEMO_LABEL if digits_only else f"domains {a.name} (A) and {b.name} (B)"
-  demo = digits_only
   data_desc = f"{a.describe()}; {b.describe()}"
   inner_loop, dtype = cu.inner_loop(c), cu.compute_dtype(c)
   mesh = parallel.data_mesh()
@@ -424,9 +407,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
   # 2. The labelled training sets translated: A -> B by G_A, B -> A by G_B.
   directions = [(a, b, "a"), (b, a, "b")]
-  translations = {src.name: translated(c, cycle, generators[which], src.train,
-                                       workdir / "scratch" / f"{src.name}_to_{trg.name}")
-                  for src, trg, which in directions}
+  translations = {}
+  for src, trg, which in directions:
+    translations[src.name] = user_images.map_set(
+        lambda images, which=which: cycle.translate(generators[which], images), src.train,
+        workdir / "scratch" / f"{src.name}_to_{trg.name}", c.engine.eval_batch_size)
   if main:
     for src, trg, which in directions:
       shown = np.linspace(0, len(src.train) - 1, c.eval.grid_images).astype(int)
@@ -438,8 +423,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                         f"{src.name} -> {trg.name}": fake,
                         f"-> back to {src.name}": back,
                         f"{trg.name} (real)": trg.train.images[shown_t]},
-                       title=f"CycleGAN {src.name} -> {trg.name}" + (" (demo data)" if demo
-                                                                        else ""),
+                       title=f"CycleGAN {src.name} -> {trg.name}"
+                       + (" (demo data)" if digits_only else ""),
                        value_range=(-1.0, 1.0))
 
   # 3-5. Baseline and UDA classifiers per direction, classifier and seed.
@@ -487,6 +472,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     writer.write("final", 0, final)
   writer.close()
   for part in translations.values():  # the spilled translations are not needed again
-    if isinstance(part.images, LazyImages) and hasattr(part.images.source, "path"):
-      pathlib.Path(part.images.source.path).unlink(missing_ok=True)
+    user_images.drop_spill(part)
   return final

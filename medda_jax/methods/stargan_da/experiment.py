@@ -337,14 +337,9 @@ class PairGAN:
 
 
 def _translated(c, pair_gan: PairGAN, g_params, data: ImageSet, stem: pathlib.Path) -> ImageSet:
-  """`data` translated to the target domain. A lazy set (a site too large for memory) is
-  translated batch by batch into a per-process .npy file at `stem`, read back lazily."""
-  fn = lambda images: pair_gan.translate(g_params, images, TARGET)
-  if not isinstance(data.images, user_images.LazyImages):
-    return ImageSet(fn(data.images), data.labels)
-  path = stem.with_name(f"{stem.name}.p{jax.process_index()}.npy")
-  return ImageSet(user_images.spill(path, data.images, fn, c.engine.eval_batch_size),
-                  data.labels)
+  """`data` translated to the target domain (a lazy set spilled to disk at `stem`)."""
+  return user_images.map_set(lambda images: pair_gan.translate(g_params, images, TARGET), data,
+                             stem, c.engine.eval_batch_size)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -480,8 +475,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                          title=f"StarGAN {src} -> {trg}" + (" (demo data)" if demo else ""),
                          value_range=(-1.0, 1.0))
       for part in translated.values():  # the spilled translations are not needed again
-        if isinstance(part.images, user_images.LazyImages):
-          pathlib.Path(part.images.source.path).unlink(missing_ok=True)
+        user_images.drop_spill(part)
       writer.write("pairs", len(pairs), {f"external_auc/{key}": external["auc"],
                                          f"adapted_auc/{key}": adapted["auc"]})
       bar.update(1, external=external["auc"], adapted=adapted["auc"])

@@ -40,6 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medda_jax.models.wgan import subpixel_conv_transpose
+
 # The reference's init_weights(init_type="normal", init_gain=0.02).
 _WEIGHT_INIT = nn.initializers.normal(stddev=0.02)
 _BIAS_INIT = nn.initializers.zeros
@@ -105,17 +107,8 @@ class ConvTransposeUp(nn.Module):
       y = jax.lax.conv_transpose(x, kernel, (2, 2), ((1, 2), (1, 2)), dimension_numbers=dims,
                                  transpose_kernel=True)
       return y + bias
-    k2 = jnp.zeros((2, 2, cin, 2, 2, self.features), self.dtype)
-    for a, rows in _PHASE_TAPS.items():
-      for b, cols in _PHASE_TAPS.items():
-        for dy, ky in rows.items():
-          for dx, kx in cols.items():
-            k2 = k2.at[dy, dx, :, a, b, :].set(kernel[ky, kx].T)
-    y = jax.lax.conv_general_dilated(x, k2.reshape(2, 2, cin, 4 * self.features), (1, 1),
-                                     ((0, 1), (0, 1)), dimension_numbers=dims)
-    n, h, w, _ = y.shape
-    y = y.reshape(n, h, w, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
-    return y.reshape(n, 2 * h, 2 * w, self.features) + bias
+    return subpixel_conv_transpose(x, lambda ky, kx: kernel[ky, kx].T, _PHASE_TAPS, 2,
+                                   ((0, 1), (0, 1)), self.features) + bias
 
 
 def conv_transpose_up(features: int, dtype: Any, name: str,

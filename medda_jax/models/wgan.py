@@ -40,6 +40,26 @@ def _num_blocks(size: int) -> int:
 _PHASE_TAPS = {0: {0: 3, 1: 1}, 1: {1: 2, 2: 0}}
 
 
+def subpixel_conv_transpose(x, tap, phase_taps: dict, window: int, padding, features: int):
+  """A stride-2 transposed convolution as one convolution over a `window` x `window`
+  neighbourhood to 4 x `features` channels (one group per output phase) followed by
+  depth-to-space. `phase_taps[a]` maps an offset in the window to the kernel row that
+  output phase a takes there (columns alike); `tap(ky, kx)` is that tap's [in, features]
+  matrix; `padding` is the convolution's ((top, bottom), (left, right))."""
+  cin = x.shape[-1]
+  k = jnp.zeros((window, window, cin, 2, 2, features), x.dtype)
+  for a, rows in phase_taps.items():
+    for b, cols in phase_taps.items():
+      for dy, ky in rows.items():
+        for dx, kx in cols.items():
+          k = k.at[dy, dx, :, a, b, :].set(tap(ky, kx))
+  y = jax.lax.conv_general_dilated(x, k.reshape(window, window, cin, 4 * features), (1, 1),
+                                   padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  n, h, w, _ = y.shape
+  y = y.reshape(n, h, w, 2, 2, features).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(n, 2 * h, 2 * w, features)
+
+
 class ConvTranspose4x4(nn.Module):
   """PyTorch's ConvTranspose2d(kernel 4, stride 2, padding 1, no bias): doubles H and W.
 
@@ -66,17 +86,8 @@ class ConvTranspose4x4(nn.Module):
       # flax/lax transposed convs correlate the dilated input: torch's taps, flipped.
       return jax.lax.conv_transpose(x, kernel[::-1, ::-1], (2, 2), ((2, 2), (2, 2)),
                                     dimension_numbers=dims)
-    k3 = jnp.zeros((3, 3, cin, 2, 2, self.features), self.dtype)
-    for a, rows in _PHASE_TAPS.items():
-      for b, cols in _PHASE_TAPS.items():
-        for dy, ky in rows.items():
-          for dx, kx in cols.items():
-            k3 = k3.at[dy, dx, :, a, b, :].set(kernel[ky, kx])
-    y = jax.lax.conv_general_dilated(x, k3.reshape(3, 3, cin, 4 * self.features), (1, 1),
-                                     ((1, 1), (1, 1)), dimension_numbers=dims)
-    n, h, w, _ = y.shape
-    y = y.reshape(n, h, w, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
-    return y.reshape(n, 2 * h, 2 * w, self.features)
+    return subpixel_conv_transpose(x, lambda ky, kx: kernel[ky, kx], _PHASE_TAPS, 3,
+                                   ((1, 1), (1, 1)), self.features)
 
 
 class Generator(nn.Module):

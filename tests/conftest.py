@@ -129,6 +129,16 @@ def kill_after_results(child, results_file, min_entries: int, timeout: float = 4
   child.communicate()
 
 
+def data_error(fn) -> str:
+  """The message of the DataError `fn()` raises, which must be one line."""
+  from medda_jax.errors import DataError
+  with pytest.raises(DataError) as e:
+    fn()
+  message = str(e.value)
+  assert "\n" not in message
+  return message
+
+
 def kill_after_checkpoint(child, directory, timeout: float = 400) -> int:
   """SIGKILLs a background trainer as soon as the orbax checkpoint directory holds a step;
   returns that step. Fails if the run ends first."""

@@ -10,6 +10,8 @@ import pathlib
 import numpy as np
 import pydicom
 import pytest
+
+from conftest import data_error
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -138,14 +140,6 @@ def _by_image(table: images.ImageTable) -> dict[str, tuple[int, str]]:
   return out
 
 
-def _error(fn) -> str:
-  with pytest.raises(DataError) as e:
-    fn()
-  message = str(e.value)
-  assert "\n" not in message
-  return message
-
-
 def test_labels_are_any_malignant_per_image_with_patient_ids(cbis):
   table = cbis_ddsm.load_cbis_ddsm(cbis)
   assert table.name == "cbis_ddsm" and table.class_names == ("benign", "malignant")
@@ -245,7 +239,7 @@ def test_unknown_pathology_names_the_line(cbis):
   rows = _csv_rows("Mass-Training", MASS_TRAIN, False)
   rows[2] = rows[2][:9] + ("UNPROVEN",) + rows[2][10:]
   write_csv(cbis / "mass_case_description_train_set.csv", MASS_HEADER, rows)
-  message = _error(lambda: cbis_ddsm.load_cbis_ddsm(cbis))
+  message = data_error(lambda: cbis_ddsm.load_cbis_ddsm(cbis))
   assert "line 4" in message and "'UNPROVEN'" in message and "BENIGN_WITHOUT_CALLBACK" in message
 
 
@@ -253,7 +247,7 @@ def test_image_folder_that_does_not_exist_is_an_error_naming_it(cbis):
   rows = _csv_rows("Mass-Training", MASS_TRAIN + [("P_00099", "LEFT", "CC", 1, "BENIGN")],
                    False)
   write_csv(cbis / "mass_case_description_train_set.csv", MASS_HEADER, rows)
-  message = _error(lambda: cbis_ddsm.load_cbis_ddsm(cbis))
+  message = data_error(lambda: cbis_ddsm.load_cbis_ddsm(cbis))
   assert "Mass-Training_P_00099_LEFT_CC" in message and "line 9" in message
   assert str(cbis / "CBIS-DDSM" / "Mass-Training_P_00099_LEFT_CC") in message
 
@@ -263,20 +257,20 @@ def test_dicom_without_pixel_data_fails_when_read(cbis):
   write_dicom(pathlib.Path(table.paths[1]), None)
   source = cbis_ddsm.image_source(table, 8)
   assert source[0][0].shape == (8, 8, 1)
-  message = _error(lambda: source[1])
+  message = data_error(lambda: source[1])
   assert "cannot read image file" in message and table.paths[1] in message
 
 
 def test_root_without_case_csv_is_an_error(tmp_path):
   (tmp_path / "empty").mkdir()
-  message = _error(lambda: cbis_ddsm.load_cbis_ddsm(tmp_path / "empty"))
+  message = data_error(lambda: cbis_ddsm.load_cbis_ddsm(tmp_path / "empty"))
   assert "mass_case_description_train_set.csv" in message and str(tmp_path / "empty") in message
-  assert "not a folder" in _error(lambda: cbis_ddsm.load_cbis_ddsm(tmp_path / "missing"))
+  assert "not a folder" in data_error(lambda: cbis_ddsm.load_cbis_ddsm(tmp_path / "missing"))
 
 
 def test_split_without_its_csv_is_an_error(cbis):
   (cbis / "calc_case_description_test_set.csv").unlink()
-  message = _error(lambda: cbis_ddsm.load_cbis_ddsm(cbis, split="test"))
+  message = data_error(lambda: cbis_ddsm.load_cbis_ddsm(cbis, split="test"))
   assert "calc_case_description_test_set.csv" in message
 
 

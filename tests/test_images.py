@@ -7,6 +7,8 @@ import pathlib
 import grain
 import numpy as np
 import pytest
+
+from conftest import data_error
 from PIL import Image
 
 from medda_jax.data import images
@@ -125,51 +127,43 @@ def test_parse_domain_rejects_bad_names(entry):
     images.parse_domain(entry)
 
 
-def _error(fn) -> str:
-  with pytest.raises(DataError) as e:
-    fn()
-  message = str(e.value)
-  assert "\n" not in message
-  return message
-
-
 def test_folder_errors_name_the_problem(tmp_path):
   empty = write_folder(tmp_path / "empty", {"a": 2})
   (empty / "b").mkdir()
-  assert "class folder" in _error(lambda: images.load_table("e", empty))
-  assert str(empty / "b") in _error(lambda: images.load_table("e", empty))
+  assert "class folder" in data_error(lambda: images.load_table("e", empty))
+  assert str(empty / "b") in data_error(lambda: images.load_table("e", empty))
   (tmp_path / "none").mkdir()
-  assert "no class folders" in _error(lambda: images.load_table("n", tmp_path / "none"))
+  assert "no class folders" in data_error(lambda: images.load_table("n", tmp_path / "none"))
   single = write_folder(tmp_path / "single", {"a": 2})
-  assert "single class" in _error(lambda: images.load_table("s", single))
-  assert "not a folder" in _error(lambda: images.load_table("m", tmp_path / "missing"))
+  assert "single class" in data_error(lambda: images.load_table("s", single))
+  assert "not a folder" in data_error(lambda: images.load_table("m", tmp_path / "missing"))
 
 
 def test_csv_errors_name_the_problem(tmp_path):
   write_folder(tmp_path / "imgs", {"x": 2})
   missing = write_csv(tmp_path / "m.csv", [("imgs/x/0.png", "a", "p"),
                                            ("imgs/x/9.png", "b", "q")])
-  message = _error(lambda: images.load_table("m", missing))
+  message = data_error(lambda: images.load_table("m", missing))
   assert "line 3" in message and "9.png" in message
   no_label = write_csv(tmp_path / "c.csv", [("imgs/x/0.png",)], header=("path",))
   with pytest.raises(DataError, match=r"lacks column\(s\) \['label'\]"):
     images.load_table("c", no_label)
   one = write_csv(tmp_path / "o.csv", [("imgs/x/0.png", "a", "p")])
-  assert "single class" in _error(lambda: images.load_table("o", one))
+  assert "single class" in data_error(lambda: images.load_table("o", one))
 
 
 def test_unreadable_image_and_dicom_without_pydicom(tmp_path):
   bad = tmp_path / "bad.png"
   bad.write_bytes(b"not a png")
-  assert "cannot read image file" in _error(lambda: images.read_image(bad, 8, 1))
+  assert "cannot read image file" in data_error(lambda: images.read_image(bad, 8, 1))
   dcm = tmp_path / "x.dcm"
   dcm.write_bytes(b"\0" * 200)
   try:
     import pydicom  # noqa: F401
   except ImportError:
-    assert "pip install pydicom" in _error(lambda: images.read_image(dcm, 8, 1))
+    assert "pip install pydicom" in data_error(lambda: images.read_image(dcm, 8, 1))
   else:
-    assert "cannot read image file" in _error(lambda: images.read_image(dcm, 8, 1))
+    assert "cannot read image file" in data_error(lambda: images.read_image(dcm, 8, 1))
 
 
 def test_batches_stream_one_shuffled_pass_in_worker_threads(tmp_path):

@@ -74,6 +74,28 @@ SEGMENTATION_LOSSES = {
 # Adversarial losses. Scores are the critic's raw outputs (no sigmoid); every loss is the
 # quantity its side minimises.
 
+def class_weighted_cross_entropy(logits: jax.Array, onehot: jax.Array,
+                                 clip: float = 0.005) -> jax.Array:
+  """SIFA's weighted cross-entropy: class c weighted 1 - (its share of the batch's pixels),
+  mean over pixels of -sum_c w_c y_c log clip(softmax_c, clip, 1)."""
+  p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  y = onehot.astype(jnp.float32)
+  axes = tuple(range(y.ndim - 1))
+  weights = 1.0 - jnp.sum(y, axis=axes) / jnp.sum(y)
+  return jnp.mean(jnp.sum(-weights * y * jnp.log(jnp.clip(p, clip, 1.0)), axis=-1))
+
+
+def softmax_dice_loss(logits: jax.Array, onehot: jax.Array, eps: float = 1e-7) -> jax.Array:
+  """SIFA's Dice loss: 1 - mean_c 2 sum(p_c y_c) / (sum p_c^2 + sum y_c + eps) over the
+  whole batch, background included."""
+  p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  y = onehot.astype(jnp.float32)
+  axes = tuple(range(y.ndim - 1))
+  dice = 2.0 * jnp.sum(p * y, axis=axes) / (jnp.sum(p * p, axis=axes) + jnp.sum(y, axis=axes)
+                                            + eps)
+  return 1.0 - jnp.mean(dice)
+
+
 def wgan_critic_loss(real_scores: jax.Array, fake_scores: jax.Array) -> jax.Array:
   """Negative Wasserstein estimate: E[f(fake)] - E[f(real)] (Arjovsky et al., 2017)."""
   return jnp.mean(fake_scores.astype(jnp.float32)) - jnp.mean(real_scores.astype(jnp.float32))

@@ -11,6 +11,10 @@ lives in the GAN state (checkpointed and restored with it, so a resumed run draw
 uninterrupted one would). `query` keeps the per-image semantics with a `lax.scan` over the
 batch, each image's coin and slot drawn from its own key, so it runs inside a jitted,
 scanned training step. A pool of size 0 returns the batch unchanged.
+
+SIFA's TensorFlow pool keeps whole batches instead (50 of them): the same rule applied to
+a batch as one item. `query_batch` is that policy on a pool whose items are batches,
+`ImagePool.create(size, (batch, H, W, C))`.
 """
 
 from __future__ import annotations
@@ -62,3 +66,13 @@ def query(pool: ImagePool, images: jax.Array, key: jax.Array) -> tuple[ImagePool
 
   pool, out = jax.lax.scan(one, pool, (jax.lax.stop_gradient(images), coin, slot))
   return pool, out.astype(images.dtype)
+
+
+def query_batch(pool: ImagePool, batch: jax.Array, key: jax.Array) -> tuple[ImagePool, jax.Array]:
+  """SIFA's batch-level pool: the whole batch is one item (stored, or swapped with a stored
+  batch with probability 0.5 once the pool is full); the pool's items are [batch, ...]."""
+  if pool.size and pool.images.shape[1:] != batch.shape:
+    raise ValueError(f"the pool holds batches of shape {pool.images.shape[1:]}, got "
+                     f"{batch.shape}")
+  pool, out = query(pool, batch[None], key)
+  return pool, out[0]

@@ -95,6 +95,7 @@ TWO_DEVICES = {"JAX_NUM_CPU_DEVICES": "2"}
 wgan_run = shared_run("configs/wgan_synth.py:smoke", name="wgan_run", env=TWO_DEVICES)
 stargan_run = shared_run("configs/stargan.py:smoke", name="stargan_run", env=TWO_DEVICES)
 cyclegan_run = shared_run("configs/cyclegan.py:smoke", name="cyclegan_run", env=TWO_DEVICES)
+sifa_run = shared_run("configs/synthmix.py:smoke", name="sifa_run", env=TWO_DEVICES)
 
 
 def final_metrics(workdir) -> dict:

@@ -61,20 +61,25 @@ if [[ "$cpu" == 1 ]]; then
     --executors host/1/fp32 --torch-variants eager_fp32
   run 600 cyclegan_iteration.py --cpu --cpu-threads 1 --batches 1 --repeats 1 --iters 1 \
     --skip-check --executors host/1/fp32 --torch-variants eager_fp32
+  run 600 sifa_iteration.py --cpu --cpu-threads 1 --repeats 1 --iters 1 --skip-check \
+    --executors host/1/fp32 --torch-variants eager_fp32
   run 600 scaling.py --cpu --devices 1,2 --repeats 1
   run 600 input_pipeline.py --cpu --cpu-threads 1 --sizes 200,2000
   run 600 volume_memory.py --cpu
 else
   # Caps in seconds, 600 in all; the order puts the spec's two GPU goals first.
-  run 78 unet_step.py
-  run 113 reptile_meta_iteration.py
-  run 104 wgan_gp_cycle.py
-  run 87 stargan_cycle.py
+  run 70 unet_step.py
+  run 98 reptile_meta_iteration.py
+  run 89 wgan_gp_cycle.py
+  run 75 stargan_cycle.py
   # The likeliest best executor of each side at batch 1 and 8; the full set: run it alone.
-  run 80 cyclegan_iteration.py --skip-check --repeats 3 --executors scan/10/bf16 \
+  run 70 cyclegan_iteration.py --skip-check --repeats 3 --executors scan/10/bf16 \
+    --torch-variants eager_fp32,eager_bf16_cl
+  # Batch 8 at 256 px; the same pick of executors (its JSON is written after each one).
+  run 65 sifa_iteration.py --skip-check --repeats 3 --iters 10 --executors scan/10/bf16 \
     --torch-variants eager_fp32,eager_bf16_cl
   run 52 scaling.py --devices "$counts"
-  run 69 input_pipeline.py
+  run 64 input_pipeline.py
   run 17 volume_memory.py --cases 10,40 --volume 96,96,40 --size 96 --batches 20
 fi
 

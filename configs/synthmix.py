@@ -35,9 +35,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # (the embedded digit demo), or a name of data.user.
   c.data.directions = ("mr->ct", "ct->mr")
   c.data.dirs = ml_collections.ConfigDict({"mmwhs": ""})  # holds mr_train/ and ct_train/
-  # Your own domains, name -> CSV of NIfTI volumes (columns image,label[,split], split train
-  # or test); a direction names them like the built-in ones, results call them by name.
-  c.data.user = ml_collections.ConfigDict({})
+  # Your own domains as name=path to a CSV of NIfTI volumes (columns image,label[,split],
+  # split train or test); a direction names them like the built-in ones, results call them
+  # by name.
+  c.data.user = ()
   c.data.user_labels = "mmwhs"  # your labels: "mmwhs" (205/420/500/820) or "indices" (0-4)
   c.data.user_limits = (-2.0, 4.0)  # z-score clip limits of your domains (or data.limits.<name>)
   # Optional: a folder of SIFA's released test volumes (.npz, arr_0 image, arr_1 label) per

@@ -411,7 +411,7 @@ def test_a_users_volumes_are_a_domain(tmp_path):
                                    ("empty", "test"))]
   (tmp_path / "ours.csv").write_text("\n".join(rows) + "\n")
   c = load_config("configs/synthmix.py:smoke")
-  c.data.user = {"ours": str(tmp_path / "ours.csv")}
+  c.data.user = (f"ours={tmp_path / 'ours.csv'}",)
   c.data.user_labels = "indices"
   c.data.directions = ("mnist->ours",)
   from medda_jax.errors import ConfigError
@@ -430,13 +430,13 @@ def test_a_users_volumes_are_a_domain(tmp_path):
   assert d.class_names == {1: "MYO", 2: "LAC", 3: "LVC", 4: "AA"}
   # Mistakes in the table.
   (tmp_path / "bad.csv").write_text("image,label,split\na_image.nii.gz,a_label.nii.gz,val\n")
-  c.data.user = {"ours": str(tmp_path / "bad.csv")}
+  c.data.user = (f"ours={tmp_path / 'bad.csv'}",)
   assert "split 'val' is not train or test" in data_error(lambda: load_domain(c, "ours", tmp_path))
   (tmp_path / "miss.csv").write_text("image,label\na_image.nii.gz,nope.nii.gz\n")
-  c.data.user = {"ours": str(tmp_path / "miss.csv")}
+  c.data.user = (f"ours={tmp_path / 'miss.csv'}",)
   assert "nope.nii.gz does not exist" in data_error(lambda: load_domain(c, "ours", tmp_path))
-  c.data.user = {"ours": str(tmp_path / "ours_missing.csv")}
+  c.data.user = (f"ours={tmp_path / 'ours_missing.csv'}",)
   assert "is not a file" in data_error(lambda: load_domain(c, "ours", tmp_path))
   (tmp_path / "notest.csv").write_text("image,label\na_image.nii.gz,a_label.nii.gz\n")
-  c.data.user = {"ours": str(tmp_path / "notest.csv")}
+  c.data.user = (f"ours={tmp_path / 'notest.csv'}",)
   assert "no test volume" in data_error(lambda: load_domain(c, "ours", tmp_path))

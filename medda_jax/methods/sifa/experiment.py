@@ -48,6 +48,18 @@ DEMO_LABEL = ("DEMO DATA (digit-stroke segmentation stand-in, not cardiac data: 
 
 
 # --------------------------------------------------------------------------- config
+def user_domains(c) -> dict[str, str]:
+  """config.data.user's `name=path` entries as {name: path to a CSV of volumes}."""
+  out = {}
+  for entry in c.data.user:
+    name, sep, path = str(entry).partition("=")
+    if not sep or not name.strip() or not path.strip():
+      raise ConfigError(f"config.data.user entries are 'name=/path/to/volumes.csv'; got "
+                        f"{entry!r}")
+    out[name.strip()] = path.strip()
+  return out
+
+
 def parse_direction(entry: str) -> tuple[str, str]:
   parts = str(entry).split("->")
   if len(parts) != 2 or not all(p.strip() for p in parts):
@@ -60,7 +72,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cu.validate_shared(c)
   if not c.data.directions:
     raise ConfigError("config.data.directions must name at least one 'source->target'")
-  known = MMWHS_DOMAINS + DIGIT_DOMAINS + tuple(c.data.user)
+  known = MMWHS_DOMAINS + DIGIT_DOMAINS + tuple(user_domains(c))
   cu.check_choice(c, "data.user_labels", ("mmwhs", "indices"))
   for entry in c.data.directions:
     src, trg = parse_direction(entry)
@@ -70,8 +82,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
       if name not in known:
         raise ConfigError(f"config.data.directions: unknown domain {name!r}; known: "
                           f"{list(known)} (mr / ct: MM-WHS under config.data.dirs.mmwhs; "
-                          "your own: config.data.user.<name>=/path/to/volumes.csv)")
-      if name in MMWHS_DOMAINS and name not in c.data.user and not c.data.dirs.mmwhs:
+                          "your own: config.data.user=('<name>=/path/to/volumes.csv',))")
+      if name in MMWHS_DOMAINS and name not in user_domains(c) and not c.data.dirs.mmwhs:
         raise ConfigError("config.data.dirs.mmwhs must name the MM-WHS 2017 folder holding "
                           "mr_train/ and ct_train/")
     if (src in DIGIT_DOMAINS) != (trg in DIGIT_DOMAINS):
@@ -224,7 +236,7 @@ def read_volume_table(name: str, path: str) -> dict[str, list[tuple[str, str, st
   import csv
   import os
   if not os.path.isfile(path):
-    raise DataError(f"config.data.user.{name}={path!r} is not a file; give a CSV with the "
+    raise DataError(f"config.data.user: {name}={path} is not a file; give a CSV with the "
                     "columns image,label[,split]")
   base = os.path.dirname(os.path.abspath(path))
   with open(path, newline="") as f:
@@ -251,9 +263,9 @@ def read_volume_table(name: str, path: str) -> dict[str, list[tuple[str, str, st
 
 
 def _user_domain(c, name: str, workdir: pathlib.Path) -> Domain:
-  """A user's volumes (config.data.user.<name>: a CSV), preprocessed as MM-WHS is."""
+  """A user's volumes (config.data.user's name=path: a CSV), preprocessed as MM-WHS is."""
   from medda_jax.data import mmwhs
-  table = read_volume_table(name, c.data.user[name])
+  table = read_volume_table(name, user_domains(c)[name])
   limits = tuple(c.data.limits[name]) if name in c.data.limits else tuple(c.data.user_limits)
   kw = dict(size=c.data.image_size, limits=limits, margin=c.data.crop_margin,
             labels=c.data.user_labels)
@@ -267,7 +279,7 @@ def _user_domain(c, name: str, workdir: pathlib.Path) -> Domain:
 def load_domain(c, name: str, workdir: pathlib.Path) -> Domain:
   if name in DIGIT_DOMAINS:
     return _digit_domain(c, name)
-  if name in c.data.user:
+  if name in user_domains(c):
     return _user_domain(c, name, workdir)
   return _mmwhs_domain(c, name, workdir)
 
@@ -424,7 +436,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   demo = all(name in DIGIT_DOMAINS for name in domains)
   label = DEMO_LABEL if demo else ", ".join(
       f"{s} -> {t}" for s, t in directions) + " (" + ", ".join(
-      "MM-WHS 2017" if n in MMWHS_DOMAINS and n not in c.data.user else f"{n}: your data"
+      "MM-WHS 2017" if n in MMWHS_DOMAINS and n not in user_domains(c) else f"{n}: your data"
       for n in domains) + ")"
   data_desc = "; ".join(d.describe() for d in domains.values())
   inner_loop, dtype = cu.inner_loop(c), cu.compute_dtype(c)

@@ -327,9 +327,12 @@ class Sifa:
     losses_cfg = ml_collections.ConfigDict({**s.to_dict(), **m.to_dict(),
                                             "synthmix": self.synthmix})
     critic_loss, generator_loss, sides = sifa_losses(self.nets, losses_cfg)
-    gan_tx = lambda: optax.adam(s.learning_rate, b1=s.beta1)
-    self.side_txs = {name: (optax.adam(s.seg_learning_rate) if name == "seg" else gan_tx())
-                     for name in sides}
+    # Learning rates live in the optimiser states (inject_hyperparams), not in the compiled
+    # iteration: runs that differ only in their rates share one compilation.
+    adam = optax.inject_hyperparams(optax.adam)
+    gan_tx = lambda: adam(learning_rate=s.learning_rate, b1=s.beta1)
+    self.side_txs = {name: (adam(learning_rate=s.seg_learning_rate) if name == "seg"
+                            else gan_tx()) for name in sides}
     self.g_tx, self.d_tx = gan_tx(), gan_tx()
     side_updates = tuple(gan.SideUpdate(name, fn, self.side_txs[name])
                          for name, fn in sides.items())

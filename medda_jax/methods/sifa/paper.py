@@ -57,7 +57,6 @@ import optax
 from medda_jax import losses
 from medda_jax.engine import image_pool
 
-SIDES = ("seg", "u", "d_s", "d_p", "d_p_ll")  # the side updates of steps 3-7, in order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,10 +74,6 @@ class Nets:
 def least_squares(scores: jax.Array, target: float) -> jax.Array:
   """LSGAN: mean squared distance of the patch scores to the target label."""
   return jnp.mean(jnp.square(scores.astype(jnp.float32) - target))
-
-
-def least_squares_critic(real: jax.Array, fake: jax.Array) -> jax.Array:
-  return 0.5 * (least_squares(real, 1.0) + least_squares(fake, 0.0))
 
 
 def l1(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -226,7 +221,7 @@ def sifa_losses(nets: Nets, s) -> tuple[Any, Any, dict]:
   def critic_loss(params, model_state, batch, rng):
     side = model_state["d"]
     pool, fake = image_pool.query_batch(side["pool"], side["fake"], rng)
-    loss = least_squares_critic(judge(params, "d", batch["target"]), judge(params, "d", fake))
+    loss = losses.least_squares_critic_loss(judge(params, "d", batch["target"]), judge(params, "d", fake))
     return loss, ({**model_state, "d": {**side, "pool": pool}}, {"d_t": loss})
 
   # Step 3: E, C and C_ll.
@@ -267,8 +262,8 @@ def sifa_losses(nets: Nets, s) -> tuple[Any, Any, dict]:
     f_ft, _, model_state = encode(params, model_state, fake_t)
     cyc_s = decode(params, f_ft, fake_t, rng_u)
     real, pooled, cyc = (judge(params, "d_s", x) for x in (batch["source"], fake, cyc_s))
-    terms = {"main": least_squares_critic(real[..., 0], pooled[..., 0]),
-             "aux": least_squares_critic(cyc[..., 1], pooled[..., 1])}
+    terms = {"main": losses.least_squares_critic_loss(real[..., 0], pooled[..., 0]),
+             "aux": losses.least_squares_critic_loss(cyc[..., 1], pooled[..., 1])}
     model_state = {**model_state, "d_s": {**side, "pool": pool}}
     return sum(terms.values()), (model_state, terms)
 
@@ -284,7 +279,7 @@ def sifa_losses(nets: Nets, s) -> tuple[Any, Any, dict]:
       head = "c" if which == "d_p" else "c_ll"
       source_like = segment(params, head, by_name[features[0]], size)
       target = segment(params, head, by_name[features[1]], size)
-      loss = least_squares_critic(judge(params, which, source_like),
+      loss = losses.least_squares_critic_loss(judge(params, which, source_like),
                                   judge(params, which, target))
       return loss, (model_state, {"loss_" + which: loss})
     return loss_fn

@@ -58,7 +58,6 @@ from medda_jax import losses
 from medda_jax.engine import image_pool
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Nets:
   """The SIFA networks (and the Inspector with SynthMix)."""

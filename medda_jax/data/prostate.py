@@ -184,9 +184,43 @@ def _cache_path(cache_dir: str, site: str, cases: Sequence[_Case], image_size: i
   return os.path.join(cache_dir, f"prostate_{site}_{digest}")
 
 
+def read_split_file(site_dir: str, name: str) -> list[str]:
+  """Case stems listed in a site's split file (the reference layout's `all_list.txt`: one
+  case per line, with or without `.nii.gz`; blank lines and `#` comments skipped)."""
+  path = os.path.join(site_dir, name)
+  if not os.path.isfile(path):
+    raise DataError(f"site folder {site_dir} has no split file {name} (config.data."
+                    "split_file; expected one case name per line, e.g. Case00.nii.gz)")
+  stems = []
+  with open(path) as f:
+    for line in f:
+      entry = line.split("#", 1)[0].strip()
+      if entry:
+        stem = case_stem(os.path.basename(entry))
+        if stem.lower().endswith(_SEGMENTATION_SUFFIX):
+          stem = stem[:-len(_SEGMENTATION_SUFFIX)]
+        stems.append(stem)
+  if not stems:
+    raise DataError(f"split file {path} lists no case")
+  return list(dict.fromkeys(stems))
+
+
+def _listed_cases(cases: list[_Case], site_dir: str, split_file: str) -> list[_Case]:
+  by_id = {c.id: c for c in cases}
+  stems = read_split_file(site_dir, split_file)
+  missing = [s for s in stems if s not in by_id]
+  if missing:
+    raise DataError(f"{os.path.join(site_dir, split_file)} lists {missing[0]}, which has no "
+                    f"image {missing[0]}.nii.gz with a segmentation in {site_dir} "
+                    f"({len(missing)} listed case(s) missing)")
+  return [by_id[s] for s in stems]
+
+
 def _load_site(site: str, site_dir: str, image_size: int,
-               cache_dir: str | None) -> list[Volume]:
+               cache_dir: str | None, split_file: str | None = None) -> list[Volume]:
   cases = _read_cases(site_dir)
+  if split_file:
+    cases = _listed_cases(cases, site_dir, split_file)
   path = None if cache_dir is None else _cache_path(cache_dir, site, cases, image_size)
 
   def make():
@@ -198,7 +232,8 @@ def _load_site(site: str, site_dir: str, image_size: int,
 
 def load_prostate(root: str | os.PathLike, *, image_size: int = 384,
                   sites: Iterable[str] | None = None,
-                  cache_dir: str | os.PathLike | None = None) -> DomainVolumes:
+                  cache_dir: str | os.PathLike | None = None,
+                  split_file: str | None = None) -> DomainVolumes:
   """Loads the prostate sites under `root`.
 
   Args:
@@ -235,7 +270,8 @@ def load_prostate(root: str | os.PathLike, *, image_size: int = 384,
           + f"; site folders found: {sorted(os.path.basename(p) for p in folders.values())}"
           + f"\n{_layout()}")
   out = {n: _load_site(n, folders[n], int(image_size),
-                       None if cache_dir is None else os.fspath(cache_dir)) for n in names}
+                       None if cache_dir is None else os.fspath(cache_dir), split_file)
+         for n in names}
   description = (f"six-site prostate MRI from {root}: "
                  + ", ".join(f"{n} {len(v)}" for n, v in out.items())
                  + f" volumes, z-scored, {image_size}x{image_size} in-plane")

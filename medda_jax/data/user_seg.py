@@ -247,13 +247,16 @@ def load_user_collection(sources: Sequence[UserSource], *, image_size: int,
 
 
 # --------------------------------------------------------------------------- sites (3-D)
-def _volume(case: msd._Case, site: str, modality: str, ct_window) -> Volume:
-  """A case as a `Volume` [z, x, y]: channel 0 of a 4-D image, foreground = label != 0."""
+def _volume(case: msd._Case, site: str, modality: str, ct_window,
+            keep_labels: bool = False) -> Volume:
+  """A case as a `Volume` [z, x, y]: channel 0 of a 4-D image, foreground = label != 0
+  (`keep_labels`: the label values as they are, for multi-class methods)."""
   from medda_jax.data.cc359 import scale_mri  # the gradient-transfer sites' MR recipe
   image = case.read_image()
   if image.ndim == 4:
     image = image[..., 0]
-  label = case.read_label() != 0
+  label = case.read_label()
+  label = np.rint(label) if keep_labels else label != 0
   zooms = msd.nib.load(case.image).header.get_zooms()[:3]
   image = (msd.ct_window(image, ct_window) if modality == "CT" else scale_mri(image))
   return Volume(id=case.stem, domain=site,
@@ -264,10 +267,12 @@ def _volume(case: msd._Case, site: str, modality: str, ct_window) -> Volume:
 
 def load_user_sites(sources: Sequence[UserSource], *, modality: str = "",
                     ct_window=msd.DEFAULT_CT_WINDOW,
-                    cache_dir: str | None = None) -> dict[str, tuple[list[Volume], str]]:
+                    cache_dir: str | None = None,
+                    keep_labels: bool = False) -> dict[str, tuple[list[Volume], str]]:
   """{site: (volumes, origin)}: a folder is one site named as its source, a CSV one site per
   value of its site column (`<name>_<site>`), or one named as the source without it.
-  CT volumes go through `ct_window`; MR volumes are scaled as the CC359 sites are."""
+  CT volumes go through `ct_window`; MR volumes are scaled as the CC359 sites are.
+  `keep_labels`: masks keep the label values (0..255) instead of label != 0."""
   window = msd.check_options(16, "native", "modality", ct_window).ct_window
   sites = {}
   for source in sources:
@@ -277,13 +282,16 @@ def load_user_sites(sources: Sequence[UserSource], *, modality: str = "",
       if cache_dir is not None:
         key = json.dumps({"site": info.name, "modalities": info.modalities, "window": window,
                           "cases": [c.fingerprint() for c in task.cases]}, sort_keys=True)
+        if keep_labels:  # its own cache; the binary caches keep their keys
+          key += "|labels"
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         path = os.path.join(os.fspath(cache_dir), f"user_{info.name}_{digest}")
 
       def make(task=task, info=info):
         for case in task.cases:
           case.check(info)
-        return (_volume(c, info.name, info.modalities[0], window) for c in task.cases)
+        return (_volume(c, info.name, info.modalities[0], window, keep_labels)
+                for c in task.cases)
 
       volumes = cached_volumes(path, info.name, make)
       sites[info.name] = (volumes, task.origin)

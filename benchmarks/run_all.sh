@@ -66,21 +66,26 @@ if [[ "$cpu" == 1 ]]; then
   run 600 scaling.py --cpu --devices 1,2 --repeats 1
   run 600 input_pipeline.py --cpu --cpu-threads 1 --sizes 200,2000
   run 600 volume_memory.py --cpu
+  run 600 fda_volume.py --cpu --cpu-threads 1 --quick
+  run 600 catenorm_step.py --cpu --quick
 else
   # Caps in seconds, 600 in all; the order puts the spec's two GPU goals first.
-  run 70 unet_step.py
-  run 98 reptile_meta_iteration.py
-  run 89 wgan_gp_cycle.py
-  run 75 stargan_cycle.py
+  run 62 unet_step.py
+  run 85 reptile_meta_iteration.py
+  run 78 wgan_gp_cycle.py
+  run 66 stargan_cycle.py
   # The likeliest best executor of each side at batch 1 and 8; the full set: run it alone.
-  run 70 cyclegan_iteration.py --skip-check --repeats 3 --executors scan/10/bf16 \
+  run 60 cyclegan_iteration.py --skip-check --repeats 3 --executors scan/10/bf16 \
     --torch-variants eager_fp32,eager_bf16_cl
   # Batch 8 at 256 px; the same pick of executors (its JSON is written after each one).
-  run 65 sifa_iteration.py --skip-check --repeats 3 --iters 10 --executors scan/10/bf16 \
+  run 56 sifa_iteration.py --skip-check --repeats 3 --iters 10 --executors scan/10/bf16 \
     --torch-variants eager_fp32,eager_bf16_cl
-  run 52 scaling.py --devices "$counts"
-  run 64 input_pipeline.py
+  run 45 scaling.py --devices "$counts"
+  run 55 input_pipeline.py
   run 17 volume_memory.py --cases 10,40 --volume 96,96,40 --size 96 --batches 20
+  # A whole 172-slice target volume at 256 px, 7 donors; one CateNorm step, batch 4, 384 px.
+  run 38 fda_volume.py --quick
+  run 38 catenorm_step.py --quick
 fi
 
 if (( ${#failed[@]} )); then

@@ -296,3 +296,38 @@ def load_user_sites(sources: Sequence[UserSource], *, modality: str = "",
       volumes = cached_volumes(path, info.name, make)
       sites[info.name] = (volumes, task.origin)
   return sites
+
+
+# --------------------------------------------------------------------------- config fields
+# The volume-site methods (gradient transfer, FDA, CateNorm, AvaGrad, AIVA) share the config
+# fields data.source / data.user / data.user_modality / data.ct_window; these two read them.
+def check_site_fields(c) -> None:
+  """Config errors in the shared site fields, before anything is loaded."""
+  if c.data.source == "none" and not c.data.user:
+    raise ConfigError("config.data.source='none' needs your sites in config.data.user, e.g. "
+                      "\"('mysite=/path/to/TaskXX_Folder',)\"")
+  if c.data.user:
+    parse_sources(c.data.user)
+  if c.data.user_modality:
+    modality_of(c.data.user_modality, "config.data.user_modality")
+  window = tuple(c.data.ct_window)
+  if len(window) != 2 or not all(isinstance(w, (int, float)) for w in window) or not (
+      window[0] < window[1]):
+    raise ConfigError(f"config.data.ct_window={window!r} must be (low, high) in Hounsfield "
+                      "units with low < high")
+
+
+def config_sites(c, cache_dir, taken, keep_labels: bool = False
+                 ) -> dict[str, tuple[list[Volume], str]]:
+  """{site: (volumes, one-line description)} of config.data.user; a site named like one of
+  `taken` (the built-in source's sites) is a ConfigError."""
+  sites = load_user_sites(parse_sources(c.data.user), modality=c.data.user_modality,
+                          ct_window=tuple(c.data.ct_window), cache_dir=cache_dir,
+                          keep_labels=keep_labels)
+  out = {}
+  for site, (volumes, origin) in sites.items():
+    if site in taken:
+      raise ConfigError(f"your site {site!r} (config.data.user) has the name of a site of "
+                        f"config.data.source={c.data.source!r}; choose another name")
+    out[site] = (volumes, f"your site {site}: {origin}, {len(volumes)} volumes")
+  return out

@@ -22,7 +22,7 @@ import numpy as np
 
 from medda_jax import config_utils as cu
 from medda_jax import files, metrics as metrics_lib
-from medda_jax.data import mixed, prepared
+from medda_jax.data import mixed, prepared, user_seg
 from medda_jax.data.volumes import Volume
 from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.evaluate import batch_predictor
@@ -45,9 +45,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first wrong field and what is allowed."""
   cu.check_choice(c, "data.source", ("demo_skull", "cc359", "none"))
   cu.check_choice(c, "data.layout", prepared.LAYOUTS)
-  if c.data.source == "none" and not c.data.user:
-    raise ConfigError("config.data.source='none' needs your sites in config.data.user, e.g. "
-                      "\"('mysite=/path/to/TaskXX_Folder',)\"")
+  user_seg.check_site_fields(c)
   if c.data.source == "cc359" and not c.data.root and not all(
       user_site(c, s) for p in c.data.pairs for s in p):
     raise ConfigError("config.data.root must name the CC359 folder (meta.csv + images/ + "

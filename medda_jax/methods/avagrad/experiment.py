@@ -43,9 +43,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first wrong field and what is allowed."""
   cu.check_choice(c, "data.source", SOURCES)
   cu.check_choice(c, "data.layout", prepared.LAYOUTS)
-  if c.data.source == "none" and not c.data.user:
-    raise ConfigError("config.data.source='none' needs your sites in config.data.user, e.g. "
-                      "\"('mysite=/path/to/TaskXX_Folder',)\"")
+  user_seg.check_site_fields(c)
   if c.data.source in ("cc359", "mnms") and not c.data.root and not _user_site(c, c.data.train_site):
     what = ("the CC359 folder (meta.csv + images/ + masks/, or Original/ + Silver-standard/)"
             if c.data.source == "cc359" else
@@ -56,8 +54,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
       and not pathlib.Path(c.data.root).expanduser().is_dir()):
     raise ConfigError(f"config.data.root={c.data.root!r} does not exist (expected the "
                       f"{'CC359' if c.data.source == 'cc359' else 'M&Ms'} folder)")
-  if c.data.user_modality:
-    user_seg.modality_of(c.data.user_modality, "config.data.user_modality")
   if not c.data.train_site:
     raise ConfigError("config.data.train_site must name the source site (e.g. 'ge_3')")
   cu.check_range(c, "model.stages", 2, 9, integer=True)
@@ -143,15 +139,9 @@ def load_domains(c, workdir: pathlib.Path) -> DomainVolumes:
   if builtin.description:
     descriptions.append(builtin.description)
   if c.data.user:
-    sites = user_seg.load_user_sites(user_seg.parse_sources(c.data.user),
-                                     modality=c.data.user_modality,
-                                     ct_window=tuple(c.data.ct_window), cache_dir=cache)
-    for site, (volumes, origin) in sites.items():
-      if site in domains:
-        raise ConfigError(f"your site {site!r} (config.data.user) has the name of a site of "
-                          f"config.data.source={c.data.source!r}; choose another name")
+    for site, (volumes, description) in user_seg.config_sites(c, cache, domains).items():
       domains[site] = volumes
-      descriptions.append(f"your site {site}: {origin}, {len(volumes)} volumes")
+      descriptions.append(description)
   return DomainVolumes(domains, "; ".join(descriptions))
 
 

@@ -88,16 +88,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.data.source in ("prostate", "btcv") and not c.data.root:
     raise ConfigError(f"config.data.root must name the {c.data.source} folder when "
                       f"config.data.source={c.data.source!r} (or use configs/catenorm.py:demo)")
-  if c.data.source == "none" and not c.data.user:
-    raise ConfigError("config.data.source='none' needs your sites in config.data.user, e.g. "
-                      "\"('mysite=/path/to/TaskXX_Folder',)\"")
-  if c.data.user:
-    user_seg.parse_sources(c.data.user)
-  if c.data.user_modality:
-    user_seg.modality_of(c.data.user_modality, "config.data.user_modality")
-  window = tuple(c.data.ct_window)
-  if len(window) != 2 or not window[0] < window[1]:
-    raise ConfigError(f"config.data.ct_window={window!r} must be (low, high) with low < high")
+  user_seg.check_site_fields(c)
   widths = tuple(c.model.widths)
   if len(widths) != 5 or not all(isinstance(w, int) and w >= 2 and w % 2 == 0 for w in widths):
     raise ConfigError(f"config.model.widths={widths!r} must be five even integers >= 2")
@@ -192,21 +183,15 @@ def load_sites(c, workdir: pathlib.Path) -> Sites:
   else:
     sites = Sites({}, {}, "", False)
   if c.data.user:
-    loaded = user_seg.load_user_sites(user_seg.parse_sources(c.data.user),
-                                      modality=c.data.user_modality,
-                                      ct_window=tuple(c.data.ct_window), cache_dir=cache,
-                                      keep_labels=True)
     descriptions = [sites.description] if sites.description else []
-    for site, (volumes, origin) in loaded.items():
-      if site in sites.volumes:
-        raise ConfigError(f"your site {site!r} (config.data.user) has the name of a site of "
-                          f"config.data.source={c.data.source!r}; choose another name")
+    loaded = user_seg.config_sites(c, cache, sites.volumes, keep_labels=True)
+    for site, (volumes, description) in loaded.items():
       volumes = [_fit_user_volume(v, c.data.image_size) for v in volumes]
       sites.volumes[site] = volumes
       for value in np.unique(np.concatenate([np.unique(v.mask) for v in volumes])):
         if value > 0:
           sites.class_names.setdefault(int(value), f"label {int(value)}")
-      descriptions.append(f"your site {site}: {origin}, {len(volumes)} volumes")
+      descriptions.append(description)
     sites.description = "; ".join(descriptions)
   for site, volumes in sites.volumes.items():
     need = c.data.test_volumes + c.data.val_volumes + 1

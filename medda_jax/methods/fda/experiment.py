@@ -46,16 +46,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.init_from and not pathlib.Path(c.init_from).expanduser().exists():
     raise ConfigError(f"config.init_from={c.init_from!r} does not exist (expected the workdir "
                       "of an earlier run, or one of its pre-training checkpoint folders)")
-  if c.data.source == "none" and not c.data.user:
-    raise ConfigError("config.data.source='none' needs your sites in config.data.user, e.g. "
-                      "\"('mysite=/path/to/TaskXX_Folder',)\"")
-  if c.data.user_modality:
-    user_seg.modality_of(c.data.user_modality, "config.data.user_modality")
-  window = tuple(c.data.ct_window)
-  if len(window) != 2 or not all(isinstance(w, (int, float)) for w in window) or not (
-      window[0] < window[1]):
-    raise ConfigError(f"config.data.ct_window={window!r} must be (low, high) in Hounsfield "
-                      "units with low < high")
+  user_seg.check_site_fields(c)
   if not c.data.pairs:
     raise ConfigError("config.data.pairs must list at least one (source, target) site pair")
   for pair in c.data.pairs:

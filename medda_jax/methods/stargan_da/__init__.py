@@ -28,18 +28,22 @@ S is domain 0, T domain 1):
 4. B_S fine-tuned on the translated training images with S's labels, early stopping on
    the translated validation images (no target label is used anywhere).
 5. On T's test split: external AUC (B_S), adapted AUC (fine-tuned B_S) and the internal
-   ceiling (B_T), each with a bootstrap CI; salvage = (adapted - external) / (internal(T) -
-   external). Domain spread: one classifier on a fraction of the pooled training splits,
+   ceiling (B_T), each the whole-test-set AUC with its percentile bootstrap CI (and the
+   paper's form, mean +- 1.96 sd / sqrt(B), beside it); adapted against external by a
+   paired bootstrap (same resampled images), with a p-value; salvage = (adapted -
+   external) / (internal(T) - external). Domain spread: one classifier on a fraction of the pooled training splits,
    the variance over domains of its 100 x AUC.
 
 Outputs in the workdir: `results.md` / `results.json` (the per-pair table, averages,
-salvage, domain spread), `translations_<S>_to_<T>.png`, `pairs.json` (finished pairs; a
+salvage, domain spread), `predictions/*.npz` (each test set's labels and the models'
+probabilities), `translations_<S>_to_<T>.png`, `pairs.json` (finished pairs; a
 rerun skips them), classifier weights under `classifiers/`, the GAN checkpoints (a killed
 run resumes mid-GAN), `metrics.jsonl` and TensorBoard logs.
 
 Layout: `paper.py` is the method (the StarGAN and CyCADA losses, the schedule),
-`experiment.py` runs it (config, domains, task classifiers, one StarGAN per pair,
-translation, evaluation, the driver) and `report.py` makes its tables.
+`augment.py` the chest X-ray classifiers' training augmentation, `experiment.py` runs it
+(config, domains, task classifiers, one StarGAN per pair, translation, evaluation, the
+driver) and `report.py` makes its tables.
 """
 
 # The command line, the tests and the benchmarks use the package; its parts are re-exported.
@@ -48,8 +52,10 @@ from medda_jax.methods.stargan_da.experiment import (DIGIT_DOMAINS, CXR_SITES, C
                                                      Domain, load_domains, num_classes,
                                                      task_optimizer, balanced_indices,
                                                      TaskTrainer, pair_batches, PairGAN,
-                                                     domain_spread, train_and_evaluate)
+                                                     domain_spread, train_and_evaluate,
+                                                     test_indices, auc_with_intervals,
+                                                     evaluate_on, compare_on)
 from medda_jax.engine.classifier import apply_task
 from medda_jax.methods.stargan_da.paper import lr_schedule, stargan_losses
 from medda_jax.methods.stargan_da.report import (PAPER, summarise, interval_text,
-                                                 tables_markdown)
+                                                 mean_interval_text, tables_markdown)

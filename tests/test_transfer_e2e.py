@@ -3,10 +3,15 @@ figure, resumption after a kill, and config errors."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
 from conftest import kill_after_results, run_train, shared_run
+from medda_jax.config_utils import load_config
+from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.supervised import TrainState
+from medda_jax.methods import gradient_transfer as gt
 
 CONFIG = "configs/transfer.py:smoke"
 METHODS = ("fta", "ftf", "l2sp", "spottune", "octl", "mmtl")
@@ -40,6 +45,37 @@ def test_smoke_writes_both_tables_and_the_figure(transfer_run):
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert any(r["stage"].startswith("pretrain_adam") for r in records)
   assert any("/spottune/" in r["stage"] and "tuned_blocks" in r for r in records)
+
+
+def test_reported_dice_of_the_source_model_recomputed_by_hand(transfer_run, demo_cache,
+                                                               tmp_path):
+  # The 'none' column's model is the saved pre-training checkpoint: predict the target's
+  # test subjects with the bare network and score them with a plain numpy Dice.
+  workdir, _ = transfer_run
+  c = load_config(CONFIG)
+  c.data.cache_dir = str(demo_cache)
+  exp = gt.Experiment(c, tmp_path)
+  src, tgt = c.data.pairs[0]
+  init = exp.init_variables(0)
+  like = TrainState.create(init["params"], exp.optimizer("adam", "pretrain"),
+                           init["batch_stats"], jax.random.PRNGKey(0))
+  ckpt = Checkpointer(workdir / "checkpoints" / f"pretrain_adam_{src}_seed0")
+  try:
+    source, _ = ckpt.restore(like)
+  finally:
+    ckpt.close()
+  apply = jax.jit(lambda v, x: exp.model.apply(v, x, train=False))
+  dices = []
+  for vol in exp.splits[tgt].test:
+    assert vol.image.shape[1] % 8 == 0 and vol.image.shape[2] % 8 == 0  # no padding
+    logits = np.asarray(apply({"params": source.params, "batch_stats": source.model_state},
+                              vol.image[..., None].astype(np.float32)))[..., 0]
+    pred, truth = logits > 0, vol.mask > 0
+    dices.append(2.0 * np.sum(pred & truth) / (np.sum(pred) + np.sum(truth)))
+  exp.writer.close()
+  results = json.loads((workdir / "transfer_results.json").read_text())
+  reported = results[f"adam/{src}->{tgt}/source_model/0"]["target"]["dice"]
+  assert reported == pytest.approx(100 * np.mean(dices), abs=1e-3)
 
 
 def test_killed_run_resumes_to_the_same_tables(transfer_run, tmp_path, demo_cache):

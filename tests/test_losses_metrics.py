@@ -114,15 +114,30 @@ class LossesTest(chex.TestCase):
                                         / (np_soft_iou(logits, targets) + 1)), rtol=1e-5)
 
   def test_log_dice_term_is_dice_of_iou(self):
-    # 2·IoU/(IoU+1) is the Dice value of an IoU: for hard masks, IoU = 1/3 -> Dice = 1/2
-    iou = 1.0 / 3.0
-    self.assertAlmostEqual(2 * iou / (iou + 1), 0.5)
-    # soft version: bce_log_dice − bce = −log(2·IoU_s/(IoU_s + 1))
+    # Eq. (4) writes the log-Dice through the smoothed IoU I = (Σpg + 1)/(Σp + Σg − Σpg + 1):
+    # 2I/(I + 1) = (2Σpg + 2)/(Σp + Σg + 2), the Dice coefficient counted directly.
+    # Hard masks first: |A| = |B| = 4, |A ∩ B| = 2, logits saturated so p is the mask.
+    a = np.zeros((1, 4, 4, 1))
+    b = np.zeros((1, 4, 4, 1))
+    a[0, 0, :4] = 1
+    b[0, 0, 2:4] = 1
+    b[0, 1, :2] = 1
+    inter = size_a = size_b = 0.0
+    for ai, bi in zip(a.ravel(), b.ravel()):
+      inter += ai * bi
+      size_a += ai
+      size_b += bi
+    dice = (2 * inter + 2) / (size_a + size_b + 2)
+    x = jnp.asarray(np.where(a > 0, 40.0, -40.0), jnp.float32)
+    g = jnp.asarray(b, jnp.float32)
+    np.testing.assert_allclose(float(losses.bce_log_dice(x, g) - losses.bce(x, g)),
+                               -np.log(dice), rtol=1e-5)
+    # Soft probabilities: the same identity with the sums of _np_sums.
     logits, targets = _batch(4)
     x, g = jnp.asarray(logits, jnp.float32), jnp.asarray(targets, jnp.float32)
-    iou_s = np_soft_iou(logits, targets)
+    pg, sp, sg, _, _ = _np_sums(logits, targets)
     np.testing.assert_allclose(float(losses.bce_log_dice(x, g) - losses.bce(x, g)),
-                               -np.log(2 * iou_s / (iou_s + 1)), rtol=1e-4)
+                               -np.log((2 * pg + 2) / (sp + sg + 2)), rtol=1e-4)
 
   def test_bce_pos_weight_differs_from_unweighted(self):
     logits, targets = _batch(5, p_fg=0.1)

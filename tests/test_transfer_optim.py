@@ -191,9 +191,37 @@ def test_octl_restores_exactly_the_saved_moments_from_a_checkpoint(tmp_path):
   assert np.isclose(float(inject.hyperparams["b1"]), 0.99)
 
 
+def _np_adam_chunk(params, batches, lr, b1=0.9, b2=0.999, eps=1e-8, l2sp_alpha=0.0,
+                   trainable=None, decay_step=1, factor=0.1):
+  """Adam over the chunk's batches for pred = x @ K + b[0] + b[1], mean squared error, with
+  the gradients written out, L2-SP's 2·alpha·(theta − theta0), the step decay and a freeze
+  mask: what each fine-tuning method's optimizer must do, in NumPy."""
+  p = _np(params)
+  p0 = _np(params)
+  m = jax.tree.map(np.zeros_like, p)
+  v = jax.tree.map(np.zeros_like, p)
+  keep = jax.tree.map(lambda x: 1.0, p) if trainable is None else jax.tree.map(float, trainable)
+  for k in range(batches["x"].shape[0]):
+    x, y = np.asarray(batches["x"][k], np.float64), np.asarray(batches["y"][k], np.float64)
+    residual = x @ p["init_conv"]["kernel"] + p["down1"]["bias"][:2].sum() - y
+    grad_bias = np.zeros(4)
+    grad_bias[:2] = 2.0 * residual.mean()
+    g = {"init_conv": {"kernel": 2.0 * x.T @ residual / residual.size},
+         "down1": {"bias": grad_bias}}
+    g = jax.tree.map(lambda gi, pi, ri: gi + 2.0 * l2sp_alpha * (pi - ri), g, p, p0)
+    t = k + 1
+    lr_k = lr * (factor if k >= decay_step else 1.0)
+    m = jax.tree.map(lambda a, gi: b1 * a + (1 - b1) * gi, m, g)
+    v = jax.tree.map(lambda a, gi: b2 * a + (1 - b2) * gi * gi, v, g)
+    p = jax.tree.map(lambda x_, a, b, f: x_ - f * lr_k * (a / (1 - b1 ** t))
+                     / (np.sqrt(b / (1 - b2 ** t)) + eps), p, m, v, keep)
+  return p
+
+
 def test_one_compiled_step_serves_every_method():
-  """The update code depends only on the optimizer name (and Nesterov): a chunk built with
-  the plain optimizer, fed states made for L2-SP or FTF, gives what their own chunks give."""
+  """The update code depends only on the optimizer name (and Nesterov): one chunk built with
+  the plain optimizer, fed the states made for L2-SP, FTF or OCTL's beta1, gives each
+  method's own update (a NumPy transcription), and those differ from the plain one's."""
   params = _params()
 
   def loss_fn(p, model_state, batch, rng):
@@ -206,15 +234,22 @@ def test_one_compiled_step_serves_every_method():
              "y": jnp.asarray(rng.normal(size=(2, 5, 2)), jnp.float32)}
   plain = T.transfer_optimizer("adam", learning_rate=0.1, decay_step=1)
   shared = build_train_chunk(loss_fn, plain, "host")
-  variants = [T.transfer_optimizer("adam", learning_rate=0.1, decay_step=1, l2sp_alpha=0.7),
-              T.transfer_optimizer("adam", learning_rate=0.1, decay_step=1, trainable=T.trainable_mask(
-                  params, T.first_layers(("init_",)))),
-              T.transfer_optimizer("adam", learning_rate=0.05, decay_step=1, b1=0.99)]
-  for tx in variants:
-    own = build_train_chunk(loss_fn, tx, "host")
-    fresh = lambda: TrainState.create(jax.tree.map(jnp.array, params), tx,  # noqa: E731
-                                      rng=jax.random.PRNGKey(0))
-    a, _ = shared(fresh(), batches)
-    b, _ = own(fresh(), batches)
-    chex.assert_trees_all_close(a.params, b.params, rtol=1e-6)
-    assert not np.allclose(a.params["init_conv"]["kernel"], params["init_conv"]["kernel"])
+  trainable = T.trainable_mask(params, T.first_layers(("init_",)))
+  cases = {"plain": (plain, {}),
+           "l2sp": (T.transfer_optimizer("adam", learning_rate=0.1, decay_step=1,
+                                         l2sp_alpha=0.7), {"l2sp_alpha": 0.7}),
+           "ftf": (T.transfer_optimizer("adam", learning_rate=0.1, decay_step=1,
+                                        trainable=trainable), {"trainable": trainable}),
+           "beta1": (T.transfer_optimizer("adam", learning_rate=0.05, decay_step=1, b1=0.99),
+                     {"lr": 0.05, "b1": 0.99})}
+  want = {}
+  for name, (tx, settings) in cases.items():
+    state = TrainState.create(jax.tree.map(jnp.array, params), tx, rng=jax.random.PRNGKey(0))
+    got, _ = shared(state, batches)
+    settings = {"lr": 0.1, **settings}
+    want[name] = _np_adam_chunk(params, batches, **settings)
+    chex.assert_trees_all_close(_np(got.params), want[name], rtol=2e-5, atol=1e-6)
+  for name in ("l2sp", "ftf", "beta1"):  # each method's update is not the plain one
+    assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(want[name]),
+                                                    jax.tree.leaves(want["plain"]))) > 2e-4
+

@@ -1,7 +1,9 @@
 """Reptile's outer update (MetaMedSeg eqs. 1-3 and the §2.9 D4-D7 variants) against NumPy.
 
 Every reference below is written the plain way: explicit loops over tasks in NumPy
-(float64), following the formulas of the spec, never the library's own helpers.
+(float64), following the formulas of the spec, never the library's own helpers. The
+aggregate emits Reptile's pseudo-gradient −Σ_l w_l Δ_l, so an optax optimiser after it
+steps toward the tasks.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ class ReptileWeightsTest(chex.TestCase):
       acc = np.zeros(v.shape[1:])
       for l in range(L):
         acc += v[l]
-      expected[k] = acc / L
+      expected[k] = -acc / L  # pseudo-gradient: minus the mean delta
     chex.assert_trees_all_close(update, _to_jax(expected), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(state.weights), np.full(L, 1.0 / L), atol=1e-7)
 
@@ -150,7 +152,8 @@ class ReptileWeightsTest(chex.TestCase):
     tx = reptile_aggregate(L, rule="idw", idw_reference=reference, invert=invert)
     params = _to_jax(jax.tree.map(lambda x: x[0], deltas_np))
     update, state = self.variant(tx.update)(_to_jax(deltas_np), tx.init(params), params)
-    chex.assert_trees_all_close(update, _to_jax(expected_update), rtol=2e-5, atol=1e-6)
+    chex.assert_trees_all_close(update, _to_jax({k: -v for k, v in expected_update.items()}),
+                                rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(state.weights), expected_w, rtol=2e-5, atol=1e-7)
     # the references really differ from each other (otherwise the test above is weak)
     if reference != "meta_model":
@@ -167,7 +170,7 @@ class ReptileWeightsTest(chex.TestCase):
     params = {"w": jnp.zeros((1,))}
     update, state = self.variant(tx.update)(deltas, tx.init(params), params)
     np.testing.assert_allclose(np.asarray(state.weights), [13 / 28, 10 / 28, 5 / 28], rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(update["w"]), [48 / 28], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(update["w"]), [-48 / 28], rtol=1e-6)
     # invert=False (reference code config 3): w_l = v_l / Σ v = (d_l + 1e-4)/(14 + 3e-4)
     w = self.variant(lambda d: reptile_weights(
         d, rule="idw", idw_form="one_minus_normalised", invert=False))(deltas)
@@ -210,7 +213,8 @@ class ReptileAggregateTest(chex.TestCase):
     tx = reptile_aggregate(L, rule=rule, legacy_sequential_product=True)
     params = _to_jax(jax.tree.map(lambda x: x[0], deltas_np))
     out, state = self.variant(tx.update)(_to_jax(deltas_np), tx.init(params), params)
-    chex.assert_trees_all_close(out, _to_jax(expected), rtol=2e-5, atol=1e-7)
+    chex.assert_trees_all_close(out, _to_jax({k: -v for k, v in expected.items()}),
+                                rtol=2e-5, atol=1e-7)
     # the state logs the weights themselves, not the suffix products
     np.testing.assert_allclose(np.asarray(state.weights), w, rtol=2e-5)
     # and it is not the paper's eq. (3)
@@ -291,10 +295,10 @@ class ReptileAggregateTest(chex.TestCase):
       chex.assert_trees_all_close(out, _to_jax({k: beta * v for k, v in mean.items()}),
                                   rtol=1e-5, atol=1e-6)
 
-  def test_composes_with_momentum_after_it(self):
-    # chain(aggregate, trace(0.5), scale(β)): m_t = u_t + 0.5 m_{t-1}, θ += β m_t
+  def test_sgd_momentum_after_it_matches_hand_loop(self):
+    # chain(aggregate, sgd(β, momentum)): g = −mean Δ, m_t = g_t + μ m_{t−1}, θ −= β m_t
     beta, decay = 0.1, 0.5
-    tx = optax.chain(reptile_aggregate(L, rule="aw"), optax.trace(decay), optax.scale(beta))
+    tx = optax.chain(reptile_aggregate(L, rule="aw"), optax.sgd(beta, momentum=decay))
     theta = {k: np.zeros(s) for k, s in SHAPES.items()}
     theta_j = _to_jax(theta)
     state = tx.init(theta_j)
@@ -304,9 +308,43 @@ class ReptileAggregateTest(chex.TestCase):
       updates, state = jax.jit(tx.update)(_to_jax(deltas_np), state, theta_j)
       theta_j = optax.apply_updates(theta_j, updates)
       for k in SHAPES:
-        momentum[k] = deltas_np[k].mean(axis=0) + decay * momentum[k]
-        theta[k] = theta[k] + beta * momentum[k]
+        mean_delta = sum(deltas_np[k][l] for l in range(L)) / L
+        momentum[k] = -mean_delta + decay * momentum[k]
+        theta[k] = theta[k] - beta * momentum[k]
     chex.assert_trees_all_close(theta_j, _to_jax(theta), rtol=1e-5, atol=1e-6)
+
+  @parameterized.named_parameters(
+      ("adam", lambda: optax.adam(0.05)),
+      ("sgd_momentum", lambda: optax.sgd(0.2, momentum=0.9)),
+      ("reptile_outer_adam", None))
+  def test_outer_optimisers_move_toward_the_tasks(self, make_outer):
+    """Quadratic tasks ½‖θ − c_l‖²: each task model takes 3 plain gradient steps (lr 0.3)
+    from θ; whatever optimiser follows the aggregate must bring θ near the tasks' optima."""
+    rng = np.random.default_rng(80)
+    centres = rng.normal(size=(L, 5)) + 3.0  # the tasks' optima, far from θ = 0
+    if make_outer is None:
+      tx = reptile(None, L, outer=optax.adam(0.05))
+    else:
+      tx = optax.chain(reptile_aggregate(L, rule="aw"), make_outer())
+    theta = jnp.zeros(5)
+    state = tx.init(theta)
+
+    def distance(t):
+      return float(np.mean([np.linalg.norm(np.asarray(t) - c) for c in centres]))
+
+    start = distance(theta)
+    update = jax.jit(tx.update)
+    for _ in range(60):
+      local = np.repeat(np.asarray(theta, np.float64)[None], L, axis=0)
+      for _ in range(3):
+        local = local - 0.3 * (local - centres)  # ∇½‖θ_l − c_l‖² = θ_l − c_l
+      deltas = jnp.asarray(local - np.asarray(theta)[None], jnp.float32)
+      updates, state = update(deltas, state, theta)
+      theta = optax.apply_updates(theta, updates)
+    # the closest any θ gets is the centres' mean
+    floor = distance(centres.mean(axis=0))
+    self.assertLess(distance(theta), floor + 0.2 * (start - floor),
+                    msg=f"start {start:.3f}, end {distance(theta):.3f}, floor {floor:.3f}")
 
   def test_invalid_names_raise(self):
     for kwargs in (dict(rule="mean"), dict(rule="idw", idw_form="inverse_sqrt"),
@@ -316,6 +354,10 @@ class ReptileAggregateTest(chex.TestCase):
         reptile_aggregate(L, **kwargs)
       with self.assertRaises(ValueError, msg=str(kwargs)):
         reptile(0.1, L, **kwargs)
+    with self.assertRaises(ValueError):  # β and an outer optimiser: ambiguous
+      reptile(0.1, L, outer=optax.adam(1e-3))
+    with self.assertRaises(ValueError):
+      reptile(None, L)
     deltas = _to_jax(_stacked_deltas(60))
     with self.assertRaises(ValueError):
       reptile_weights(deltas, rule="bogus")

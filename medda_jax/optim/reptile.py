@@ -1,11 +1,11 @@
 """Reptile's outer update as an optax transform: plain average (AW) or inverse distance
 weighting (IDW) of the per-task parameter deltas, MetaMedSeg eqs. (1)-(3).
 
-The transform is fed the *stacked* deltas `Δ_l = θ_l − θ` (leading task axis L) and
-returns `Σ_l w_l Δ_l`; chained with `optax.scale(β)` it gives `θ ← θ + β Σ_l w_l Δ_l`
-through `optax.apply_updates`. Because it is an ordinary GradientTransformation it
-composes with `optax.inject_hyperparams`, schedules (`optax.scale_by_schedule` for an
-annealed β) or a momentum transform after it.
+The aggregate is fed the *stacked* deltas `Δ_l = θ_l − θ` (leading task axis L) and
+returns Reptile's pseudo-gradient `g = −Σ_l w_l Δ_l` (θ minus the weighted task models):
+the direction a loss gradient would have, so any optax optimiser chained after it steps
+toward the tasks. Plain Reptile is `sgd(β)` after it, `θ ← θ − β g = θ + β Σ_l w_l Δ_l`;
+Adam, momentum, schedules and `optax.inject_hyperparams` compose the same way.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def reptile_aggregate(num_tasks: int, rule: str = "aw", idw_form: str = "inverse
                       idw_reference: str = "meta_model", invert: bool = True,
                       legacy_sequential_product: bool = False,
                       eps: float = 1e-12) -> optax.GradientTransformation:
-  """Σ_l w_l Δ_l from stacked task deltas (see `reptile_weights`).
+  """The pseudo-gradient −Σ_l w_l Δ_l from stacked task deltas (weights: `reptile_weights`);
+  chain an outer optimiser after it (`reptile` does, with sgd).
 
   legacy_sequential_product=True reproduces the released MetaMedSeg code, which inside its
   task loop does `update += Δ_l; update *= w_l`, i.e. task l gets Π_{j≥l} w_j.
@@ -98,15 +99,25 @@ def reptile_aggregate(num_tasks: int, rule: str = "aw", idw_form: str = "inverse
     if legacy_sequential_product:
       # suffix products: c_l = Π_{j>=l} w_j
       coefficients = jnp.flip(jnp.cumprod(jnp.flip(weights)))
-    update = jax.tree.map(
-        lambda d: jnp.tensordot(coefficients.astype(d.dtype), d, axes=1), deltas)
-    return update, ReptileState(weights=weights)
+    pseudo_gradient = jax.tree.map(
+        lambda d: -jnp.tensordot(coefficients.astype(d.dtype), d, axes=1), deltas)
+    return pseudo_gradient, ReptileState(weights=weights)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def reptile(meta_step_size, num_tasks: int, **aggregate_kwargs) -> optax.GradientTransformation:
-  """θ ← θ + β Σ_l w_l Δ_l, with β a float or an optax schedule of the meta-iteration."""
-  scale = (optax.scale_by_schedule(meta_step_size) if callable(meta_step_size)
-           else optax.scale(meta_step_size))
-  return optax.chain(reptile_aggregate(num_tasks, **aggregate_kwargs), scale)
+def reptile(meta_step_size, num_tasks: int, *,
+            outer: optax.GradientTransformation | None = None,
+            **aggregate_kwargs) -> optax.GradientTransformation:
+  """Reptile's meta-optimiser: the aggregate, then `outer`.
+
+  Plain Reptile (outer=None): `optax.sgd(meta_step_size)`, β a float or an optax schedule
+  of the meta-iteration, i.e. θ ← θ + β Σ_l w_l Δ_l. Or pass any optax optimiser as
+  `outer` (e.g. `optax.adam(1e-3)`) with meta_step_size=None.
+  """
+  if (outer is None) == (meta_step_size is None):
+    raise ValueError("reptile() takes either meta_step_size (plain Reptile, sgd(β)) or an "
+                     "outer optax optimiser, not both")
+  if outer is None:
+    outer = optax.sgd(meta_step_size)
+  return optax.chain(reptile_aggregate(num_tasks, **aggregate_kwargs), outer)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
 from medda_jax import config_utils as cu
 from medda_jax import losses as losses_lib
@@ -39,6 +40,16 @@ from medda_jax.optim import coupled_adam, maml, reptile
 
 DEMO_TARGETS = ("thalamus_t1w", "caudate_t2w_like", "putamen_lowres_noisy")
 RESULTS_FILE = "finetune_results.json"
+PREDICTIONS_DIR = "predictions"  # <init>_<target>.npz: test masks of the first selection
+
+
+def save_predictions(path: pathlib.Path, predicted: np.ndarray, truth: np.ndarray) -> None:
+  """Bit-packed predicted and ground-truth test masks [N, H, W, 1] of one fine-tuning run."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with files.atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      np.savez_compressed(f, predicted=np.packbits(predicted), truth=np.packbits(truth),
+                          shape=np.array(predicted.shape))
 
 
 # --------------------------------------------------------------------------- config
@@ -78,7 +89,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cu.check_range(c, "model.levels", 2, 7, integer=True)
   cu.check_choice(c, "meta.algorithm", ("reptile", "maml", "fomaml"))
   if c.meta.meta_iterations > 0:
-    cu.check_subset(c, "meta.rules", ("aw", "idw"))
+    cu.check_subset(c, "meta.rules", ("aw", "idw", "dawoud"))
+  cu.check_range(c, "meta.dawoud_entropy_weight", 0.0)
+  cu.check_choice(c, "finetune.regime", ("few_shot", "full"))
   cu.check_choice(c, "meta.task_definition", tasks.TASK_DEFINITIONS)
   cu.check_range(c, "meta.meta_iterations", 0, integer=True)
   cu.check_range(c, "meta.tasks_per_batch", 1, 1024, integer=True)
@@ -101,6 +114,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cu.check_range(c, "transfer.weight_decay", 0.0)
   cu.check_range(c, "transfer.lr_decay_gamma", 0.0, 1.0, low_inclusive=False)
   cu.check_choice(c, "transfer.loss", losses_lib.SEGMENTATION_LOSSES)
+  cu.check_choice(c, "transfer.heads", ("per_dataset", "shared"))
+  cu.check_choice(c, "transfer.sampling", ("balanced", "epochs"))
   cu.check_choice(c, "finetune.loss", losses_lib.SEGMENTATION_LOSSES)
   cu.check_range(c, "finetune.shots", 1, 1024, integer=True)
   if len(c.finetune.seeds) < 1:
@@ -193,7 +208,7 @@ def targets_and_sources(c, collection: SliceCollection) -> tuple[list[str], list
   return targets, sources
 
 
-_STAGE_ORDER = ("transfer", "meta_aw", "meta_idw", "maml", "fomaml")
+_STAGE_ORDER = ("transfer", "meta_aw", "meta_idw", "meta_dawoud", "maml", "fomaml")
 
 
 def load_initialisations(path, like) -> dict[str, Any]:
@@ -219,7 +234,80 @@ def load_initialisations(path, like) -> dict[str, Any]:
                     "of an earlier run, with checkpoints/<stage>/<step>/, or one stage's "
                     "checkpoint folder)")
   hint = " (config.model.features / model.levels differ from the run that saved it?)"
-  return {d.name: restore_params(d, like, hint=hint) for d in stages}
+  out = {}
+  for d in stages:
+    heads = _saved_head_width(d)
+    if heads > 1:  # joint pre-training with one output per source dataset
+      out[d.name] = narrow_head(restore_params(d, widen_head(like, heads), hint=hint))
+    else:
+      out[d.name] = restore_params(d, like, hint=hint)
+  return out
+
+
+def _saved_head_width(directory: pathlib.Path) -> int:
+  """Output channels of the U-Net saved in a stage's latest checkpoint (0 if unreadable:
+  `restore_params` then names the problem)."""
+  try:
+    handlers = {"state": ocp.StandardCheckpointHandler(), "extra": ocp.JsonCheckpointHandler()}
+    with ocp.CheckpointManager(directory.absolute(), item_names=("state", "extra"),
+                               item_handlers=handlers) as r:
+      step = r.latest_step()
+      kernel = r.item_metadata(step)["state"]["params"]["params"][HEAD]["kernel"]
+      return int(kernel.shape[-1])
+  except Exception:  # noqa: BLE001 - any unreadable layout is reported by restore_params
+    return 0
+
+
+def _with_entropy_regulariser(loss_fn, weight: float):
+  """loss + weight x mean binary entropy of the predicted probabilities: Dawoud et al.'s
+  entropy regularisation, which pushes predictions away from the decision boundary
+  (their version scores images of other tasks; here the task's own shots)."""
+
+  def fn(logits, targets):
+    p = jax.nn.sigmoid(logits.astype(jnp.float32))
+    entropy = -(p * jax.nn.log_sigmoid(logits) + (1.0 - p) * jax.nn.log_sigmoid(-logits))
+    return loss_fn(logits, targets) + weight * jnp.mean(entropy)
+
+  return fn
+
+
+# --------------------------------------------------------------------------- transfer heads
+# The source datasets of joint pre-training can share their images: the demo's structures
+# are labels of the same brain slices, MSD's brain-tumour sub-regions and its hippocampus,
+# pancreas and vessel pairs are labels of the same scans. One output channel for all of
+# them is asked for different masks of one image and can only learn their average, so
+# pre-training gives every source dataset its own 1x1 output convolution (the U-Net's
+# last layer, `Conv_0`) on the shared network; fine-tuning starts from their mean.
+HEAD = "Conv_0"
+
+
+def widen_head(params, num_heads: int):
+  """The single-output parameters with the output convolution copied into `num_heads`."""
+  head = params["params"][HEAD]
+  wide = {"kernel": jnp.tile(head["kernel"], (1, 1, 1, num_heads)),
+          "bias": jnp.tile(head["bias"], (num_heads,))}
+  return {**params, "params": {**params["params"], HEAD: wide}}
+
+
+def narrow_head(params):
+  """One output channel: the mean of the per-dataset output convolutions."""
+  head = params["params"][HEAD]
+  narrow = {"kernel": head["kernel"].mean(axis=-1, keepdims=True),
+            "bias": head["bias"].mean(keepdims=True)}
+  return {**params, "params": {**params["params"], HEAD: narrow}}
+
+
+def _per_dataset_head_loss(apply_fn, loss_fn):
+  """The train-step loss of joint pre-training: each slice is scored on its own dataset's
+  output channel (batch["dataset"], [B]); `apply_fn` is the widened U-Net's."""
+
+  def fn(params, model_state, batch, rng):
+    del rng
+    logits = apply_fn(params, batch["images"])  # [B, H, W, num_heads]
+    own = jnp.take_along_axis(logits, batch["dataset"][:, None, None, None], axis=-1)
+    return loss_fn(own, batch["masks"]), (model_state, {})
+
+  return fn
 
 
 # --------------------------------------------------------------------------- experiment
@@ -272,24 +360,41 @@ class Experiment:
     schedule = optax.exponential_decay(c.learning_rate, steps_per_epoch, c.lr_decay_gamma,
                                        staircase=True)
     tx = coupled_adam(schedule, c.weight_decay)
+    per_dataset = c.heads == "per_dataset"
+    loss_fn = losses_lib.SEGMENTATION_LOSSES[c.loss]
     chunk_fn = build_train_chunk(
-        supervised_loss(self.model.apply, losses_lib.SEGMENTATION_LOSSES[c.loss]), tx,
-        self.inner_loop)
+        _per_dataset_head_loss(self.model.clone(out_channels=len(self.sources)).apply, loss_fn)
+        if per_dataset
+        else supervised_loss(self.model.apply, loss_fn), tx, self.inner_loop)
     sources = [self.collection[n] for n in self.sources]
 
     def load(rows):
       pairs = [sources[d].batch([p]) for d, p in rows]
       return {"images": np.stack([x for x, _ in pairs]),
-              "masks": np.stack([y for _, y in pairs])}
+              "masks": np.stack([y for _, y in pairs]),
+              "dataset": np.asarray(rows[:, 0], np.int32).reshape(-1, 1)}
 
-    epochs_needed = -(-total // steps_per_epoch)
-    ds = (grain.MapDataset.source(table).shuffle(seed=self.c.seed).repeat(epochs_needed)
-          .batch(spc).map(load))
+    if c.sampling == "balanced":
+      # Every step draws a dataset with the 1/z organ-group weights of meta-training, then
+      # one of its slices: each structure is seen, not mostly the largest masks.
+      rng = np.random.default_rng([self.c.seed, 7])
+      datasets = tasks.sample_datasets(rng, self.sources,
+                                       self.collection.group_weights(self.sources), total)
+      rows = np.array([(d, rng.integers(len(sources[d]))) for d in datasets], np.int64)
+      ds = grain.MapDataset.source(rows).batch(spc).map(load)
+    else:  # epochs over the union of the source slices
+      epochs_needed = -(-total // steps_per_epoch)
+      ds = (grain.MapDataset.source(table).shuffle(seed=self.c.seed).repeat(epochs_needed)
+            .batch(spc).map(load))
     it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
-    state = TrainState.create(jax.tree.map(jnp.array, self.init_params), tx)
+    params = jax.tree.map(jnp.array, self.init_params)
+    if per_dataset:
+      params = widen_head(params, len(self.sources))
+    state = TrainState.create(params, tx)
     result = self.run("transfer", state, chunk_fn, it, total_calls=total // spc,
                       steps_per_call=spc, description="transfer pre-training")
-    return result.state.params
+    params = result.state.params
+    return narrow_head(params) if per_dataset else params
 
   def run(self, name: str, state, step_fn, it, **kwargs):
     """One stage on the engine loop, checkpointed under checkpoints/<name>."""
@@ -306,8 +411,12 @@ class Experiment:
   def meta_train(self, rule: str):
     c = self.c.meta
     L = c.tasks_per_batch
+    loss_fn = losses_lib.SEGMENTATION_LOSSES[c.loss]
+    if rule == "dawoud":  # Dawoud et al.: AW Reptile, the loss plus an entropy regulariser
+      loss_fn = _with_entropy_regulariser(loss_fn, c.dawoud_entropy_weight)
     if c.algorithm == "reptile":
-      meta_tx = reptile(c.meta_step_size, L, rule=rule, idw_form=c.idw_form,
+      meta_tx = reptile(c.meta_step_size, L, rule="idw" if rule == "idw" else "aw",
+                        idw_form=c.idw_form,
                         idw_reference=c.idw_reference, invert=c.idw_invert,
                         legacy_sequential_product=c.legacy_sequential_product)
     else:  # MAML: the aggregate is the task mean, the outer optimiser SGD(beta)
@@ -330,8 +439,7 @@ class Experiment:
       print(f"meta-batch of {L} tasks padded to {padded} (one task axis over "
             f"{jax.device_count()} devices); the copies are dropped before the update",
             flush=True)
-    step_fn = build_meta_step(self.model.apply, losses_lib.SEGMENTATION_LOSSES[c.loss],
-                              adapt_cfg, meta_tx, algorithm=c.algorithm,
+    step_fn = build_meta_step(self.model.apply, loss_fn, adapt_cfg, meta_tx, algorithm=c.algorithm,
                               maml_inner_steps=c.maml_inner_steps, maml_inner_lr=c.maml_inner_lr,
                               mesh=mesh, task_parallelism=self.c.engine.task_parallelism,
                               inner_loop=self.inner_loop, steps_per_call=spc,
@@ -374,11 +482,15 @@ class Experiment:
       fn = jax.jit(lambda p, x, y, v, k: adapt(p, x, y, v, k, apply_fn=self.model.apply,
                                                loss_fn=loss_fn, cfg=cfg))
       return fn
-    steps = cfg.epochs * c.shots
-    spc = next(s for s in range(min(self.c.engine.steps_per_call, steps), 0, -1)
-               if steps % s == 0)
-    return lambda p, x, y, v, k: adapt_chunked(p, x, y, v, k, apply_fn=self.model.apply,
-                                               loss_fn=loss_fn, cfg=cfg, steps_per_call=spc)
+
+    def chunked(p, x, y, v, k):
+      steps = cfg.epochs * len(x)  # the shots, or every training slice (full regime)
+      spc = next(s for s in range(min(self.c.engine.steps_per_call, steps), 0, -1)
+                 if steps % s == 0)
+      return adapt_chunked(p, x, y, v, k, apply_fn=self.model.apply, loss_fn=loss_fn,
+                           cfg=cfg, steps_per_call=spc)
+
+    return chunked
 
   def predict(self, params, images: np.ndarray) -> np.ndarray:
     return self._predict(params, images)
@@ -394,7 +506,7 @@ class Experiment:
     splits = {}
     for target in self.targets:
       train, test = self.target_split(target)
-      if len(train) < c.shots:
+      if c.regime == "few_shot" and len(train) < c.shots:
         raise ConfigError(f"target {target} has {len(train)} training slices, fewer than "
                           f"config.finetune.shots={c.shots}")
       test_x, test_y = test.batch(np.arange(len(test)))
@@ -403,11 +515,17 @@ class Experiment:
 
     def run(target, init_name, seed):
       train, test_x, test_y, picks = splits[target]
-      x, y = train.batch(tasks.fixed_shots(train, c.shots, seed))
+      # few-shot: the seeded shot selection; full: every training slice, the seed orders them
+      positions = (np.arange(len(train)) if c.regime == "full"
+                   else tasks.fixed_shots(train, c.shots, seed))
+      x, y = train.batch(positions)
       tuned, loss = finetune(inits[init_name], x, y, np.ones(len(x), bool),
                              jax.random.PRNGKey(seed))
       logits = self.predict(tuned, test_x)
       iou = np.asarray(metrics_lib.binary_iou_per_slice(logits, test_y))
+      if seed == c.seeds[0]:  # the test predictions of one selection, kept for analysis
+        save_predictions(self.workdir / PREDICTIONS_DIR / f"{init_name}_{target}.npz",
+                         logits > 0, test_y > 0.5)
       return np.array([iou.mean() * 100, float(loss)]), logits[picks] > 0
 
     runs = [(t, i, s) for t in self.targets for i in inits for s in c.seeds]

@@ -1,6 +1,8 @@
 """Supervised domain adaptation by transferring gradients (Goodman, Greenspan, Goldberger,
 DART 2022): mixed-minibatch transfer (MMTL) and optimizer-state continuation (OCTL), with
-the fine-tuning baselines, on cross-site skull stripping.
+the fine-tuning baselines, on cross-site skull stripping (CC359), prostate MRI (pooled source
+sites, 3 adjacent slices, Dice) and chest X-ray classification (`classification.py`:
+DenseNet-121 with source and target heads, mean AUC).
 
 For each optimizer (SGD, Adam), source -> target site pair and seed:
   1. Pre-train the residual U-Net on the source site's training subjects (BCE, batch B,

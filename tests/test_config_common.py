@@ -1,6 +1,7 @@
 """configs/common.py: the shared fields of every config, their one validation, the
 unknown-variant error, and the older field names kept as aliases."""
 
+import importlib.util
 import pathlib
 
 import ml_collections
@@ -11,10 +12,20 @@ from medda_jax import config_utils as cu
 from medda_jax.errors import ConfigError
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
-VARIANTS = {"metamedseg.py": ("paper", "demo", "smoke"),
-            "transfer.py": ("paper", "demo", "smoke"),
-            "wgan_synth.py": ("paper", "demo", "smoke"),
-            "stargan.py": ("digits", "digits_demo", "smoke", "cxr", "cxr_smoke")}
+
+
+def _known_variants(path: pathlib.Path) -> tuple[str, ...]:
+  """The variants a config file declares (its VARIANTS tuple)."""
+  spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return tuple(module.VARIANTS)
+
+
+# Every config file and the variants it declares: each must load, pass the shared
+# validation and be named by the unknown-variant error.
+VARIANTS = {p.name: _known_variants(p) for p in sorted(CONFIGS.glob("*.py"))
+            if p.name != "common.py"}
 # The older names that stay second names of the shared fields.
 ALIASES = {"transfer.py": {"eval.batch_size": "engine.eval_batch_size"},
            "wgan_synth.py": {"train.steps_per_call": "engine.steps_per_call",

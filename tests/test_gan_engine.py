@@ -179,20 +179,56 @@ def test_chunk_equals_the_updates_made_one_by_one(inner_loop, clip_value):
         <= clip_value + 1e-7
 
 
+def _linear_game():
+  """A linear critic f(x) = <w, x> + b and a 'generator' whose fakes are its parameters,
+  so every gradient is known in closed form: dL_D/dw = mean(fake) - mean(real),
+  dL_D/db = 0, dL_G/dfake_i = -w / B."""
+  critic_loss = lambda p, ms, batch, rng: (
+      jnp.mean(jax.lax.stop_gradient(p["g"]["x"]) @ p["d"]["w"] + p["d"]["b"])
+      - jnp.mean(batch["image"] @ p["d"]["w"] + p["d"]["b"]), (ms, {}))
+  generator_loss = lambda p, ms, batch, rng: (-jnp.mean(p["g"]["x"] @ p["d"]["w"] + p["d"]["b"]),
+                                              (ms, {}))
+  params = {"g": {"x": jnp.array([[0.2, -0.1, 0.4], [0.0, 0.3, -0.2]])},
+            "d": {"w": jnp.array([0.0, 0.005, -0.002]), "b": jnp.array(0.02)}}
+  return critic_loss, generator_loss, params
+
+
 @pytest.mark.parametrize("clip_value", [None, 0.01])
 def test_training_moves_with_and_without_clipping(clip_value):
-  state, critic_loss, generator_loss, g_tx, d_tx = _setup()
-  chunk = gan.build_gan_chunk(critic_loss, generator_loss, g_tx, d_tx, n_critic=2,
+  """n_critic SGD steps on the critic, each followed by clipping to [-c, c], then one
+  generator step against the clipped critic: the engine's chunk against the same steps
+  written out in numpy."""
+  critic_loss, generator_loss, params = _linear_game()
+  start = jax.tree.map(lambda v: np.array(v, np.float64), params)  # the chunk donates params
+  lr_d, lr_g, n_critic = 0.1, 0.5, 2
+  sgd_d, sgd_g = optax.sgd(lr_d), optax.sgd(lr_g)
+  state = gan.GANState.create(params, {"g": {}, "d": {}}, sgd_g, sgd_d, jax.random.key(0))
+  real = np.array([[[[0.9, -0.3, -0.1], [0.7, 0.1, 0.0]],
+                    [[-0.2, 0.6, 0.5], [0.4, -0.4, 0.3]]]], np.float32)  # [1, n_critic, B, 3]
+  chunk = gan.build_gan_chunk(critic_loss, generator_loss, sgd_g, sgd_d, n_critic=n_critic,
                               clip_value=clip_value, inner_loop="host")
-  before = jax.tree.map(np.asarray, state.params)
-  batches = {"image": jax.random.uniform(jax.random.key(9), (4, 2, BATCH, SIZE, SIZE, 1),
-                                         minval=-1)}
-  state, metrics = chunk(state, batches)
-  assert np.ptp(np.asarray(metrics["d_loss"])) > 0  # the critic's loss is not constant
-  for side in ("g", "d"):
-    moved = [np.max(np.abs(np.asarray(a) - b)) for a, b in
-             zip(jax.tree.leaves(state.params[side]), jax.tree.leaves(before[side]))]
-    assert max(moved) > 0
+  out, metrics = chunk(state, {"image": jnp.asarray(real)})
+
+  clip = (lambda v: np.clip(v, -clip_value, clip_value)) if clip_value else (lambda v: v)
+  fake, w, b = start["g"]["x"], start["d"]["w"], float(start["d"]["b"])
+  unclipped = []
+  for k in range(n_critic):
+    w = w - lr_d * (fake.mean(axis=0) - real[0, k].mean(axis=0))
+    unclipped.append(w.copy())
+    w, b = clip(w), clip(b)  # b's gradient is 0: only clipping moves it
+  fake = fake + lr_g * w / len(fake)  # fake_i -= lr_g * (-w / B)
+  np.testing.assert_allclose(np.asarray(out.params["d"]["w"]), w, rtol=1e-6, atol=1e-9)
+  np.testing.assert_allclose(float(out.params["d"]["b"]), b, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(out.params["g"]["x"]), fake, rtol=1e-6, atol=1e-9)
+  assert metrics["d_loss"].shape == (1,) and bool(metrics["finite"])
+  if clip_value is not None:
+    got = np.asarray(out.params["d"]["w"])
+    assert np.all(np.abs(got) <= clip_value) and abs(float(out.params["d"]["b"])) <= clip_value
+    # the clipping is what bit: the last unclipped step leaves [-c, c] in some entries only
+    outside = np.abs(unclipped[-1]) > clip_value
+    assert outside.any() and not outside.all()
+    np.testing.assert_array_equal(got[outside],
+                                  np.sign(unclipped[-1][outside]) * np.float32(clip_value))
 
 
 def test_bad_engine_arguments_are_rejected():

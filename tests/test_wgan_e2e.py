@@ -117,19 +117,33 @@ def test_smoke_writes_table_figure_and_sample_grids(wgan_run):
   workdir, proc = wgan_run
   final = json.loads(proc.stdout)
   config = load_config(CONFIG)
+  results = json.loads((workdir / "wgan_results.json").read_text())
+  splits = wgan_aug.load_splits(config)  # the run's test sets (a fixed split seed)
+  sets = {"source": splits.source_test, **splits.targets}
   for name in config.classifiers:
     for count in config.synthetic.counts:
-      assert 0.0 <= final[f"source_acc/{name}/{count}"] <= 100.0
+      run = results[f"{name}/{count}/0"]  # one seed: the table's mean is this run
+      predicted = {"source": run["source_predictions"], **run["target_predictions"]}
+      for key, data in sets.items():  # every accuracy and recall, recomputed by hand
+        correct = [int(p) == int(y) for p, y in zip(predicted[key], data.labels)]
+        assert len(correct) == len(data.labels) == len(predicted[key])
+        field = "source_acc" if key == "source" else f"{key}_acc"
+        acc = final[f"{field}/{name}/{count}"]
+        assert acc == pytest.approx(100.0 * sum(correct) / len(correct))
+        if key != "source":
+          for label, recall in run["target_recall"][key].items():
+            mine = [c for c, y in zip(correct, data.labels) if y == int(label)]
+            assert recall == pytest.approx(100.0 * sum(mine) / len(mine))
+      assert run["evaluations"] == config.train.epochs  # the checkpoint is chosen per epoch
       for target in config.data.targets:
-        assert 0.0 <= final[f"{target}_acc/{name}/{count}"] <= 100.0
-        gap = final[f"gap/{target}/{name}/0"]
-        assert gap == pytest.approx(final[f"source_acc/{name}/0"] - final[f"{target}_acc/{name}/0"])
+        gap = final[f"gap/{target}/{name}/{count}"]  # the paper's: real-only source accuracy
+        assert gap == pytest.approx(final[f"source_acc/{name}/0"]
+                                    - final[f"{target}_acc/{name}/{count}"])
   md = (workdir / "results.md").read_text()
   assert "DEMO DATA" in md and "not a reproduction" in md
   for name in config.classifiers:
     assert f"## {name}" in md
   assert md.count("| real only |") == len(config.classifiers)
-  results = json.loads((workdir / "wgan_results.json").read_text())
   assert len(results) == len(config.classifiers) * len(config.synthetic.counts) * len(config.seeds)
   n_real = config.data.n_real_train
   assert {r["train_images"] for r in results.values()} == {n_real + k

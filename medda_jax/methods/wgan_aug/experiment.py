@@ -28,17 +28,19 @@ from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
 from medda_jax.engine.runtable import RunTable
-from medda_jax.engine.supervised import TrainState, build_train_chunk, epoch_indices
+from medda_jax.engine.supervised import TrainState, build_train_chunk
 from medda_jax.engine.trainer import fit
 from medda_jax.engine.writers import MetricWriter
 from medda_jax.errors import ConfigError, DataError
 from medda_jax.models.wgan import Critic, Generator
-from medda_jax.methods.wgan_aug.paper import (class_counts, mixed_training_set,
+from medda_jax.methods.wgan_aug import pretrained
+from medda_jax.methods.wgan_aug.paper import (class_counts, mirrored, mixed_training_set,
                                               synthetic_pool, wgan_losses)
-from medda_jax.methods.wgan_aug.report import summarise, tables_markdown
+from medda_jax.methods.wgan_aug.report import (by_synthetic_count, nan_to_none, parse_row,
+                                               row_ids, summarise, tables_markdown)
 
 
-SOURCES = ("digits", "busi", "breastmnist")
+SOURCES = ("digits", "busi", "breastmnist", "breast")
 TARGETS = ("breast", "busi", "breastmnist", "optdigits", "mnist", "mnist_m")
 CLASSIFIERS = ("resnet50", "vit_b16", "cnn_transformer")
 RESULTS_FILE = "wgan_results.json"
@@ -79,9 +81,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.data.size={c.data.size} must be a power of two >= 8 (the "
                       "WGAN doubles 4x4 up to it)")
   cu.check_choice(c, "data.channels", (1, 3))
-  cu.check_range(c, "data.n_real_train", 4, integer=True)
-  cu.check_range(c, "data.n_source_test", 2, integer=True)
-  cu.check_range(c, "data.n_target_test", 2, integer=True)
+  if c.data.n_real_train != 0:  # 0: every source image outside the test set
+    cu.check_range(c, "data.n_real_train", 4, integer=True)
+  if c.data.n_source_test != 0:  # 0: no source test set (Table 6's "real 780" columns)
+    cu.check_range(c, "data.n_source_test", 2, integer=True)
+  if c.data.n_target_test != 0:  # 0: every target image
+    cu.check_range(c, "data.n_target_test", 2, integer=True)
   cu.check_range(c, "data.val_fraction", 0.0, 0.5, low_inclusive=False)
   cu.check_range(c, "data.split_seed", 0, integer=True)
   cu.check_choice(c, "gan.loss", ("wgan", "wgan_gp"))
@@ -103,11 +108,20 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ConfigError("config.synthetic.counts must list synthetic image counts >= 0")
   cu.check_choice(c, "synthetic.class_split", ("proportional", "equal"))
   cu.check_range(c, "synthetic.samples_per_class", 1, integer=True)
+  if any(not isinstance(k, int) or k < 0 for k in c.synthetic.mirror_counts):
+    raise ConfigError("config.synthetic.mirror_counts must list synthetic image counts >= 0")
   cu.check_subset(c, "classifiers", CLASSIFIERS)
   for name in c.classifiers:
     if name not in c.classifier_overrides:
       raise ConfigError(f"config.classifier_overrides has no entry for {name!r} (use {{}} "
                         "for the paper's architecture)")
+    weights = c.pretrained.get(name, "")
+    if weights and name not in pretrained.PRETRAINED:
+      raise ConfigError(f"config.pretrained.{name} must be empty: {name} has no torchvision "
+                        f"ImageNet weights (only {list(pretrained.PRETRAINED)} do)")
+    if weights and not pathlib.Path(weights).is_file():
+      raise ConfigError(f"config.pretrained.{name}={weights!r} is not a file (a torchvision "
+                        "state dict saved as .pth/.pt or .npz)")
   cu.check_range(c, "train.epochs", 1, integer=True)
   cu.check_range(c, "train.batch_size", 1, integer=True)
   cu.check_range(c, "train.learning_rate", 0.0, low_inclusive=False)
@@ -218,22 +232,29 @@ def load_splits(c) -> Splits:
   # patient is both trained and tested on.
   draw = (lambda n, pool=None: stratified(source.labels, n, rng, pool)) if groups is None else (
       lambda n, pool=None: user_images.group_pick(groups, n, rng, pool))
-  test_idx = draw(c.data.n_source_test)
+  no_images = np.zeros(0, np.int64)
+  test_idx = draw(c.data.n_source_test) if c.data.n_source_test else no_images
   train_pool = np.setdiff1d(np.arange(len(source.labels)), test_idx)
-  # n_real_train images to train on plus a validation share drawn beside them.
-  n_val = max(2, int(round(c.data.val_fraction * c.data.n_real_train)))
-  real_idx = stratified(source.labels, c.data.n_real_train + n_val, rng, train_pool)
+  if c.data.n_real_train == 0:
+    # Every image outside the test set, a validation share of them held back (Table 1 /
+    # Table 6: the paper's "Real (624)" reads as BreastMNIST's train 546 + val 78).
+    real_idx = train_pool
+    n_val = max(2, int(round(c.data.val_fraction * len(train_pool))))
+  else:
+    # n_real_train images to train on plus a validation share drawn beside them.
+    n_val = max(2, int(round(c.data.val_fraction * c.data.n_real_train)))
+    real_idx = stratified(source.labels, c.data.n_real_train + n_val, rng, train_pool)
   val_idx = draw(n_val, real_idx)
   targets = {}
+  n_target = c.data.n_target_test or None  # None: every image
   for entry in c.data.targets:
     name, path = user_images.parse_domain(entry)
     if path is not None:
-      targets[name] = _user_domain(c, name, path, c.data.n_target_test,
-                                   int(rng.integers(2 ** 31)))[0]
+      targets[name] = _user_domain(c, name, path, n_target, int(rng.integers(2 ** 31)))[0]
       continue
     data, _ = _domain(c, name, c.data.target_dirs.get(name, ""))
-    targets[name] = data.take(stratified(data.labels, min(c.data.n_target_test, len(data.labels)),
-                                         rng))
+    n = len(data.labels) if n_target is None else min(n_target, len(data.labels))
+    targets[name] = data.take(stratified(data.labels, n, rng))
   splits = Splits(gan_train=source.take(train_pool),
                   real_train=source.take(np.setdiff1d(real_idx, val_idx)),
                   real_val=source.take(val_idx), source_test=source.take(test_idx),
@@ -274,6 +295,21 @@ def gan_batches(images: np.ndarray, calls: int, steps_per_call: int, n_critic: i
   return grain.MapDataset.range(calls).map(chunk)
 
 
+def torch_rmsprop(learning_rate: float, alpha: float = 0.99,
+                  eps: float = 1e-8) -> optax.GradientTransformation:
+  """torch.optim.RMSprop (the reference's optimiser) with torch's defaults:
+  v <- alpha v + (1 - alpha) g^2 from v = 0, p <- p - lr g / (sqrt(v) + eps). optax's
+  rmsprop puts eps inside the root unless told, and decays by 0.9."""
+  return optax.rmsprop(learning_rate, decay=alpha, eps=eps, eps_in_sqrt=False)
+
+
+def gan_optimizer(g) -> optax.GradientTransformation:
+  """The optimiser of either network from the config's `gan` fields."""
+  if g.optimizer == "rmsprop":
+    return torch_rmsprop(g.learning_rate)
+  return optax.adam(g.learning_rate, b1=g.adam_b1, b2=g.adam_b2)
+
+
 class ClassGAN:
   """The per-class WGAN of the config: networks, optimisers, one compiled chunk."""
 
@@ -287,11 +323,7 @@ class ClassGAN:
     self.critic = Critic(size=size, base_channels=g.d_base_channels,
                          max_channels=g.d_max_channels, spectral_norm=g.spectral_norm,
                          dtype=dtype)
-    if g.optimizer == "rmsprop":  # torch defaults: alpha 0.99, eps 1e-8 (optax: decay 0.9)
-      make_tx = lambda: optax.rmsprop(g.learning_rate, decay=0.99, eps=1e-8)
-    else:
-      make_tx = lambda: optax.adam(g.learning_rate, b1=g.adam_b1, b2=g.adam_b2)
-    self.g_tx, self.d_tx = make_tx(), make_tx()
+    self.g_tx, self.d_tx = gan_optimizer(g), gan_optimizer(g)
     critic_loss, generator_loss = wgan_losses(self.generator, self.critic, g.latent_dim,
                                               g.batch_size, g.loss, g.gp_weight)
     self.chunk = gan.build_gan_chunk(critic_loss, generator_loss, self.g_tx, self.d_tx,
@@ -345,23 +377,45 @@ def check_pool_sizes(c, real: ImageSet) -> None:
   """Fails before any training when the largest synthetic count needs more images of a
   class than its pool will hold."""
   real_counts = real.counts()
-  for k, n in class_counts(max(c.synthetic.counts), real, c.synthetic.class_split).items():
+  largest = max(tuple(c.synthetic.counts) + tuple(c.synthetic.mirror_counts))
+  for k, n in class_counts(largest, real, c.synthetic.class_split).items():
     size = c.synthetic.samples_per_class * (2 if c.synthetic.flip_synth else 1)
     size += real_counts.get(k, 0) if c.synthetic.flip_real else 0
     if n > size:
-      raise ConfigError(f"{max(c.synthetic.counts)} synthetic images need {n} of class {k} but "
+      raise ConfigError(f"{largest} synthetic images need {n} of class {k} but "
                         f"the pool will hold {size}; raise config.synthetic.samples_per_class")
 
 
 # --------------------------------------------------------------------------- classifiers
+def epoch_order(n: int, epochs: int, batch_size: int, seed: int) -> np.ndarray:
+  """[epochs * ceil(n / batch), batch] image indices: each epoch one fresh permutation of
+  range(n) in ceil(n / batch) batches, the last batch filled up from the start of the same
+  permutation (a full-size batch keeps one compiled step), a pure function of the seed."""
+  steps_per_epoch = math.ceil(n / batch_size)
+  rng = np.random.default_rng(seed)
+  order = [np.resize(rng.permutation(n), steps_per_epoch * batch_size) for _ in range(epochs)]
+  return np.concatenate(order).reshape(epochs * steps_per_epoch, batch_size)
+
+
 def classifier_batches(data: ImageSet, steps: int, batch_size: int, seed: int):
-  """[steps, batch, ...] over consecutive shuffled epochs (each a fresh permutation)."""
-  idx = epoch_indices(len(data.labels), steps, batch_size, seed)
+  """[steps, batch, ...] over consecutive epochs (each a fresh permutation, see
+  `epoch_order`)."""
+  epochs = math.ceil(steps / math.ceil(len(data.labels) / batch_size))
+  idx = epoch_order(len(data.labels), epochs, batch_size, seed)[:steps]
   return {"image": data.images[idx], "label": data.labels[idx]}
 
 
+def call_length(steps_per_epoch: int, steps_per_call: int) -> int:
+  """Steps per jitted call: the largest divisor of an epoch's steps not above
+  `steps_per_call`, so that every epoch ends on a call and is evaluated there."""
+  return max(d for d in range(1, min(steps_per_epoch, steps_per_call) + 1)
+             if steps_per_epoch % d == 0)
+
+
 class Classifiers:
-  """One compiled training chunk and one compiled prediction per classifier."""
+  """One compiled training chunk and one compiled prediction per classifier (and call
+  length). A classifier with a weights file in `config.pretrained` starts from it and sees
+  its images as the ImageNet weights expect them (RGB, ImageNet mean and std)."""
 
   def __init__(self, c, mesh, inner_loop: str, dtype):
     from medda_jax.models.cnn_transformer import build_classifier
@@ -369,57 +423,84 @@ class Classifiers:
     t = c.train
     self.tx = optax.adamw(t.learning_rate, weight_decay=t.weight_decay)
     self.models, self.chunks, self.predicts, self.inits = {}, {}, {}, {}
+    self.weights = {name: c.pretrained.get(name, "") for name in c.classifiers}
     x = jnp.zeros((1, c.data.size, c.data.size, c.data.channels))
     for name in c.classifiers:
       model = build_classifier(name, num_classes=2, dtype=dtype,
                                **dict(c.classifier_overrides[name]))
       self.models[name] = model
+      prepare = pretrained.imagenet_standardise if self.weights[name] else (lambda x: x)
 
-      def loss_fn(params, model_state, batch, rng, model=model):
+      def loss_fn(params, model_state, batch, rng, model=model, prepare=prepare):
         variables = {"params": params, **model_state}
         kwargs = dict(train=True, rngs={"dropout": rng})
+        images = prepare(batch["image"])
         if model_state:  # BatchNorm statistics (ResNet, hybrid); the ViT has none
-          logits, model_state = model.apply(variables, batch["image"], mutable=list(model_state),
+          logits, model_state = model.apply(variables, images, mutable=list(model_state),
                                             **kwargs)
         else:
-          logits = model.apply(variables, batch["image"], **kwargs)
+          logits = model.apply(variables, images, **kwargs)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
         return loss, (model_state, {})
 
+      # One chunk function; a call length of its own compiles on first use only.
       self.chunks[name] = build_train_chunk(loss_fn, self.tx, inner_loop, mesh=mesh)
       self.predicts[name] = batch_predictor(
-          lambda v, images, model=model: jnp.argmax(model.apply(v, images, train=False), -1),
+          lambda v, images, model=model, prepare=prepare: jnp.argmax(
+              model.apply(v, prepare(images), train=False), -1),
           c.engine.eval_batch_size, mesh)
       self.inits[name] = jax.jit(lambda k, model=model: model.init(k, x, train=False))
 
+  def initial_variables(self, name: str, seed: int) -> dict:
+    """Fresh variables of classifier `name`, the backbone from its weights file if any."""
+    variables = self.inits[name](jax.random.PRNGKey(seed))
+    if self.weights[name]:
+      variables = pretrained.load_pretrained(name, self.weights[name], variables,
+                                             f"config.pretrained.{name}")
+    return dict(variables)
+
+  def predict(self, name: str, variables, data: ImageSet) -> np.ndarray:
+    """Predicted labels of a set, in fixed-size batches."""
+    return np.asarray(self.predicts[name](variables, data.images))
+
   def accuracy(self, name: str, variables, data: ImageSet) -> tuple[float, dict[int, float]]:
     """Accuracy (%) and per-class recall (%) on a set, predicted in fixed-size batches."""
-    preds = self.predicts[name](variables, data.images)
-    correct = preds == data.labels
-    recall = {int(k): float(100 * correct[data.labels == k].mean()) for k in np.unique(data.labels)}
-    return float(100 * correct.mean()), recall
+    return accuracy_and_recall(self.predict(name, variables, data), data.labels)
 
   def train(self, name: str, data: ImageSet, val: ImageSet, seed: int,
             checkpoint_dir: pathlib.Path | None = None):
-    """Trains for `train.epochs` epochs and returns the variables of the evaluation (every
-    `steps_per_call` steps) with the best validation accuracy, and that accuracy.
+    """Trains for `train.epochs` epochs and returns the variables of the epoch with the
+    best validation accuracy (evaluated after every epoch, as the paper selects its
+    checkpoint; ties go to the later epoch), that accuracy and the number of evaluations.
     Checkpointed once per epoch in `checkpoint_dir` (None: not at all)."""
     t = self.c.train
-    spc = self.c.engine.steps_per_call
     steps_per_epoch = math.ceil(len(data.labels) / t.batch_size)
-    calls = math.ceil(t.epochs * steps_per_epoch / spc)
-    variables = self.inits[name](jax.random.PRNGKey(seed))
+    spc = call_length(steps_per_epoch, self.c.engine.steps_per_call)
+    calls_per_epoch = steps_per_epoch // spc
+    variables = self.initial_variables(name, seed)
     params = variables.pop("params")
     state = TrainState.create(params, self.tx, variables, jax.random.PRNGKey(seed + 1))
-    batches = classifier_batches(data, calls * spc, t.batch_size, seed)
-    result = fit(f"{name} (seed {seed})", state, self.chunks[name],
-                 lambda k: jax.tree.map(lambda x: x[k * spc:(k + 1) * spc], batches),
-                 total_calls=calls, steps_per_call=spc,
-                 evaluate=lambda v: self.accuracy(name, v, val)[0], every=1,
+    idx = epoch_order(len(data.labels), t.epochs, t.batch_size, seed)
+
+    def batch(k):  # gathered per call: the paper's sets do not fit in memory at once
+      rows = idx[k * spc:(k + 1) * spc]
+      return {"image": data.images[rows], "label": data.labels[rows]}
+
+    result = fit(f"{name} (seed {seed})", state, self.chunks[name], batch,
+                 total_calls=t.epochs * calls_per_epoch, steps_per_call=spc,
+                 evaluate=lambda v: self.accuracy(name, v, val)[0], every=calls_per_epoch,
                  keep_ties=True,  # ties: the later, better-trained checkpoint
                  mesh=self.mesh, checkpoint_dir=checkpoint_dir,
-                 checkpoint_every=max(1, steps_per_epoch // spc))
-    return result.best, result.best_score
+                 checkpoint_every=calls_per_epoch)
+    return result.best, result.best_score, result.evaluations
+
+
+def accuracy_and_recall(predictions: np.ndarray, labels: np.ndarray
+                        ) -> tuple[float, dict[int, float]]:
+  """Accuracy (%) and recall (%) of every class present."""
+  correct = np.asarray(predictions) == np.asarray(labels)
+  recall = {int(k): float(100 * correct[labels == k].mean()) for k in np.unique(labels)}
+  return float(100 * correct.mean()), recall
 
 
 # --------------------------------------------------------------------------- driver
@@ -450,9 +531,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
   check_pool_sizes(c, splits.real_train)
 
-  # Steps 2-3: one WGAN per class, then its samples (kept in synthetic.npz).
+  # Steps 2-3: one WGAN per class, then its samples (kept in synthetic.npz). Settings
+  # without synthetic images (Table 1) train no GAN.
   synth_path = workdir / "synthetic.npz"
-  if synth_path.exists():
+  needs_synthetic = max(tuple(c.synthetic.counts) + tuple(c.synthetic.mirror_counts)) > 0
+  if not needs_synthetic:
+    shape = (0,) + splits.gan_train.images.shape[1:]
+    samples = {k: np.zeros(shape, np.float32) for k in (0, 1)}
+  elif synth_path.exists():
     with np.load(synth_path) as f:
       samples = {k: f[f"class_{k}"] for k in (0, 1)}
   else:
@@ -470,56 +556,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                                                  "g_steps": c.gan.g_steps, "seed": c.seed,
                                                  "loss": c.gan.loss}))
       plots.learning_curves(workdir / "wgan_curves.png", curves, "WGAN critic loss per class")
-  if main:
+  if main and needs_synthetic:
     for k, name in splits.class_names.items():
       real = splits.gan_train.images[splits.gan_train.labels == k]
       plots.sample_grid(workdir / f"samples_{name.replace(' ', '_')}.png", real, samples[k],
                         title=f"{name}: real (left) and WGAN samples (right)")
 
-  # Steps 4-5: the ratio sweep.
+  # Steps 4-5: the ratio sweep (and Table 6's mirrored rows).
   pool = synthetic_pool(samples, splits.real_train, c.synthetic.flip_synth,
                         c.synthetic.flip_real)
   classifiers = Classifiers(c, mesh, inner_loop, dtype)
   table = RunTable(workdir / RESULTS_FILE)
   results = table.runs
-  runs = [(n, k, s) for n in c.classifiers for k in c.synthetic.counts for s in c.seeds]
+  has_source_test = len(splits.source_test.labels) > 0
+  runs = [(n, r, s) for n in c.classifiers for r in row_ids(c) for s in c.seeds]
   with Progress("ratio sweep (classifier x synthetic count x seed)", len(runs),
-                sum(table.done(f"{n}/{k}/{s}") for n, k, s in runs)) as progress:
-    for name, count, seed in runs:
-      key = f"{name}/{count}/{seed}"
+                sum(table.done(f"{n}/{r}/{s}") for n, r, s in runs)) as progress:
+    for name, row, seed in runs:
+      key = f"{name}/{row}/{seed}"
       if table.done(key):
         continue
+      count, flips = parse_row(row)
       data = mixed_training_set(splits.real_train, pool, count, c.synthetic.class_split, seed)
+      if flips:  # the whole training set doubled by its horizontal flips (Table 6)
+        data = mirrored(data)
       ckpt_dir = workdir / "checkpoints" / "classifiers" / key.replace("/", "_")
-      variables, val_acc = classifiers.train(name, data, splits.real_val, seed, ckpt_dir)
-      source_acc, source_recall = classifiers.accuracy(name, variables, splits.source_test)
+      variables, val_acc, evaluations = classifiers.train(name, data, splits.real_val, seed,
+                                                          ckpt_dir)
+      predictions = {t: classifiers.predict(name, variables, d)
+                     for t, d in splits.targets.items()}
       target_accs, target_recalls = {}, {}
       for t, data_t in splits.targets.items():
-        target_accs[t], target_recalls[t] = classifiers.accuracy(name, variables, data_t)
-      table.record(key, {"source": source_acc, "source_recall": source_recall,
-                         "targets": target_accs, "target_recall": target_recalls,
-                         "val": val_acc, "train_images": int(len(data.labels))})
+        target_accs[t], target_recalls[t] = accuracy_and_recall(predictions[t], data_t.labels)
+      source_acc = source_recall = None  # no source test set: no in-domain accuracy
+      record = {}
+      if has_source_test:
+        source_pred = classifiers.predict(name, variables, splits.source_test)
+        source_acc, source_recall = accuracy_and_recall(source_pred, splits.source_test.labels)
+        record["source_predictions"] = source_pred.tolist()
+      record.update({"source": source_acc, "source_recall": source_recall,
+                     "targets": target_accs, "target_recall": target_recalls,
+                     "target_predictions": {t: p.tolist() for t, p in predictions.items()},
+                     "val": val_acc, "evaluations": evaluations,
+                     "train_images": int(len(data.labels))})
+      table.record(key, record)
       shutil.rmtree(ckpt_dir, ignore_errors=True)  # its result is recorded
-      writer.write("ratio", len(results), {f"{key}/source": source_acc,
-                                           **{f"{key}/{t}": a for t, a in target_accs.items()}})
-      progress.update(1, source=source_acc, **target_accs)
+      shown = ({"source": source_acc} if has_source_test else {}) | target_accs
+      writer.write("ratio", len(results), {f"{key}/{k}": a for k, a in shown.items()})
+      progress.update(1, **shown)
 
   n_real = len(splits.real_train.labels)
+  n_val = len(splits.real_val.labels)
   table = summarise(results, c, n_real)
   final = {}
   for name, rows in table.items():
-    for count, row in rows.items():
-      final[f"source_acc/{name}/{count}"] = row["source"][0]
+    for row_id, row in rows.items():
+      values = {f"source_acc/{name}/{row_id}": row["source"][0]}
       for t in c.data.targets:
-        final[f"{t}_acc/{name}/{count}"] = row[t][0]
-        final[f"gap/{t}/{name}/{count}"] = row[f"gap/{t}"][0]
+        values[f"{t}_acc/{name}/{row_id}"] = row[t][0]
+        values[f"gap/{t}/{name}/{row_id}"] = row[f"gap/{t}"][0]
+      final.update({k: v for k, v in values.items() if not math.isnan(v)})
   if main:
     files.write_text(workdir / "results.md",
-        tables_markdown(table, c, label, n_real, splits.class_names))
+        tables_markdown(table, c, label, n_real, splits.class_names, n_val))
     files.write_text(workdir / "results.json", json.dumps(
         {"label": label, "variant": c.variant, "data": splits.description,
-         "counts": list(c.synthetic.counts), "seeds": list(c.seeds), "table": table}, indent=1))
-    plots.ratio_figure(workdir / "ratio.png", table, list(c.data.targets),
+         "counts": list(c.synthetic.counts), "mirror_counts": list(c.synthetic.mirror_counts),
+         "seeds": list(c.seeds), "table": nan_to_none(table)}, indent=1))
+    plots.ratio_figure(workdir / "ratio.png", by_synthetic_count(table), list(c.data.targets),
                        title="accuracy against synthetic images" + (" (demo data)" if demo
                                                                      else ""))
     writer.write("final", 0, final)

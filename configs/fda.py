@@ -54,6 +54,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.data.source_holdout = 2  # source scans kept out of training (the paper's plateau check)
   c.data.val_subjects = 10  # labelled target validation scans per pair (beta selection)
   c.data.test_subjects = 10  # target test scans per pair
+  # The source model's training slices, read by gradient transfer's trainer: every slice.
+  c.data.training_slices = "all"
   # (source, target) pairs and their shift-severity group (Table 2 rows).
   c.data.pairs = (("siemens_3", "ge_15"), ("ge_3", "philips_3"),
                   ("philips_3", "ge_15"), ("siemens_15", "philips_3"),

@@ -281,11 +281,18 @@ def _with_entropy_regulariser(loss_fn, weight: float):
 HEAD = "Conv_0"
 
 
+def _tile(x, reps):
+  """jnp.tile, also for shapes alone (`jax.eval_shape` results describe checkpoints)."""
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return jax.ShapeDtypeStruct(tuple(n * r for n, r in zip(x.shape, reps)), x.dtype)
+  return jnp.tile(x, reps)
+
+
 def widen_head(params, num_heads: int):
   """The single-output parameters with the output convolution copied into `num_heads`."""
   head = params["params"][HEAD]
-  wide = {"kernel": jnp.tile(head["kernel"], (1, 1, 1, num_heads)),
-          "bias": jnp.tile(head["bias"], (num_heads,))}
+  wide = {"kernel": _tile(head["kernel"], (1, 1, 1, num_heads)),
+          "bias": _tile(head["bias"], (num_heads,))}
   return {**params, "params": {**params["params"], HEAD: wide}}
 
 

@@ -138,14 +138,23 @@ def mixed_batches(source: SlicePool | None, target: SlicePool | None, cfg: Mixed
                   process_count: int = 1) -> grain.MapDataset:
   """grain dataset of chunks: element k stacks the batches of steps
   [k * steps_per_call, (k + 1) * steps_per_call) along a new leading axis."""
-  if cfg.total_steps % steps_per_call:
-    raise ValueError(f"steps_per_call={steps_per_call} must divide the {cfg.total_steps} steps")
-  if cfg.batch_size % process_count:
-    raise ValueError(f"batch size {cfg.batch_size} is not divisible by {process_count} processes")
+  return step_chunks(lambda s: mixed_batch(s, source, target, cfg, process_index,
+                                           process_count),
+                     cfg.total_steps, cfg.batch_size, steps_per_call, process_count)
+
+
+def step_chunks(batch_of_step, total_steps: int, batch_size: int, steps_per_call: int,
+                process_count: int) -> grain.MapDataset:
+  """grain dataset whose element k stacks `batch_of_step(s)` (a dict of arrays; a pure
+  function of the step, so a resumed run reads the same batches) for the steps of call k,
+  [k * steps_per_call, (k + 1) * steps_per_call), along a new leading axis."""
+  if total_steps % steps_per_call:
+    raise ValueError(f"steps_per_call={steps_per_call} must divide the {total_steps} steps")
+  if batch_size % process_count:
+    raise ValueError(f"batch size {batch_size} is not divisible by {process_count} processes")
 
   def chunk(k):
-    batches = [mixed_batch(s, source, target, cfg, process_index, process_count)
-               for s in range(k * steps_per_call, (k + 1) * steps_per_call)]
+    batches = [batch_of_step(s) for s in range(k * steps_per_call, (k + 1) * steps_per_call)]
     return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
 
-  return grain.MapDataset.range(cfg.total_steps // steps_per_call).map(chunk)
+  return grain.MapDataset.range(total_steps // steps_per_call).map(chunk)

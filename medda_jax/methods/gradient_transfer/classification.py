@@ -52,6 +52,7 @@ from medda_jax import config_utils as cu
 from medda_jax import files, parallel
 from medda_jax import metrics as metrics_lib
 from medda_jax.data import chestxray, cxr_sites
+from medda_jax.data import mixed
 from medda_jax.data.mixed import target_count
 from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.evaluate import batch_predictor
@@ -61,6 +62,7 @@ from medda_jax.engine.runtable import RunTable
 from medda_jax.engine.supervised import TrainState, build_train_chunk
 from medda_jax.engine.writers import MetricWriter
 from medda_jax.errors import ConfigError, DataError
+from medda_jax.methods.gradient_transfer import experiment as gt
 from medda_jax.methods.gradient_transfer import report_cls
 from medda_jax.methods.gradient_transfer.report import run_key
 from medda_jax.models.densenet import MultiHeadDenseNet
@@ -132,12 +134,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ConfigError("config.ftf.trainable_prefixes must name at least one backbone layer "
                       "prefix (e.g. 'conv0')")
   cu.validate_shared(c)
-  cu.check_range(c, "engine.checkpoint_every", 1, integer=True)
-  for stage in ("pretrain", "finetune"):
-    steps = c[stage].epochs * c[stage].steps_per_epoch
-    if steps % c.engine.steps_per_call:
-      raise ConfigError(f"config.engine.steps_per_call={c.engine.steps_per_call} must divide "
-                        f"the {stage} steps ({stage}.epochs x {stage}.steps_per_epoch = {steps})")
+  gt.check_stage_steps(c)
 
 
 # --------------------------------------------------------------------------- data
@@ -251,17 +248,9 @@ def mixed_batches(source: Pool | None, target: Pool | None, cfg: BatchConfig,
                   process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
   """grain dataset of chunks: element k stacks the batches of steps
   [k * steps_per_call, (k + 1) * steps_per_call) along a new leading axis."""
-  if cfg.total_steps % steps_per_call:
-    raise ValueError(f"steps_per_call={steps_per_call} must divide the {cfg.total_steps} steps")
-  if cfg.batch_size % process_count:
-    raise ValueError(f"batch size {cfg.batch_size} is not divisible by {process_count} processes")
-
-  def chunk(k):
-    batches = [mixed_batch(s, source, target, cfg, label_widths, process_index, process_count)
-               for s in range(k * steps_per_call, (k + 1) * steps_per_call)]
-    return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
-
-  return grain.MapDataset.range(cfg.total_steps // steps_per_call).map(chunk)
+  return mixed.step_chunks(lambda s: mixed_batch(s, source, target, cfg, label_widths,
+                                                 process_index, process_count),
+                           cfg.total_steps, cfg.batch_size, steps_per_call, process_count)
 
 
 def test_images(table: chestxray.ImageLabelTable, size: int, cache: pathlib.Path,

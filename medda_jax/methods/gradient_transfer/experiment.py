@@ -126,12 +126,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cu.check_range(c, "spottune.temperature", 0.0, low_inclusive=False)
   cu.check_range(c, "eval.tolerance_mm", 0.0, low_inclusive=False)
   cu.validate_shared(c)
-  cu.check_range(c, "engine.checkpoint_every", 1, integer=True)
-  for stage in ("pretrain", "finetune"):
-    steps = c[stage].epochs * c[stage].steps_per_epoch
-    if steps % c.engine.steps_per_call:
-      raise ConfigError(f"config.engine.steps_per_call={c.engine.steps_per_call} must divide "
-                        f"the {stage} steps ({stage}.epochs x {stage}.steps_per_epoch = {steps})")
+  check_stage_steps(c)
 
 
 # --------------------------------------------------------------------------- data
@@ -146,6 +141,17 @@ def user_site(c, site: str) -> bool:
   names = {entry.partition("=")[0].strip() for entry in c.data.user}
   return any(site == u or site.startswith(f"{u}_") for u in names)
 
+
+
+def check_stage_steps(c: ml_collections.ConfigDict) -> None:
+  """checkpoint_every >= 1, and steps_per_call divides each stage's steps (pre-training and
+  fine-tuning run whole calls)."""
+  cu.check_range(c, "engine.checkpoint_every", 1, integer=True)
+  for stage in ("pretrain", "finetune"):
+    steps = c[stage].epochs * c[stage].steps_per_epoch
+    if steps % c.engine.steps_per_call:
+      raise ConfigError(f"config.engine.steps_per_call={c.engine.steps_per_call} must divide "
+                        f"the {stage} steps ({stage}.epochs x {stage}.steps_per_epoch = {steps})")
 
 def _needs_builtin(c) -> bool:
   # Fine-tune only: the source models come from init_from, so source sites are optional.

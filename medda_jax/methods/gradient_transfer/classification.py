@@ -117,12 +117,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   smallest = 4 * 2 ** (len(c.model.block_sizes) - 1)  # stem /4, one /2 per transition
   cu.check_range(c, "data.image_size", smallest, 4096, integer=True)
   cu.check_range(c, "batch_size", 1, integer=True)
-  for stage in ("pretrain", "finetune"):
-    cu.check_range(c, f"{stage}.epochs", 1, integer=True)
-    cu.check_range(c, f"{stage}.steps_per_epoch", 1, integer=True)
-    cu.check_range(c, f"{stage}.learning_rate", 0.0, low_inclusive=False)
-    cu.check_range(c, f"{stage}.decay_epoch", 0, integer=True)
-    cu.check_range(c, f"{stage}.decay_factor", 0.0, 1.0, low_inclusive=False)
+  gt.check_stage_schedules(c)
   cu.check_range(c, "optim.adam_b1", 0.0, 0.999999)
   cu.check_range(c, "optim.adam_b2", 0.0, 0.999999)
   cu.check_range(c, "optim.adam_eps", 0.0, low_inclusive=False)

@@ -105,12 +105,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if len(c.seeds) < 1:
     raise ConfigError("config.seeds must list at least one seed")
   cu.check_range(c, "model.features", 1, 512, integer=True)
-  for stage in ("pretrain", "finetune"):
-    cu.check_range(c, f"{stage}.epochs", 1, integer=True)
-    cu.check_range(c, f"{stage}.steps_per_epoch", 1, integer=True)
-    cu.check_range(c, f"{stage}.learning_rate", 0.0, low_inclusive=False)
-    cu.check_range(c, f"{stage}.decay_epoch", 0, integer=True)
-    cu.check_range(c, f"{stage}.decay_factor", 0.0, 1.0, low_inclusive=False)
+  check_stage_schedules(c)
   cu.check_range(c, "batch_size", 1, integer=True)
   cu.check_range(c, "optim.sgd_momentum", 0.0, 0.999999)
   cu.check_range(c, "optim.adam_b1", 0.0, 0.999999)
@@ -141,6 +136,16 @@ def user_site(c, site: str) -> bool:
   names = {entry.partition("=")[0].strip() for entry in c.data.user}
   return any(site == u or site.startswith(f"{u}_") for u in names)
 
+
+
+def check_stage_schedules(c: ml_collections.ConfigDict) -> None:
+  """Epochs, steps, learning rate and its step decay of pre-training and fine-tuning."""
+  for stage in ("pretrain", "finetune"):
+    cu.check_range(c, f"{stage}.epochs", 1, integer=True)
+    cu.check_range(c, f"{stage}.steps_per_epoch", 1, integer=True)
+    cu.check_range(c, f"{stage}.learning_rate", 0.0, low_inclusive=False)
+    cu.check_range(c, f"{stage}.decay_epoch", 0, integer=True)
+    cu.check_range(c, f"{stage}.decay_factor", 0.0, 1.0, low_inclusive=False)
 
 
 def check_stage_steps(c: ml_collections.ConfigDict) -> None:

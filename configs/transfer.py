@@ -277,6 +277,10 @@ def _cxr(variant: str) -> ml_collections.ConfigDict:
   c.data.dirs = ml_collections.ConfigDict()
   c.data.dirs.chexpert = ""  # CheXpert release folder (train.csv, valid.csv, train/, valid/)
   c.data.dirs.chestxray14 = ""  # ChestX-ray14 folder (Data_Entry_2017.csv, the lists, images)
+  # Your own datasets, 'name=path': a CSV manifest path[,patient_id],<label>,... (1, 0, -1
+  # uncertain, blank unlabelled) or a class-folder root (one label per class); name them in
+  # data.pairs, with each other or with the two published datasets.
+  c.data.user = ()
   c.data.pairs = (("chexpert", "chestxray14"), ("chestxray14", "chexpert"))  # (source, target)
   c.data.image_size = 224  # square grayscale input (not given in the paper)
   c.data.uncertain = "zeros"  # CheXpert -1 labels: "zeros" (U-Zeros), "ones" or "ignore"

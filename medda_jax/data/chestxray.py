@@ -18,6 +18,16 @@ ChestX-ray14 (NIH, Wang et al. 2017):
   <root>/images/00000001_000.png                    or the archives' folders
   <root>/images_001/images/00000001_000.png ... images_012/images/...
 
+A user's own dataset (`load_user`, a config's `data.user` entry `name=path`) is either
+
+  a CSV manifest   path[,patient_id],<label>,<label>,...
+      every column besides path and patient_id is a label: 1 positive, 0 negative,
+      -1 uncertain (treated as CheXpert's by `uncertain`), blank unlabelled (ignored by the
+      loss); paths relative to the CSV's folder or absolute; without patient_id every
+      image is its own patient
+  or a class-folder root   <root>/<class>/*.{png,jpg,jpeg,tif,tiff,dcm}
+      one label per class folder, positive for the images in it (one-vs-rest)
+
 Labels are float32 [N, K], NaN where a label is to be ignored by the loss.
 """
 
@@ -30,8 +40,8 @@ import re
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
+from medda_jax.data import images
 from medda_jax.data.tables import read_csv_rows
 from medda_jax.errors import DataError
 
@@ -258,24 +268,8 @@ def load_chestxray14(root: str | os.PathLike, split: str = "train_val") -> Image
 
 
 def _read_gray(path: pathlib.Path, size: int) -> np.ndarray:
-  """One image as [size, size] float32 in [0, 1]."""
-  try:
-    with Image.open(path) as img:
-      if img.mode.startswith("I;16") or img.mode == "I":
-        # 16-bit PNGs: scale to [0, 1] before PIL would clip them to 8 bits.
-        data = np.asarray(img, np.float32) / 65535.0
-        gray = Image.fromarray(data)
-      else:
-        gray = img.convert("L")
-      gray = gray.resize((size, size), Image.Resampling.BILINEAR)
-      out = np.asarray(gray, np.float32)
-  except FileNotFoundError as e:
-    raise DataError(f"image file {path} is missing") from e
-  except (OSError, ValueError) as e:
-    raise DataError(f"cannot read image file {path}: {e}") from e
-  if gray.mode == "L":
-    out = out / 255.0
-  return np.clip(out, 0.0, 1.0)
+  """One image as [size, size] float32 in [0, 1] (PNG/JPEG of any bit depth, or DICOM)."""
+  return images.read_image(path, size, channels=1)[..., 0]
 
 
 def read_images(table: ImageLabelTable, indices, size: int) -> np.ndarray:
@@ -286,3 +280,48 @@ def read_images(table: ImageLabelTable, indices, size: int) -> np.ndarray:
   for j, i in enumerate(idx):
     out[j, ..., 0] = _read_gray(table.root / table.paths[i], size)
   return out
+
+
+_USER_CSV_LAYOUT = ("expected a CSV with columns path[,patient_id],<label>,... (labels 1, 0, -1 "
+                    "uncertain or blank; paths relative to the CSV's folder or absolute) or a "
+                    "class-folder root <root>/<class>/*.{png,jpg,jpeg,tif,tiff,dcm}")
+
+
+def load_user(name: str, path, uncertain: str = "zeros") -> ImageLabelTable:
+  """A user's multi-label dataset from a CSV manifest or a class-folder root (module
+  docstring); `name` is what errors call it."""
+  if uncertain not in UNCERTAIN_POLICIES:
+    raise DataError(f"uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
+  path = pathlib.Path(os.path.expanduser(str(path)))
+  if path.suffix.lower() != ".csv":
+    table = images.load_folder(path, name)
+    labels = np.eye(len(table.class_names), dtype=np.float32)[table.labels]
+    return ImageLabelTable(root=path, paths=table.paths, labels=labels,
+                           label_names=table.class_names, patient_ids=table.paths)
+  rows = read_csv_rows(path, ("path",), _USER_CSV_LAYOUT)
+  if not rows:
+    raise DataError(f"dataset {name}: {path} lists no image")
+  label_names = tuple(k for k in rows[0] if k and k not in ("path", "patient_id"))
+  if not label_names:
+    raise DataError(f"dataset {name}: {path} has no label column besides path and patient_id; "
+                    f"{_USER_CSV_LAYOUT}")
+  uncertain_value = {"zeros": 0.0, "ones": 1.0, "ignore": np.nan}[uncertain]
+  labels = np.empty((len(rows), len(label_names)), np.float32)
+  for line, row in enumerate(rows, start=2):
+    if not row["path"]:
+      raise DataError(f"dataset {name}: {path} line {line} has an empty path")
+    for k, label in enumerate(label_names):
+      raw = row[label]
+      try:
+        value = float(raw) if raw else np.nan
+      except ValueError:
+        value = None
+      if value is None or not (np.isnan(value) or value in (1.0, 0.0, -1.0)):
+        raise DataError(f"dataset {name}: {path} line {line}: {label} is {raw!r}; expected 1, "
+                        "0, -1 (uncertain) or blank (unlabelled)")
+      labels[line - 2, k] = uncertain_value if value == -1.0 else value
+  paths = tuple(r["path"] for r in rows)
+  _check_files(path.parent, paths, f"dataset {name}'s manifest {path}")
+  patients = (tuple(r["patient_id"] for r in rows) if "patient_id" in rows[0] else paths)
+  return ImageLabelTable(root=path.parent, paths=paths, labels=labels, label_names=label_names,
+                         patient_ids=patients)

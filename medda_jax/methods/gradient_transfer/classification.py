@@ -51,7 +51,7 @@ import optax
 from medda_jax import config_utils as cu
 from medda_jax import files, parallel
 from medda_jax import metrics as metrics_lib
-from medda_jax.data import chestxray, cxr_sites
+from medda_jax.data import chestxray, cxr_sites, images
 from medda_jax.data import mixed
 from medda_jax.data.mixed import target_count
 from medda_jax.engine.checkpoint import Checkpointer
@@ -80,11 +80,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first wrong field and what is allowed."""
   if not c.data.pairs:
     raise ConfigError("config.data.pairs must list at least one (source, target) dataset pair")
+  user = user_datasets(c)
+  known = list(DATASETS) + list(user)
   for pair in c.data.pairs:
-    if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(DATASETS):
+    if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(known):
       raise ConfigError(f"config.data.pairs entry {tuple(pair)!r} must be two different "
-                        f"datasets of {list(DATASETS)}")
+                        f"datasets of {known}")
   for name in sorted({s for pair in c.data.pairs for s in pair}):
+    if name in user:
+      if not pathlib.Path(user[name]).expanduser().exists():
+        raise ConfigError(f"config.data.user entry {name}={user[name]} names no file or folder")
+      continue
     root = c.data.dirs[name]
     if not root:
       raise ConfigError(f"config.data.dirs.{name} must name the {name} release folder "
@@ -141,10 +147,31 @@ class DatasetSplit:
   test: chestxray.ImageLabelTable
 
 
+def user_datasets(c) -> dict[str, str]:
+  """{name: path} of the config's `data.user` entries ('name=path')."""
+  out = {}
+  for entry in c.data.user:
+    name, path = images.parse_domain(entry)
+    if path is None:
+      raise ConfigError(f"config.data.user entry {entry!r} must be name=path (a CSV manifest "
+                        "or a class-folder root)")
+    if name in DATASETS or name in out:
+      raise ConfigError(f"config.data.user entry {entry!r}: the name {name} is taken")
+    out[name] = path
+  return out
+
+
 def load_dataset(c, name: str) -> chestxray.ImageLabelTable:
-  """All labelled images of a dataset in its published layout: ChestX-ray14's two
-  official lists, or CheXpert's train.csv + valid.csv (frontal views if
-  `data.frontal_only`; uncertain labels by `data.uncertain`)."""
+  """All labelled images of a dataset: a user's (`data.user`, see chestxray.load_user), or
+  a published one in its layout: ChestX-ray14's two official lists, or CheXpert's
+  train.csv + valid.csv (frontal views if `data.frontal_only`; uncertain labels by
+  `data.uncertain`)."""
+  user = user_datasets(c)
+  if name in user:
+    table = chestxray.load_user(name, user[name], uncertain=c.data.uncertain)
+    if len(table) == 0:
+      raise DataError(f"dataset {name} ({user[name]}) lists no images (config.data.user)")
+    return table
   root = pathlib.Path(c.data.dirs[name]).expanduser()
   if name == "chestxray14":
     tables = [chestxray.load_chestxray14(root, s) for s in chestxray.CHESTXRAY14_SPLITS]
@@ -266,8 +293,8 @@ def test_images(table: chestxray.ImageLabelTable, size: int, cache: pathlib.Path
                                     shape=(len(table), size, size, 1))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                               prefetch_buffer_size=max(4, threads)))
-    for b, images in enumerate(it):
-      out[b * block:b * block + len(images)] = images
+    for b, decoded in enumerate(it):
+      out[b * block:b * block + len(decoded)] = decoded
     out.flush()
     del out
     os.replace(tmp, path)

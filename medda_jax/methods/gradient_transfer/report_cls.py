@@ -27,13 +27,24 @@ def summarise(results: dict, c) -> dict:
 
 def label(c) -> str:
   """What the numbers are: the paper setting on the published files (protocol
-  approximated where the paper is silent), or a smaller setting."""
-  what = ("CheXpert / ChestX-ray14 from their published files; protocol approximated "
-          "(input size, epochs, split fractions, CheXpert uncertain labels and the FTF layers "
-          "are not given in the paper, see docs/gradient_transfer.md)")
+  approximated where the paper is silent), a smaller setting, or a user's data."""
+  used = sorted({name for pair in c.data.pairs for name in pair})
+  published = [_NAMES[n] for n in used if n in _NAMES]
+  user = dict(entry.split("=", 1) for entry in c.data.get("user", ()))
+  parts = []
+  if published:
+    parts.append(" / ".join(published) + " from their published files")
+  if user:
+    parts.append("your data: " + ", ".join(f"{n} ({user[n].strip()})" for n in used
+                                           if n in user))
+  what = "; ".join(parts) + ("; protocol approximated (input size, epochs, split fractions, "
+                             "CheXpert uncertain labels and the FTF layers are not given in "
+                             "the paper, see docs/gradient_transfer.md)")
   if c.variant != "cxr":
     what = (f"variant {c.variant}: SMALL SETTING (toy sizes) - not a reproduction of the "
             "paper's numbers; " + what)
+  elif user:
+    what = "the paper's setting on other data - not a reproduction of its numbers; " + what
   return what
 
 

@@ -112,7 +112,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
 
   c.transfer = ml_collections.ConfigDict()
   c.transfer.enabled = True  # joint multi-task pre-training baseline
-  c.transfer.epochs = 20  # passes over all source slices, batch 1
+  c.transfer.epochs = 20  # passes over all source slices
+  c.transfer.batch_size = 1  # slices per step (reference code: 1)
   c.transfer.max_steps = 0  # cap on pre-training steps; 0 = epochs x source slices
   c.transfer.learning_rate = 0.01  # Adam
   c.transfer.weight_decay = 5e-5  # coupled L2
@@ -163,6 +164,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.meta.meta_iterations = 30
     c.meta.inner.epochs = 2
     c.transfer.max_steps = 900
+    # 8 slices a step: 900 steps of one slice see 7 % of the 12k source slices and the
+    # pooled loss barely falls (0.74 -> 0.67); 8 see 60 % and it falls 0.65 -> 0.41
+    c.transfer.batch_size = 8
     c.finetune.seeds = (1, 6, 25)
     c.finetune.epochs = 6
     c.engine.checkpoint_every = 5

@@ -187,3 +187,37 @@ def test_full_regime_fine_tunes_on_every_training_slice(smoke_run, demo_cache, t
   train, _ = exp.target_split("thalamus_t1w")
   assert seen == [len(train)] and len(train) > c.finetune.shots
   assert set(results) == {"scratch/thalamus_t1w/1"}
+
+
+@pytest.mark.parametrize("sampling", ["epochs", "balanced"])
+def test_pretraining_batches_hold_slices_with_their_masks_and_datasets(smoke_run, demo_cache,
+                                                                       tmp_path, sampling):
+  """transfer.batch_size slices per step, [steps_per_call, batch] per element: every slot's
+  image, mask and dataset index belong to one source slice; "epochs" covers each slice once
+  per pass over the sources."""
+  from medda_jax.config_utils import load_config
+  from medda_jax.methods.metamedseg import experiment
+  c = load_config("configs/metamedseg.py:smoke")
+  c.data.cache_dir = str(demo_cache)  # built by the smoke run
+  c.transfer.batch_size, c.transfer.sampling = 3, sampling
+  exp = experiment.Experiment(c, tmp_path)
+  spc = 2
+  slices = {}  # image bytes -> (dataset, position, mask) of every source slice
+  for d, name in enumerate(exp.sources):
+    images, masks = exp.collection[name].batch(np.arange(len(exp.collection[name])))
+    for p in range(len(images)):
+      slices.setdefault(images[p].tobytes(), []).append((d, p, masks[p]))
+  n = len(exp._source_table())
+  elements = list(exp.pretrain_batches(total=n // 3 - (n // 3) % spc, spc=spc))
+  seen = []
+  for element in elements:
+    assert element["images"].shape[:2] == element["dataset"].shape == (spc, 3)
+    for i, j in np.ndindex(spc, 3):
+      # images shared by datasets (the same brain slice) are told apart by the index
+      (d, p, mask), = [s for s in slices[element["images"][i, j].tobytes()]
+                       if s[0] == element["dataset"][i, j]]
+      np.testing.assert_array_equal(element["masks"][i, j], mask)
+      seen.append((d, p))
+  assert len(seen) == len(elements) * spc * 3 >= n - 3 * spc
+  if sampling == "epochs":
+    assert len(set(seen)) == len(seen)  # no slice twice within the first pass

@@ -110,6 +110,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     cu.check_range(c, f"{stage}.lr_decay_every", 0, integer=True)
   cu.check_range(c, "transfer.epochs", 1, integer=True)
   cu.check_range(c, "transfer.max_steps", 0, integer=True)
+  cu.check_range(c, "transfer.batch_size", 1, integer=True)
   cu.check_range(c, "transfer.learning_rate", 0.0, low_inclusive=False)
   cu.check_range(c, "transfer.weight_decay", 0.0)
   cu.check_range(c, "transfer.lr_decay_gamma", 0.0, 1.0, low_inclusive=False)
@@ -351,11 +352,15 @@ class Experiment:
     return Checkpointer(self.workdir / "checkpoints" / name)
 
   # ---- stage: joint multi-task pre-training (transfer baseline)
+  def _source_table(self) -> np.ndarray:
+    """[n, 2] (source dataset index, slice position) of every source slice."""
+    return np.array([(d, p) for d, name in enumerate(self.sources)
+                     for p in range(len(self.collection[name]))], dtype=np.int64)
+
   def pretrain(self):
     c = self.c.transfer
-    table = np.array([(d, p) for d, name in enumerate(self.sources)
-                      for p in range(len(self.collection[name]))], dtype=np.int64)
-    steps_per_epoch = len(table)
+    table = self._source_table()
+    steps_per_epoch = max(1, len(table) // c.batch_size)
     total = steps_per_epoch * c.epochs
     if c.max_steps:
       total = min(total, c.max_steps)
@@ -373,26 +378,7 @@ class Experiment:
         _per_dataset_head_loss(self.model.clone(out_channels=len(self.sources)).apply, loss_fn)
         if per_dataset
         else supervised_loss(self.model.apply, loss_fn), tx, self.inner_loop)
-    sources = [self.collection[n] for n in self.sources]
-
-    def load(rows):
-      pairs = [sources[d].batch([p]) for d, p in rows]
-      return {"images": np.stack([x for x, _ in pairs]),
-              "masks": np.stack([y for _, y in pairs]),
-              "dataset": np.asarray(rows[:, 0], np.int32).reshape(-1, 1)}
-
-    if c.sampling == "balanced":
-      # Every step draws a dataset with the 1/z organ-group weights of meta-training, then
-      # one of its slices: each structure is seen, not mostly the largest masks.
-      rng = np.random.default_rng([self.c.seed, 7])
-      datasets = tasks.sample_datasets(rng, self.sources,
-                                       self.collection.group_weights(self.sources), total)
-      rows = np.array([(d, rng.integers(len(sources[d]))) for d in datasets], np.int64)
-      ds = grain.MapDataset.source(rows).batch(spc).map(load)
-    else:  # epochs over the union of the source slices
-      epochs_needed = -(-total // steps_per_epoch)
-      ds = (grain.MapDataset.source(table).shuffle(seed=self.c.seed).repeat(epochs_needed)
-            .batch(spc).map(load))
+    ds = self.pretrain_batches(total, spc)
     it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
     params = jax.tree.map(jnp.array, self.init_params)
     if per_dataset:
@@ -402,6 +388,35 @@ class Experiment:
                       steps_per_call=spc, description="transfer pre-training")
     params = result.state.params
     return narrow_head(params) if per_dataset else params
+
+  def pretrain_batches(self, total: int, spc: int) -> grain.MapDataset:
+    """Joint pre-training's inputs: `total` steps of `transfer.batch_size` source slices
+    (with their dataset index), `spc` steps per element ([spc, batch, ...] arrays)."""
+    c = self.c.transfer
+    table = self._source_table()
+    sources = [self.collection[n] for n in self.sources]
+    bs = c.batch_size
+
+    def load(rows):  # spc * bs rows -> [spc, bs, ...]: one step per row of bs slices
+      pairs = [sources[d].batch([p]) for d, p in rows]
+      images = np.concatenate([x for x, _ in pairs]).reshape(spc, bs, *pairs[0][0].shape[1:])
+      masks = np.concatenate([y for _, y in pairs]).reshape(images.shape)
+      return {"images": images, "masks": masks,
+              "dataset": np.asarray(rows[:, 0], np.int32).reshape(spc, bs)}
+
+    if c.sampling == "balanced":
+      # Every slice: a dataset drawn with the 1/z organ-group weights of meta-training, then
+      # one of its slices: each structure is seen, not mostly the largest masks.
+      rng = np.random.default_rng([self.c.seed, 7])
+      datasets = tasks.sample_datasets(rng, self.sources,
+                                       self.collection.group_weights(self.sources),
+                                       total * bs)
+      rows = np.array([(d, rng.integers(len(sources[d]))) for d in datasets], np.int64)
+      return grain.MapDataset.source(rows).batch(spc * bs).map(load)
+    # epochs over the union of the source slices
+    epochs_needed = -(-total * bs // len(table))
+    return (grain.MapDataset.source(table).shuffle(seed=self.c.seed).repeat(epochs_needed)
+            .batch(spc * bs, drop_remainder=True).map(load))
 
   def run(self, name: str, state, step_fn, it, **kwargs):
     """One stage on the engine loop, checkpointed under checkpoints/<name>."""

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medda_jax.models.conv import Conv
 from medda_jax.models.resnet import gray_to_rgb, linear_bias_init, torch_linear
 
 MIN_SIZE = 63  # smallest input side the last max-pool leaves a map for (feature_size 1)
@@ -68,7 +69,7 @@ def adaptive_avg_pool(x: jax.Array, out: int = POOLED_SIZE) -> jax.Array:
 def _conv(features: int, kernel: int, in_features: int, dtype: Any, name: str,
           stride: int = 1, padding: int = 0) -> nn.Conv:
   """A square Conv2d with bias and PyTorch's default initialisation."""
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+  return Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)), kernel_init=_CONV_INIT,
                  bias_init=linear_bias_init(kernel * kernel * in_features), dtype=dtype,
                  name=name)

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medda_jax.models.conv import Conv
 from medda_jax.models.wgan import subpixel_conv_transpose
 
 # The reference's init_weights(init_type="normal", init_gain=0.02).
@@ -69,7 +70,7 @@ def instance_norm(x: jax.Array, epsilon: float = 1e-5) -> jax.Array:
 def conv(features: int, kernel: int, dtype: Any, name: str, stride: int = 1,
          padding: int = 0) -> nn.Conv:
   """A square Conv2d with bias, PyTorch-style zero padding and the reference's init."""
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+  return Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)), kernel_init=_WEIGHT_INIT,
                  bias_init=_BIAS_INIT, dtype=dtype, name=name)
 

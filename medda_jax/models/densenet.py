@@ -32,6 +32,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from medda_jax.models.conv import Conv
+
 # torchvision: nn.init.kaiming_normal_ on conv weights (plain normal, not truncated).
 _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 # torch.nn.Linear's default weight init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -45,7 +47,7 @@ def _bn(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
 
 def _conv(features: int, kernel: int, dtype: Any, name: str, stride: int = 1,
           padding: int = 0) -> nn.Conv:
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+  return Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)), use_bias=False,
                  kernel_init=_CONV_INIT, dtype=dtype, name=name)
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medda_jax.errors import ConfigError
+from medda_jax.models.conv import Conv
 
 NORMS = ("bn", "in", "gn", "dsbn")
 BLOCKS = ("inc", "down1", "down2", "down3", "down4")
@@ -150,7 +151,7 @@ class CateNorm(nn.Module):
   def __call__(self, x, mask, train: bool):
     x_hat = _batch_norm(train, self.dtype, "bn", affine=False)(x)
     m = resize_align_corners(mask.astype(x.dtype), x.shape[1:3])
-    conv = lambda f, name: nn.Conv(f, (3, 3), padding="SAME", kernel_init=torch_conv_init,  # noqa: E731
+    conv = lambda f, name: Conv(f, (3, 3), padding="SAME", kernel_init=torch_conv_init,  # noqa: E731
                                    dtype=self.dtype, name=name)
     h = nn.relu(conv(max(1, self.features // 2), "shared")(m))
     gamma = conv(self.features, "gamma")(h)
@@ -177,7 +178,7 @@ class ResBlock(nn.Module):
       return normalise(self.norm, h, name=f"norm_{i}", train=train, domain=domain,
                        n_domains=self.n_domains, dtype=self.dtype)
 
-    conv = lambda name: nn.Conv(self.features, (3, 3), padding="SAME",  # noqa: E731
+    conv = lambda name: Conv(self.features, (3, 3), padding="SAME",  # noqa: E731
                                 kernel_init=torch_conv_init, dtype=self.dtype, name=name)
     h = conv("conv_0")(nn.relu(norm(0, x)))
     h = conv("conv_1")(nn.relu(norm(1, h)))
@@ -211,7 +212,7 @@ class DualNormUNet(nn.Module):
           h, mask, train, domain)
 
     def conv(f, k, name):
-      return nn.Conv(f, (k, k), padding="SAME", kernel_init=torch_conv_init, dtype=self.dtype,
+      return Conv(f, (k, k), padding="SAME", kernel_init=torch_conv_init, dtype=self.dtype,
                      name=name)
 
     def plain_norm(h, name):

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from medda_jax.models.conv import Conv
+
 NEGATIVE_SLOPE = 0.01
 LAYER_GROUPS = ("context", "transpose", "localization", "segmentation")
 he_normal = nn.initializers.variance_scaling(2.0 / (1.0 + NEGATIVE_SLOPE**2), "fan_in",
@@ -66,7 +68,7 @@ class ConvNormAct(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.features, (3, 3), strides=self.stride, padding=1, kernel_init=he_normal,
+    x = Conv(self.features, (3, 3), strides=self.stride, padding=1, kernel_init=he_normal,
                 dtype=self.dtype, name="conv")(x)
     scale = self.param("norm_scale", nn.initializers.ones, (self.features,))
     bias = self.param("norm_bias", nn.initializers.zeros, (self.features,))
@@ -108,7 +110,7 @@ class NnUNet2D(nn.Module):
       x = ConvNormAct(feats[level], 1, self.dtype, name=f"localization_{level}_0")(x)
       x = ConvNormAct(feats[level], 1, self.dtype, name=f"localization_{level}_1")(x)
       if level < self.num_outputs:
-        outputs.append(nn.Conv(self.num_classes, (1, 1), use_bias=False, kernel_init=he_normal,
+        outputs.append(Conv(self.num_classes, (1, 1), use_bias=False, kernel_init=he_normal,
                                dtype=self.dtype, name=f"segmentation_{level}")(x))
     return [o.astype(jnp.float32) for o in reversed(outputs)]
 

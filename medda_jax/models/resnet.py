@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medda_jax.models.conv import Conv
+
 # torchvision ResNet: nn.init.kaiming_normal_(mode="fan_out", nonlinearity="relu").
 _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # torch.nn.Linear's default weight init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -71,7 +73,7 @@ def bn(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
 def conv(features: int, kernel: int, dtype: Any, name: str, stride: int = 1,
          padding: int = 0, use_bias: bool = False) -> nn.Conv:
   """A square conv with PyTorch-style symmetric padding and torchvision's ResNet init."""
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+  return Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)), use_bias=use_bias,
                  kernel_init=_CONV_INIT, dtype=dtype, name=name)
 

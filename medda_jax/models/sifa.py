@@ -75,6 +75,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from medda_jax.models.conv import Conv
 from medda_jax.models.cyclegan import count_params, instance_norm as torch_instance_norm
 from medda_jax.models.wgan import subpixel_conv_transpose
 
@@ -108,7 +109,7 @@ def pad_channels(x: jax.Array, features: int) -> jax.Array:
 
 def _conv(features: int, kernel: int, std: float, bias: bool, dtype: Any, name: str,
           stride: int = 1, padding: Any = "VALID", dilation: int = 1) -> nn.Conv:
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
+  return Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
                  kernel_dilation=(dilation, dilation), use_bias=bias, kernel_init=_tn(std),
                  bias_init=_ZEROS, dtype=dtype, name=name)
 
@@ -418,7 +419,7 @@ class MixupInspector(nn.Module):
     h = x.astype(dt)
     for i in range(n_down):
       width = min(self.features * 2 ** i, self.max_features)
-      h = nn.Conv(width, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), name=f"down{i}",
+      h = Conv(width, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), name=f"down{i}",
                   **init)(h)
       h = lrelu(h if i == 0 else torch_instance_norm(h))
     bottleneck = h
@@ -427,7 +428,7 @@ class MixupInspector(nn.Module):
       h = nn.ConvTranspose(width, (4, 4), strides=(2, 2), padding="SAME",
                            transpose_kernel=True, name=f"up{i}", **init)(h)
       h = nn.relu(torch_instance_norm(h))
-    cells = nn.Conv(1, (3, 3), padding="SAME", name="map_head", **init)(h)
-    glob = nn.Conv(1, (4, 4), padding="SAME", name="global_head", **init)(bottleneck)
+    cells = Conv(1, (3, 3), padding="SAME", name="map_head", **init)(h)
+    glob = Conv(1, (4, 4), padding="SAME", name="global_head", **init)(bottleneck)
     glob = jnp.mean(glob.astype(jnp.float32), axis=(1, 2, 3))
     return cells[..., 0].astype(jnp.float32), glob

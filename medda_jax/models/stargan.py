@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from medda_jax.models.conv import Conv
 from medda_jax.models.wgan import ConvTranspose4x4
 
 _PAD1 = ((1, 1), (1, 1))
@@ -49,9 +50,9 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     norm = lambda: nn.InstanceNorm(epsilon=1e-5, dtype=self.dtype)
-    h = nn.Conv(self.features, (3, 3), padding=_PAD1, use_bias=False, dtype=self.dtype)(x)
+    h = Conv(self.features, (3, 3), padding=_PAD1, use_bias=False, dtype=self.dtype)(x)
     h = nn.relu(norm()(h))
-    h = nn.Conv(self.features, (3, 3), padding=_PAD1, use_bias=False, dtype=self.dtype)(h)
+    h = Conv(self.features, (3, 3), padding=_PAD1, use_bias=False, dtype=self.dtype)(h)
     return x + norm()(h)
 
 
@@ -69,18 +70,18 @@ class StarGenerator(nn.Module):
     norm_relu = lambda h: nn.relu(nn.InstanceNorm(epsilon=1e-5, dtype=self.dtype)(h))
     h = tile_domain(x.astype(self.dtype), domain, self.n_domains)
     width = self.base_channels
-    h = norm_relu(nn.Conv(width, (7, 7), padding=((3, 3), (3, 3)), use_bias=False,
+    h = norm_relu(Conv(width, (7, 7), padding=((3, 3), (3, 3)), use_bias=False,
                           dtype=self.dtype)(h))
     for _ in range(2):
       width *= 2
-      h = norm_relu(nn.Conv(width, (4, 4), (2, 2), padding=_PAD1, use_bias=False,
+      h = norm_relu(Conv(width, (4, 4), (2, 2), padding=_PAD1, use_bias=False,
                             dtype=self.dtype)(h))
     for _ in range(self.res_blocks):
       h = ResidualBlock(width, self.dtype)(h)
     for _ in range(2):
       width //= 2
       h = norm_relu(ConvTranspose4x4(width, self.subpixel, dtype=self.dtype)(h))
-    h = nn.Conv(self.channels, (7, 7), padding=((3, 3), (3, 3)), use_bias=False,
+    h = Conv(self.channels, (7, 7), padding=((3, 3), (3, 3)), use_bias=False,
                 dtype=self.dtype)(h)
     return jnp.tanh(h.astype(jnp.float32))
 
@@ -103,10 +104,10 @@ class StarDiscriminator(nn.Module):
                        "image; use critic_layers(size)")
     h = x.astype(self.dtype)
     for i in range(self.layers):
-      h = nn.Conv(self.base_channels * 2 ** i, (4, 4), (2, 2), padding=_PAD1, dtype=self.dtype)(h)
+      h = Conv(self.base_channels * 2 ** i, (4, 4), (2, 2), padding=_PAD1, dtype=self.dtype)(h)
       h = nn.leaky_relu(h, 0.01)
-    src = nn.Conv(1, (3, 3), padding=_PAD1, use_bias=False, dtype=self.dtype, name="src")(h)
-    cls = nn.Conv(self.n_domains, (kernel, kernel), padding="VALID", use_bias=False,
+    src = Conv(1, (3, 3), padding=_PAD1, use_bias=False, dtype=self.dtype, name="src")(h)
+    cls = Conv(self.n_domains, (kernel, kernel), padding="VALID", use_bias=False,
                   dtype=self.dtype, name="cls")(h)
     # The reference views cls as [N, n_domains]: its map is 1x1 whenever size is a power of
     # two, and 1x1 too at 224 px (a 3x3 map, kernel 3). Any other size is refused here.
@@ -126,8 +127,8 @@ class LeNet(nn.Module):
   def __call__(self, x, train: bool = False):
     pool = lambda h: nn.max_pool(h, (2, 2), strides=(2, 2))
     h = x.astype(self.dtype)
-    h = nn.relu(pool(nn.Conv(20, (5, 5), padding="VALID", dtype=self.dtype)(h)))
-    h = nn.Conv(50, (5, 5), padding="VALID", dtype=self.dtype)(h)
+    h = nn.relu(pool(Conv(20, (5, 5), padding="VALID", dtype=self.dtype)(h)))
+    h = Conv(50, (5, 5), padding="VALID", dtype=self.dtype)(h)
     # Dropout2d: whole feature maps (the mask is shared over H and W).
     h = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(h)
     h = nn.relu(pool(h))

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medda_jax.models.conv import Conv
+
 
 def align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
   """[n_out, n_in] linear-interpolation matrix: output i samples input i*(n_in-1)/(n_out-1)."""
@@ -64,7 +66,7 @@ class DoubleConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     for i in range(2):
-      x = nn.Conv(self.features, (3, 3), padding=1, kernel_init=self.kernel_init,
+      x = Conv(self.features, (3, 3), padding=1, kernel_init=self.kernel_init,
                   dtype=self.dtype)(x)
       x = instance_norm(x)
       if self.affine_norm:
@@ -117,5 +119,5 @@ class UNet(nn.Module):
         x = nn.ConvTranspose(self.features * 2**i, (2, 2), (2, 2), kernel_init=init,
                              dtype=self.dtype)(x)
       x = block(self.features * 2**i)(jnp.concatenate([x, skips[i]], axis=-1))
-    logits = nn.Conv(self.out_channels, (1, 1), kernel_init=init, dtype=self.dtype)(x)
+    logits = Conv(self.out_channels, (1, 1), kernel_init=init, dtype=self.dtype)(x)
     return logits.astype(jnp.float32)

@@ -31,6 +31,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from medda_jax.models.conv import Conv
+
 STAGES = ("init", "down1", "down2", "bottleneck", "up2", "up1", "out")
 BLOCKS_PER_STAGE = 3
 NUM_BLOCKS = len(STAGES) * BLOCKS_PER_STAGE
@@ -58,7 +60,7 @@ class PreAct(nn.Module):
   def __call__(self, x, train: bool):
     x = nn.relu(_bn(train, self.dtype)(x))
     padding = "SAME" if self.stride == 1 else "VALID"
-    return nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
+    return Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
                    padding=padding, use_bias=self.use_bias, kernel_init=torch_conv_init,
                    dtype=self.dtype)(x)
 
@@ -118,7 +120,7 @@ class ResUNet2D(nn.Module):
     x = x.astype(dt)
 
     def conv(f, k, name, stride=1, bias=True):
-      return nn.Conv(f, (k, k), (stride, stride), padding="SAME" if stride == 1 else "VALID",
+      return Conv(f, (k, k), (stride, stride), padding="SAME" if stride == 1 else "VALID",
                      use_bias=bias, kernel_init=torch_conv_init, dtype=dt, name=name)
 
     def up(f, name):
@@ -168,7 +170,7 @@ class PolicyNet(nn.Module):
   @nn.compact
   def __call__(self, x):
     for i, f in enumerate((self.features, 2 * self.features, 4 * self.features)):
-      x = nn.relu(nn.Conv(f, (3, 3), (2, 2), kernel_init=torch_conv_init, dtype=self.dtype,
+      x = nn.relu(Conv(f, (3, 3), (2, 2), kernel_init=torch_conv_init, dtype=self.dtype,
                           name=f"conv{i}")(x.astype(self.dtype)))
     x = x.mean(axis=(1, 2))
     return nn.Dense(2 * self.num_blocks, dtype=self.dtype, name="logits")(x).reshape(

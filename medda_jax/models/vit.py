@@ -39,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from medda_jax.models.conv import Conv
 from medda_jax.models.resnet import gray_to_rgb
 
 # torchvision conv_proj: trunc_normal_(std=sqrt(1 / fan_in)) with bounds +-2 (absolute).
@@ -187,7 +188,7 @@ class VisionTransformer(nn.Module):
     if h % self.patch_size or w % self.patch_size:
       raise ValueError(f"image size {h}x{w} is not a multiple of patch_size {self.patch_size}")
     x = x.astype(self.dtype)
-    x = nn.Conv(self.width, (self.patch_size, self.patch_size),
+    x = Conv(self.width, (self.patch_size, self.patch_size),
                 strides=(self.patch_size, self.patch_size), padding="VALID",
                 kernel_init=_PATCH_INIT, dtype=self.dtype, name="conv_proj")(x)
     x = x.reshape(n, -1, self.width)

@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from medda_jax.models.conv import Conv, conv_general_dilated
+
 
 def _num_blocks(size: int) -> int:
   blocks = int(round(math.log2(size / 4))) if size >= 8 else 0
@@ -53,7 +55,7 @@ def subpixel_conv_transpose(x, tap, phase_taps: dict, window: int, padding, feat
       for dy, ky in rows.items():
         for dx, kx in cols.items():
           k = k.at[dy, dx, :, a, b, :].set(tap(ky, kx))
-  y = jax.lax.conv_general_dilated(x, k.reshape(window, window, cin, 4 * features), (1, 1),
+  y = conv_general_dilated(x, k.reshape(window, window, cin, 4 * features), (1, 1),
                                    padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
   n, h, w, _ = y.shape
   y = y.reshape(n, h, w, 2, 2, features).transpose(0, 1, 3, 2, 4, 5)
@@ -112,8 +114,8 @@ class Generator(nn.Module):
       width = max(width // 2, self.min_channels)
       x = ConvTranspose4x4(width, self.subpixel, dtype=self.dtype)(x)
       x = act(bn()(x))
-      x = act(bn()(nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype)(x)))
-    x = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(x)
+      x = act(bn()(Conv(width, (3, 3), use_bias=False, dtype=self.dtype)(x)))
+    x = Conv(self.channels, (3, 3), dtype=self.dtype)(x)
     return jnp.tanh(x.astype(jnp.float32))
 
 
@@ -139,9 +141,9 @@ class Critic(nn.Module):
     h = x.astype(self.dtype)
     width = self.base_channels
     for _ in range(blocks):
-      h = act(layer(nn.Conv(width, (4, 4), (2, 2), padding=((1, 1), (1, 1)),
+      h = act(layer(Conv(width, (4, 4), (2, 2), padding=((1, 1), (1, 1)),
                             dtype=self.dtype), h))
-      h = act(layer(nn.Conv(width, (3, 3), dtype=self.dtype), h))
+      h = act(layer(Conv(width, (3, 3), dtype=self.dtype), h))
       width = min(width * 2, self.max_channels)
     h = h.reshape(h.shape[0], -1)
     return layer(nn.Dense(1, dtype=self.dtype), h)[:, 0].astype(jnp.float32)

@@ -1,0 +1,126 @@
+"""A convolution whose gradients XLA's CPU backend runs as fast inside a loop as outside.
+
+XLA:CPU runs a convolution through its Eigen / YNNPACK kernels only when the operands are in
+the canonical order (input and output batch-spatial-feature, kernel spatial-in-out); its
+`ConvolutionCanonicalization` pass brings the others there with explicit transposes, but it
+visits the entry computation only. The convolutions JAX's autodiff writes for the input
+gradient (kernel spatial-out-in) and the kernel gradient (feature and batch swapped) are
+not canonical, so inside a `lax.scan` or `while_loop` body (a training chunk, an inner
+loop) they fall back to XLA's naive loop nest: a scan of 10 SGD steps of a 3-layer conv net
+took 945 ms against 39 ms unrolled (64x64, batch 2, 1 thread). `conv_general_dilated` here
+computes the same numbers with a custom VJP that writes both gradients as canonical
+convolutions of transposed operands, at every order of differentiation (a gradient
+penalty's double backward too), so scans run at the speed of unrolled code.
+
+Use it as Flax's `nn.Conv(..., conv_general_dilated=conv_general_dilated)`. Grouped
+convolutions and `batch_group_count` go to `lax.conv_general_dilated` unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+
+def _dilate(shape, dilation):
+  return [0 if s == 0 else 1 + d * (s - 1) for s, d in zip(shape, dilation)]
+
+
+def _input_grad_padding(in_shape, window, strides, out_shape, padding, lhs_dil, rhs_dil):
+  """Padding of the input gradient's convolution (as jax.lax's own transpose rule)."""
+  lhs, rhs, out = (_dilate(in_shape, lhs_dil), _dilate(window, rhs_dil),
+                   _dilate(out_shape, strides))
+  before = np.subtract(rhs, [lo for lo, _ in padding]) - 1
+  after = np.add(lhs, rhs) - 1 - np.asarray(out) - before
+  return [(int(b), int(a)) for b, a in zip(before, after)]
+
+
+def _kernel_grad_padding(in_shape, window, strides, out_shape, padding, lhs_dil, rhs_dil):
+  """Padding of the kernel gradient's convolution (as jax.lax's own transpose rule)."""
+  lhs, rhs, out = (_dilate(in_shape, lhs_dil), _dilate(window, rhs_dil),
+                   _dilate(out_shape, strides))
+  lows = [lo for lo, _ in padding]
+  return [(lo, o - l + r - lo - 1) for lo, o, l, r in zip(lows, out, lhs, rhs)]
+
+
+def _canonical_numbers(ndim: int) -> lax.ConvDimensionNumbers:
+  spatial = tuple(range(1, ndim - 1))
+  return lax.ConvDimensionNumbers((0, ndim - 1) + spatial,  # input N, C, spatial
+                                  (ndim - 1, ndim - 2) + tuple(range(ndim - 2)),  # O, I, sp.
+                                  (0, ndim - 1) + spatial)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv(x, w, strides, padding, lhs_dilation, rhs_dilation, precision):
+  """x [N, *spatial, C_in], w [*window, C_in, C_out] -> [N, *spatial', C_out]."""
+  return lax.conv_general_dilated(x, w, strides, padding, lhs_dilation, rhs_dilation,
+                                  _canonical_numbers(x.ndim), precision=precision)
+
+
+def _conv_fwd(x, w, strides, padding, lhs_dilation, rhs_dilation, precision):
+  return _conv(x, w, strides, padding, lhs_dilation, rhs_dilation, precision), (x, w)
+
+
+def _conv_bwd(strides, padding, lhs_dilation, rhs_dilation, precision, residuals, g):
+  x, w = residuals
+  n = x.ndim - 2
+  in_spatial, window, out_spatial = x.shape[1:-1], w.shape[:n], g.shape[1:-1]
+  # input gradient: g convolved with the reversed kernel, its in/out features swapped
+  w_t = jnp.swapaxes(lax.rev(w, tuple(range(n))), -1, -2)
+  gx = _conv(g, w_t, tuple(lhs_dilation),
+             tuple(_input_grad_padding(in_spatial, window, strides, out_spatial, padding,
+                                       lhs_dilation, rhs_dilation)),
+             tuple(strides), tuple(rhs_dilation), precision)
+  # kernel gradient: the input's features as the batch, the batch as the features
+  x_t = jnp.moveaxis(x, (0, -1), (-1, 0))  # [C_in, *spatial, N]
+  g_t = jnp.moveaxis(g, 0, -2)  # [*spatial', N, C_out]
+  gw = _conv(x_t, g_t, tuple(rhs_dilation),
+             tuple(_kernel_grad_padding(in_spatial, window, strides, out_spatial, padding,
+                                        lhs_dilation, rhs_dilation)),
+             tuple(lhs_dilation), tuple(strides), precision)  # [C_in, *window, C_out]
+  return gx.astype(x.dtype), jnp.moveaxis(gw, 0, -2).astype(w.dtype)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _spec_order(spec: Sequence[int]) -> tuple[int, ...]:
+  """The axes of an operand in canonical order: (batch or out, *spatial, feature or in)
+  for inputs and outputs; (*spatial, in, out) for kernels is built by the caller."""
+  return (spec[0], *spec[2:], spec[1])
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         batch_group_count=1, precision=None, preferred_element_type=None):
+  """`jax.lax.conv_general_dilated` with canonical convolutions in its gradients."""
+  n = lhs.ndim - 2
+  if (feature_group_count != 1 or batch_group_count != 1 or preferred_element_type is not None
+      or n < 1 or isinstance(padding, str) and padding not in ("SAME", "VALID", "SAME_LOWER")):
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                    rhs_dilation, dimension_numbers, feature_group_count,
+                                    batch_group_count, precision, preferred_element_type)
+  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  lhs_dilation = tuple(lhs_dilation or (1,) * n)
+  rhs_dilation = tuple(rhs_dilation or (1,) * n)
+  window_strides = tuple(window_strides)
+  x = jnp.transpose(lhs, _spec_order(dn.lhs_spec))
+  w = jnp.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(x.shape[1:-1], _dilate(w.shape[:n], rhs_dilation),
+                                  window_strides, padding)
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  y = _conv(x, w, window_strides, padding, lhs_dilation, rhs_dilation, precision)
+  return jnp.transpose(y, np.argsort(_spec_order(dn.out_spec)))
+
+
+class Conv(nn.Conv):
+  """`flax.linen.Conv` computing with `conv_general_dilated` above: the same parameters,
+  names and numbers, and canonical convolutions in its gradients."""
+  conv_general_dilated: Callable | None = conv_general_dilated

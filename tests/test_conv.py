@@ -81,3 +81,23 @@ def test_a_scanned_training_step_hands_xla_only_canonical_convolutions():
   # with jax.lax's own gradients the loop body keeps non-canonical ones (which XLA:CPU
   # runs as a naive loop nest, about 20x slower)
   assert set(labels(_scanned_step_hlo(lax.conv_general_dilated))) - {"b01f_01io->b01f"}
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=(2, 2), strides=(2, 2)),  # U-Net up-sampling
+    dict(kernel_size=(2, 2), strides=(2, 2), padding="VALID", use_bias=False),
+    dict(kernel_size=(3, 3), strides=(2, 2), padding=((1, 2), (1, 2))),  # torch output_padding 1
+    dict(kernel_size=(4, 4), strides=(2, 2), padding="SAME", transpose_kernel=True),
+    dict(kernel_size=(3, 3), strides=(2, 2), padding="SAME", transpose_kernel=True,
+         kernel_dilation=(2, 1)),
+])
+def test_flax_conv_transpose_keeps_parameters_numbers_and_gradients(kwargs):
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 5, 6, 3)), jnp.float32)
+  ours, plain = conv.ConvTranspose(4, **kwargs), nn.ConvTranspose(4, **kwargs)
+  variables = plain.init(jax.random.key(0), x)
+  jax.tree.map(np.testing.assert_array_equal, ours.init(jax.random.key(0), x), variables)
+  np.testing.assert_allclose(ours.apply(variables, x), plain.apply(variables, x), rtol=1e-5,
+                             atol=1e-6)
+  grad = lambda m: jax.grad(lambda v: jnp.sum(jnp.sin(m.apply(v, x))))(variables)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               grad(ours), grad(plain))

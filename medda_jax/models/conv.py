@@ -124,3 +124,64 @@ class Conv(nn.Conv):
   """`flax.linen.Conv` computing with `conv_general_dilated` above: the same parameters,
   names and numbers, and canonical convolutions in its gradients."""
   conv_general_dilated: Callable | None = conv_general_dilated
+
+
+def _transpose_padding(k: int, s: int, padding: str) -> tuple[int, int]:
+  """lax.conv_transpose's padding for "SAME" / "VALID" (effective kernel size k)."""
+  if padding == "SAME":
+    total = k + s - 2
+    before = k - 1 if s > k - 1 else int(np.ceil(total / 2))
+  elif padding == "VALID":
+    total = k + s - 2 + max(k - s, 0)
+    before = k - 1
+  else:
+    raise ValueError(f"padding must be 'SAME', 'VALID' or explicit pairs, got {padding!r}")
+  return before, total - before
+
+
+def conv_transpose(lhs, rhs, strides, padding, rhs_dilation=None, dimension_numbers=None,
+                   transpose_kernel: bool = False, precision=None):
+  """`jax.lax.conv_transpose` (the same numbers) through `conv_general_dilated` above."""
+  n = lhs.ndim - 2
+  if dimension_numbers is None:
+    spatial = "HWD"[:n] if n <= 3 else None
+    dimension_numbers = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  rhs_dilation = tuple(rhs_dilation or (1,) * n)
+  if isinstance(padding, str):
+    window = _dilate([rhs.shape[d] for d in dn.rhs_spec[2:]], rhs_dilation)
+    padding = [_transpose_padding(k, s, padding) for k, s in zip(window, strides)]
+  if transpose_kernel:  # the gradient of a forward convolution: flip, swap in and out
+    rhs = jnp.swapaxes(lax.rev(rhs, dn.rhs_spec[2:]), dn.rhs_spec[0], dn.rhs_spec[1])
+  return conv_general_dilated(lhs, rhs, (1,) * n, padding, tuple(strides), rhs_dilation, dn,
+                              precision=precision)
+
+
+class ConvTranspose(nn.ConvTranspose):
+  """`flax.linen.ConvTranspose` (same parameters, names and numbers) computing with
+  `conv_transpose` above; one batch axis, no mask, no circular padding."""
+
+  @nn.compact
+  def __call__(self, inputs):
+    kernel_size = ((self.kernel_size,) if isinstance(self.kernel_size, int)
+                   else tuple(self.kernel_size))
+    n = len(kernel_size)
+    broadcast = lambda v: (v or 1,) * n if v is None or isinstance(v, int) else tuple(v)
+    if self.mask is not None or self.padding == "CIRCULAR" or inputs.ndim != n + 2:
+      raise NotImplementedError("ConvTranspose: mask, circular padding and several batch "
+                                "axes are flax.linen.ConvTranspose's")
+    in_features = inputs.shape[-1]
+    shape = kernel_size + ((self.features, in_features) if self.transpose_kernel
+                           else (in_features, self.features))
+    kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    padding = (self.padding if isinstance(self.padding, str)
+               else nn.linear.canonicalize_padding(self.padding, n))
+    y = conv_transpose(inputs, kernel, broadcast(self.strides), padding,
+                       rhs_dilation=broadcast(self.kernel_dilation),
+                       transpose_kernel=self.transpose_kernel, precision=self.precision)
+    if bias is not None:
+      y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+    return y

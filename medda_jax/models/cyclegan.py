@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medda_jax.models.conv import Conv
+from medda_jax.models.conv import Conv, conv_transpose
 from medda_jax.models.wgan import subpixel_conv_transpose
 
 # The reference's init_weights(init_type="normal", init_gain=0.02).
@@ -105,8 +105,8 @@ class ConvTransposeUp(nn.Module):
     x = x.astype(self.dtype)
     dims = ("NHWC", "HWIO", "NHWC")
     if not self.subpixel:
-      y = jax.lax.conv_transpose(x, kernel, (2, 2), ((1, 2), (1, 2)), dimension_numbers=dims,
-                                 transpose_kernel=True)
+      y = conv_transpose(x, kernel, (2, 2), ((1, 2), (1, 2)), dimension_numbers=dims,
+                         transpose_kernel=True)
       return y + bias
     return subpixel_conv_transpose(x, lambda ky, kx: kernel[ky, kx].T, _PHASE_TAPS, 2,
                                    ((0, 1), (0, 1)), self.features) + bias

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medda_jax.errors import ConfigError
-from medda_jax.models.conv import Conv
+from medda_jax.models.conv import Conv, ConvTranspose
 
 NORMS = ("bn", "in", "gn", "dsbn")
 BLOCKS = ("inc", "down1", "down2", "down3", "down4")
@@ -232,7 +232,7 @@ class DualNormUNet(nn.Module):
       skip = skips[depth - k]
       h = nn.relu(plain_norm(h, f"up{k}_norm"))
       # ConvT 3x3, stride 2, padding 1, output_padding 1 (PyTorch): exactly 2x the side.
-      h = nn.ConvTranspose(cin // 2, (3, 3), (2, 2), padding=((1, 2), (1, 2)),
+      h = ConvTranspose(cin // 2, (3, 3), (2, 2), padding=((1, 2), (1, 2)),
                            kernel_init=torch_conv_init, dtype=self.dtype, name=f"up{k}_convt")(h)
       h = jnp.concatenate([skip, h], axis=-1)
       h = res(f"up{k}", conv(skip.shape[-1], 3, f"up{k}_conv")(h))

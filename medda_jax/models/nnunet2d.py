@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from medda_jax.models.conv import Conv
+from medda_jax.models.conv import Conv, ConvTranspose
 
 NEGATIVE_SLOPE = 0.01
 LAYER_GROUPS = ("context", "transpose", "localization", "segmentation")
@@ -104,7 +104,7 @@ class NnUNet2D(nn.Module):
       skips.append(x)
     outputs = []
     for level in reversed(range(self.stages - 1)):  # decoder level = skip index, deepest first
-      x = nn.ConvTranspose(feats[level], (2, 2), (2, 2), use_bias=False, kernel_init=he_normal,
+      x = ConvTranspose(feats[level], (2, 2), (2, 2), use_bias=False, kernel_init=he_normal,
                            dtype=self.dtype, name=f"transpose_{level}")(x)
       x = jnp.concatenate([x, skips[level]], axis=-1)
       x = ConvNormAct(feats[level], 1, self.dtype, name=f"localization_{level}_0")(x)

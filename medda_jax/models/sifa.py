@@ -75,7 +75,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from medda_jax.models.conv import Conv
+from medda_jax.models.conv import Conv, ConvTranspose, conv_transpose
 from medda_jax.models.cyclegan import count_params, instance_norm as torch_instance_norm
 from medda_jax.models.wgan import subpixel_conv_transpose
 
@@ -169,9 +169,8 @@ class ConvTransposeSame(nn.Module):
     bias = self.param("bias", _ZEROS, (self.features,)).astype(self.dtype)
     x = x.astype(self.dtype)
     if not self.subpixel:
-      y = jax.lax.conv_transpose(x, kernel, (2, 2), "SAME",
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                 transpose_kernel=True)
+      y = conv_transpose(x, kernel, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                         transpose_kernel=True)
     else:
       y = subpixel_conv_transpose(x, lambda ky, kx: kernel[ky, kx].T, _SAME3_PHASE_TAPS, 2,
                                   ((1, 0), (1, 0)), self.features)
@@ -425,7 +424,7 @@ class MixupInspector(nn.Module):
     bottleneck = h
     for i in range(n_up):
       width = max(4 * self.features // 2 ** i, self.features // 2, 1)
-      h = nn.ConvTranspose(width, (4, 4), strides=(2, 2), padding="SAME",
+      h = ConvTranspose(width, (4, 4), strides=(2, 2), padding="SAME",
                            transpose_kernel=True, name=f"up{i}", **init)(h)
       h = nn.relu(torch_instance_norm(h))
     cells = Conv(1, (3, 3), padding="SAME", name="map_head", **init)(h)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medda_jax.models.conv import Conv
+from medda_jax.models.conv import Conv, ConvTranspose
 
 
 def align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -116,7 +116,7 @@ class UNet(nn.Module):
       if self.upsample == "bilinear":
         x = upsample_bilinear_align_corners(x)
       else:
-        x = nn.ConvTranspose(self.features * 2**i, (2, 2), (2, 2), kernel_init=init,
+        x = ConvTranspose(self.features * 2**i, (2, 2), (2, 2), kernel_init=init,
                              dtype=self.dtype)(x)
       x = block(self.features * 2**i)(jnp.concatenate([x, skips[i]], axis=-1))
     logits = Conv(self.out_channels, (1, 1), kernel_init=init, dtype=self.dtype)(x)

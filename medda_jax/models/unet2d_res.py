@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from medda_jax.models.conv import Conv
+from medda_jax.models.conv import Conv, ConvTranspose
 
 STAGES = ("init", "down1", "down2", "bottleneck", "up2", "up1", "out")
 BLOCKS_PER_STAGE = 3
@@ -124,7 +124,7 @@ class ResUNet2D(nn.Module):
                      use_bias=bias, kernel_init=torch_conv_init, dtype=dt, name=name)
 
     def up(f, name):
-      return nn.ConvTranspose(f, (2, 2), (2, 2), padding="VALID", use_bias=False,
+      return ConvTranspose(f, (2, 2), (2, 2), padding="VALID", use_bias=False,
                               kernel_init=torch_conv_init, dtype=dt, name=name)
 
     x0 = self._blocks("init", n, conv(n, 3, "init_conv", bias=False)(x), train, gates)

@@ -24,10 +24,9 @@ import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from medda_jax.models.conv import Conv, conv_general_dilated
+from medda_jax.models.conv import Conv, conv_general_dilated, conv_transpose
 
 
 def _num_blocks(size: int) -> int:
@@ -86,8 +85,8 @@ class ConvTranspose4x4(nn.Module):
     dims = ("NHWC", "HWIO", "NHWC")
     if not self.subpixel:
       # flax/lax transposed convs correlate the dilated input: torch's taps, flipped.
-      return jax.lax.conv_transpose(x, kernel[::-1, ::-1], (2, 2), ((2, 2), (2, 2)),
-                                    dimension_numbers=dims)
+      return conv_transpose(x, kernel[::-1, ::-1], (2, 2), ((2, 2), (2, 2)),
+                            dimension_numbers=dims)
     return subpixel_conv_transpose(x, lambda ky, kx: kernel[ky, kx], _PHASE_TAPS, 3,
                                    ((1, 1), (1, 1)), self.features)
 

@@ -471,8 +471,84 @@ def test_published_domain_keeps_every_image_nearest_resized(tmp_path):
   assert dom.images.shape == (10, 32, 32, 3) and dom.images.dtype == np.float32
   first = want["train"][0][0] / 255.0
   rows = np.floor((np.arange(32) + 0.5) * 28 / 32).astype(int)  # nearest neighbour by hand
-  np.testing.assert_allclose(dom.images[0, :, :, 1], first[rows][:, rows], atol=1e-6)
+  np.testing.assert_allclose(dom.images[0][:, :, 1], first[rows][:, rows], atol=1e-6)
   dom_m = digits.load_published_domain("mnist_m", tmp_path / "mm", size=32)
   assert len(dom_m) == 8 and dom_m.images.shape[1:] == (32, 32, 3)
   with pytest.raises(DataError, match="unknown published digit domain 'usps'"):
     digits.load_published_domain("usps", tmp_path)
+
+
+def _nearest(image: np.ndarray, size: int) -> np.ndarray:
+  """Nearest-neighbour resize written out: output pixel i reads input floor((i + 0.5) s / size)."""
+  side = image.shape[0]
+  out = np.empty((size, size) + image.shape[2:], image.dtype)
+  for i in range(size):
+    for j in range(size):
+      out[i, j] = image[int((i + 0.5) * side / size), int((j + 0.5) * side / size)]
+  return out
+
+
+def _eager_published(raw: np.ndarray, size: int) -> np.ndarray:
+  """What the published path computed before it became lazy, per image and plainly:
+  uint8 -> float32 / 255, nearest resize, grey replicated to 3 channels."""
+  out = []
+  for image in raw:
+    image = image.astype(np.float32) / 255
+    image = image[..., None] if image.ndim == 2 else image
+    out.append(np.repeat(_nearest(image, size), 3 // image.shape[-1], axis=-1))
+  return np.stack(out)
+
+
+@pytest.mark.parametrize("size", [32, 16])
+def test_lazy_published_domain_equals_the_eager_decoding(tmp_path, size):
+  want = write_mnist(tmp_path / "mnist")
+  want_m = write_mnist_m(tmp_path / "mm")
+  batch = np.array([[7, 0], [3, 6]])  # train and test images, in a batch-shaped index
+  for name, root, raw in [
+      ("mnist", tmp_path / "mnist", np.concatenate([want["train"][0], want["t10k"][0]])),
+      ("mnist_m", tmp_path / "mm", np.concatenate([want_m["train"][0], want_m["test"][0]]))]:
+    dom = digits.load_published_domain(name, root, size=size, channels=3)
+    reference = _eager_published(raw, size)
+    np.testing.assert_array_equal(dom.images[batch], reference[batch])
+    np.testing.assert_array_equal(dom.images[2], reference[2])
+    np.testing.assert_array_equal(dom.subset([5, 1]).images[:], reference[[5, 1]])
+    assert dom.images.dtype == np.float32 and dom.images.shape == (len(raw), size, size, 3)
+  grey = digits.load_published_domain("mnist_m", tmp_path / "mm", size=size, channels=1)
+  rgb = _eager_published(np.concatenate([want_m["train"][0], want_m["test"][0]]), size)
+  np.testing.assert_allclose(grey.images[[4, 6]][..., 0], rgb2gray(rgb[[4, 6]]), atol=1e-6)
+
+
+def test_published_domain_decodes_nothing_up_front(tmp_path, monkeypatch):
+  want = write_mnist(tmp_path / "mnist")
+  write_mnist_m(tmp_path / "mm")
+  read = []
+  original = digits._read_png
+  monkeypatch.setattr(digits, "_read_png", lambda path: read.append(
+      f"{path.parent.name}/{path.name}") or original(path))
+  dom_m = digits.load_published_domain("mnist_m", tmp_path / "mm", size=32)
+  assert read == [] and len(dom_m) == 8
+  dom_m.images[[[1], [6]]]  # a batch reads its own files only: train 1 and test 1
+  assert sorted(read) == ["mnist_m_test/00000001.png", "mnist_m_train/00000001.png"]
+  # MNIST holds its raw uint8 IDX data (784 bytes an image), no float array of the images.
+  dom = digits.load_published_domain("mnist", tmp_path / "mnist", size=32)
+  source = dom.images.source
+  assert isinstance(source, digits.DigitSource) and source.raw.dtype == np.uint8
+  assert source.raw.nbytes == 10 * 28 * 28
+  held = [v for v in vars(source).values() if isinstance(v, np.ndarray)]
+  assert not any(v.dtype.kind == "f" for v in held)
+  np.testing.assert_array_equal(dom.labels, np.concatenate([want["train"][1], want["t10k"][1]]))
+
+
+def test_published_mnist_m_errors_name_the_file(tmp_path):
+  write_mnist_m(tmp_path)
+  folder = tmp_path / "mnist_m"
+  from PIL import Image
+  Image.fromarray(np.zeros((30, 28, 3), np.uint8)).save(folder / "mnist_m_train" / "00000002.png")
+  (folder / "mnist_m_train" / "00000004.png").write_bytes(b"not a png")
+  dom = digits.load_published_domain("mnist_m", tmp_path, size=32)  # nothing decoded yet
+  with pytest.raises(DataError, match=r"00000002.png is \(30, 28, 3\); MNIST-M images are "
+                                      "28 x 28 RGB") as e:
+    dom.images[[0, 2]]
+  assert "\n" not in str(e.value)
+  with pytest.raises(DataError, match=r"cannot read .*00000004.png as an image"):
+    dom.images[4]

@@ -4,12 +4,14 @@ flip / rotation / translation augmentation against a hand-written resampling."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
 from medda_jax.config_utils import load_config
+from medda_jax.data import digits as digits_data
 from medda_jax.errors import ConfigError
 from medda_jax.methods import stargan_da
 from medda_jax.methods.stargan_da.augment import AffineAugment
@@ -112,18 +114,96 @@ def test_only_embedded_digits_carry_the_demo_label():
   assert "reduced schedule" not in label  # the paper's 200K iterations
 
 
-def test_published_digit_domains_keep_every_image(tmp_path):
+def write_usps(root, n_train=12, n_test=8, seed=0):
+  """USPS in the ESL layout (zip.train / zip.test: `digit v1 ... v256`, values in [-1, 1]);
+  returns the uint8 images round((v + 1) / 2 * 255) and the labels, train then test."""
+  rng = np.random.default_rng(seed)
+  root.mkdir(parents=True, exist_ok=True)
+  images, labels = [], []
+  for name, n in (("zip.train", n_train), ("zip.test", n_test)):
+    pixels = rng.integers(0, 256, (n, 16, 16))
+    digits = rng.integers(0, 10, n)
+    lines = [f"{d}.0000 " + " ".join(f"{p / 255 * 2 - 1:.6f}" for p in image.ravel())
+             for d, image in zip(digits, pixels)]
+    (root / name).write_text("\n".join(lines) + "\n")
+    images.append(pixels.astype(np.uint8))
+    labels.append(digits)
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def _published_config(tmp_path):
+  """The smoke schedule on the published-file path: MNIST, MNIST-M and USPS fixtures in
+  their publishers' layouts (20 images each), every image kept."""
   write_mnist(tmp_path / "mnist", n_train=14, n_test=6)
   write_mnist_m(tmp_path / "mnist_m_files", n_train=12, n_test=8)
+  usps = write_usps(tmp_path / "usps")
   c = load_config("configs/stargan.py:smoke")
-  c.data.domains = ("mnist", "mnist_m")
+  c.data.domains = ("mnist", "mnist_m", "usps")
   c.data.embedded_digits = False
   c.data.max_per_domain = 0
   c.data.dirs.mnist, c.data.dirs.mnist_m = str(tmp_path / "mnist"), str(tmp_path / "mnist_m_files")
+  c.data.dirs.usps = str(tmp_path / "usps")
+  return c, usps
+
+
+def _old_published_images(raw: np.ndarray, size: int) -> np.ndarray:
+  """The published path as it was, whole domain in memory and written plainly: uint8 / 255,
+  nearest-neighbour resize (output pixel i reads floor((i + 0.5) s / size)), grey
+  replicated to 3 channels, then [0, 1] -> [-1, 1]."""
+  side = raw.shape[1]
+  rows = [int((i + 0.5) * side / size) for i in range(size)]
+  images = raw.astype(np.float32) / 255
+  images = images[..., None] if images.ndim == 3 else images
+  images = np.repeat(images[:, rows][:, :, rows], 3 // images.shape[-1], axis=-1)
+  return (images - 0.5) / 0.5
+
+
+def test_published_digit_domains_keep_every_image_and_decode_per_batch(tmp_path):
+  from medda_jax.data.images import LazyImages
+  c, (usps_raw, usps_labels) = _published_config(tmp_path)
   stargan_da.validate(c)
   domains = stargan_da.load_domains(c)
+  raw = {"mnist": digits_data.load_mnist_idx(tmp_path / "mnist")[0],
+         "mnist_m": digits_data.load_mnist_m_folder(tmp_path / "mnist_m_files")[0],
+         "usps": usps_raw}
   for name, d in domains.items():
     assert len(d.train) + len(d.val) + len(d.test) == 20, name
-    assert d.train.images.shape[1:] == (16, 16, 3)
-    assert -1.0 <= d.train.images.min() and d.train.images.max() <= 1.0
+    want = _old_published_images(raw[name], c.data.size)
+    labels = np.concatenate([d.train.labels, d.val.labels, d.test.labels])
+    positions = np.concatenate([s.images.indices for s in (d.train, d.val, d.test)])
+    assert sorted(positions.tolist()) == list(range(20)), name  # every image, once
+    for part in (d.train, d.val, d.test):
+      assert isinstance(part.images, LazyImages), name  # nothing decoded up front
+      assert part.images.shape[1:] == (16, 16, 3)
+      batch = np.array([[0, len(part) - 1], [len(part) // 2, 0]])
+      np.testing.assert_array_equal(part.images[batch], want[part.images.indices[batch]])
+    if name == "usps":
+      np.testing.assert_array_equal(labels, usps_labels[positions])
   assert "DEMO" not in stargan_da.experiment.data_label(c, list(domains), [])
+
+
+def test_the_published_digit_path_runs_end_to_end(tmp_path, stargan_run):
+  """The `:digits` path (published files, lazy domains: baselines, one StarGAN pair with its
+  translations spilled and read back, the grids and the domain spread) on the fixtures,
+  at the smoke schedule, through the command line. It reads the shared smoke run (the same
+  networks on the embedded demo digits): after it, on the same two devices, the compiled
+  functions come from the session's cache, and only that run is labelled DEMO DATA."""
+  from conftest import TWO_DEVICES, run_train
+  c, _ = _published_config(tmp_path)
+  proc = run_train(tmp_path / "run", "--config.data.domains=('mnist','mnist_m','usps')",
+                   "--config.data.embedded_digits=False", "--config.data.max_per_domain=0",
+                   f"--config.data.dirs.mnist={c.data.dirs.mnist}",
+                   f"--config.data.dirs.mnist_m={c.data.dirs.mnist_m}",
+                   f"--config.data.dirs.usps={c.data.dirs.usps}",
+                   "--config.pairs=('mnist_m->usps',)", "--config.eval.spread_fractions=(0.5,)",
+                   config="configs/stargan.py:smoke", env=TWO_DEVICES)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert list(results["pairs"]) == ["mnist_m->usps"] and "DEMO" not in results["label"]
+  assert "published files" in results["label"]
+  assert set(results["internal"]) == {"mnist", "mnist_m", "usps"}
+  assert [row["fraction"] for row in results["spread"]] == [0.5]
+  assert (tmp_path / "run" / "translations_mnist_m_to_usps.png").exists()
+  assert not list((tmp_path / "run" / "scratch").glob("*.npy"))  # spilled sets removed
+  demo = json.loads((stargan_run[0] / "results.json").read_text())
+  assert demo["label"].startswith("DEMO DATA") and demo["data"] != results["data"]

@@ -1,7 +1,8 @@
 """Digit domains: MNIST and MNIST-M from their published files, and the embedded demo
 domains (MNIST, optdigits, MNIST-M) of the offline GAN and adaptation demos.
 
-Published files (`load_published_domain`; the paper settings, e.g. StarGAN's `:digits`):
+Published files (`published_source`, `load_published_domain`; the paper settings, e.g.
+StarGAN's `:digits`):
 
 * MNIST (LeCun et al.): the four IDX files, `train-images-idx3-ubyte`,
   `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`, each
@@ -10,7 +11,8 @@ Published files (`load_published_domain`; the paper settings, e.g. StarGAN's `:d
 * MNIST-M (Ganin & Lempitsky 2015): the folder its archive `mnist_m.tar.gz` unpacks to,
   `mnist_m/` with `mnist_m_train/*.png`, `mnist_m_test/*.png` (28 x 28 RGB) and
   `mnist_m_train_labels.txt`, `mnist_m_test_labels.txt` (lines `00000000.png 5`); the root
-  may be `mnist_m/` itself or its parent (`load_mnist_m_folder`).
+  may be `mnist_m/` itself or its parent (`mnist_m_files` lists it and reads each PNG per
+  access; `load_mnist_m_folder` decodes it whole).
 
 The embedded demo domains below are digits stand-ins: results on them are demo results,
 never a reproduction of any paper's number (see DEMO_DIGITS_CARD.md). No download needed:
@@ -30,10 +32,14 @@ asset's order) the first half of the images (`n // 2` of a class of `n`) is the 
 domain and the rest is the raw material of "mnist_m" (`half="first"` / `"second"`;
 `half="all"` takes every image). See `mnist_half_indices`.
 
-`load_digit_domain` returns float32 images [N, S, S, C] in [0, 1]; `binary_subset` turns a
-domain into a two-class task (e.g. 3 -> label 1, 8 -> label 0) and `stratified_take` /
-`stratified_splits` draw fixed class-stratified subsets (e.g. 100 training and 100 disjoint
-test images).
+`load_digit_domain` returns float32 images [N, S, S, C] in [0, 1], held in memory (the
+embedded domains are small). `load_published_domain` holds only the raw published data (the
+uint8 MNIST array, 55 MB; MNIST-M's file names, each PNG read when its image is asked for)
+and converts and resizes one image per access (`DigitSource` behind a `LazyImages`), so a
+domain of 70,000 images costs the memory of the batch in use, not 0.9 GB of float32.
+`binary_subset` turns a domain into a two-class task (e.g. 3 -> label 1, 8 -> label 0) and
+`stratified_take` / `stratified_splits` draw fixed class-stratified subsets (e.g. 100
+training and 100 disjoint test images).
 """
 
 from __future__ import annotations
@@ -45,10 +51,14 @@ import logging
 import numbers
 import pathlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medda_jax.errors import DataError
+
+if TYPE_CHECKING:
+  from medda_jax.data.images import LazyImages
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +84,15 @@ class DigitDomain:
 
   Attributes:
     name: domain name (e.g. "mnist", or "mnist_3_vs_8" after `binary_subset`).
-    images: float32 [N, S, S, C] in [0, 1].
+    images: float32 [N, S, S, C] in [0, 1]: an array, or a `LazyImages` (a published
+      domain) that decodes the images it is indexed with.
     labels: int32 [N] (digits 0..9, or 1 / 0 after `binary_subset`).
     indices: int64 [N], position of each image in its source collection (the embedded
       MNIST asset for "mnist" and "mnist_m", `load_digits()` for "optdigits").
   """
 
   name: str
-  images: np.ndarray
+  images: "np.ndarray | LazyImages"
   labels: np.ndarray
   indices: np.ndarray
 
@@ -97,7 +108,9 @@ class DigitDomain:
   def subset(self, indices, name: str | None = None) -> "DigitDomain":
     """The images at positions `indices` of this domain (in that order)."""
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    return DigitDomain(name=self.name if name is None else name, images=self.images[idx],
+    # A lazy domain stays lazy: only its indices are composed, nothing is decoded.
+    images = self.images.subset(idx) if hasattr(self.images, "subset") else self.images[idx]
+    return DigitDomain(name=self.name if name is None else name, images=images,
                        labels=self.labels[idx], indices=self.indices[idx])
 
   def class_counts(self) -> dict[int, int]:
@@ -322,18 +335,37 @@ def _read_png(path: pathlib.Path) -> np.ndarray:
     raise DataError(f"cannot read {path} as an image: {e}") from e
 
 
-def load_mnist_m_folder(root: str | pathlib.Path,
-                        split: str = "all") -> tuple[np.ndarray, np.ndarray]:
-  """MNIST-M from its published folder (see the module docstring).
+class MnistMFiles:
+  """MNIST-M's PNG files as a read-only sequence of uint8 [28, 28, 3] images: `files[i]`
+  reads file i when it is asked for (nothing is decoded up front)."""
+
+  def __init__(self, paths: Sequence[str]):
+    self.paths = tuple(str(p) for p in paths)
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    path = pathlib.Path(self.paths[i])
+    image = _read_png(path)
+    if image.shape != (MNIST_SIDE, MNIST_SIDE, 3):
+      raise DataError(f"{path} is {image.shape}; MNIST-M images are 28 x 28 RGB")
+    return image
+
+
+def mnist_m_files(root: str | pathlib.Path, split: str = "all") -> tuple[MnistMFiles, np.ndarray]:
+  """MNIST-M's published folder (see the module docstring), listed but not decoded.
+
+  Every listed file must exist; its pixels are read per access.
 
   Returns:
-    images uint8 [N, 28, 28, 3] and labels int64 [N], in the label files' order; "all" is
-    train then test.
+    the images as `MnistMFiles` (uint8 [28, 28, 3] per access) and labels int64 [N], in the
+    label files' order; "all" is train then test.
   """
   root = pathlib.Path(root)
   if (root / MNIST_M_FOLDER).is_dir() and not (root / "mnist_m_train_labels.txt").exists():
     root = root / MNIST_M_FOLDER
-  images, labels = [], []
+  paths, labels = [], []
   for part in _check_split(split):
     listing = root / f"mnist_m_{part}_labels.txt"
     folder = root / f"mnist_m_{part}"
@@ -350,14 +382,23 @@ def load_mnist_m_folder(root: str | pathlib.Path,
       path = folder / tokens[0]
       if not path.is_file():
         raise DataError(f"MNIST-M image {path} (listed in {listing.name}) is missing")
-      image = _read_png(path)
-      if image.shape != (MNIST_SIDE, MNIST_SIDE, 3):
-        raise DataError(f"{path} is {image.shape}; MNIST-M images are 28 x 28 RGB")
-      images.append(image)
+      paths.append(str(path))
       labels.append(int(tokens[1]))
   if not labels:
     raise DataError(f"no MNIST-M image is listed in {root}")
-  return np.stack(images), np.asarray(labels, np.int64)
+  return MnistMFiles(paths), np.asarray(labels, np.int64)
+
+
+def load_mnist_m_folder(root: str | pathlib.Path,
+                        split: str = "all") -> tuple[np.ndarray, np.ndarray]:
+  """MNIST-M from its published folder (see the module docstring), every image decoded.
+
+  Returns:
+    images uint8 [N, 28, 28, 3] and labels int64 [N], in the label files' order; "all" is
+    train then test.
+  """
+  files, labels = mnist_m_files(root, split)
+  return np.stack([files[i] for i in range(len(files))]), labels
 
 
 # ---------------------------------------------------------------------------
@@ -429,6 +470,38 @@ def _resize(images: np.ndarray, name: str, size: int, mode: str) -> np.ndarray:
   return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+def _convert(images: np.ndarray, name: str, size: int, channels: int, mode: str) -> np.ndarray:
+  """float [N, s, s, C] in [0, 1] -> [N, size, size, channels]: grey conversion before the
+  resize, replication after it (see `load_digit_domain`)."""
+  if channels == 1:
+    images = _to_channels(images, 1)
+  return _to_channels(_resize(images, name, size, mode), channels)
+
+
+class DigitSource:
+  """Random-access source over a digit domain's raw images (a `LazyImages` source):
+  `source[i]` -> (float32 [size, size, channels] in [0, 1], label), converted and resized
+  from the raw uint8 image [s, s] or [s, s, 3] at each access, exactly as
+  `load_digit_domain` converts a whole domain. Only `raw` stays in memory: a uint8 array,
+  or a sequence that reads each image when asked (`MnistMFiles`)."""
+
+  def __init__(self, name: str, raw, labels, size: int, channels: int, resize: str):
+    self.name, self.raw = name, raw
+    self.labels = np.asarray(labels, np.int32)
+    self.size, self.channels, self.resize = size, channels, resize
+    self.image_shape = (size, size, channels)
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+    image = np.asarray(self.raw[int(i)]).astype(np.float32) / 255.0
+    if image.ndim == 2:
+      image = image[..., None]
+    out = _convert(image[None], self.name, self.size, self.channels, self.resize)[0]
+    return np.ascontiguousarray(out, np.float32), int(self.labels[i])
+
+
 def load_digit_domain(name: str, size: int = 32, channels: int = 1, seed: int = 0,
                       half: str | None = None, resize: str = "auto") -> DigitDomain:
   """One digit domain as float32 images in [0, 1].
@@ -473,9 +546,7 @@ def load_digit_domain(name: str, size: int = 32, channels: int = 1, seed: int = 
       images = mnist[indices].astype(np.float32)[..., None] / 255.0
     else:
       images = make_mnist_m(mnist[indices], seed=seed).astype(np.float32) / 255.0
-  if channels == 1:
-    images = _to_channels(images, 1)
-  images = _to_channels(_resize(images, name, size, resize), channels)
+  images = _convert(images, name, size, channels, resize)
   domain = DigitDomain(name=name, images=np.ascontiguousarray(images, np.float32),
                        labels=np.asarray(labels, np.int32).copy(), indices=indices)
   log.info("digit domain %s: %d images at %dx%dx%d, per class %s", name, len(domain), size,
@@ -483,12 +554,13 @@ def load_digit_domain(name: str, size: int = 32, channels: int = 1, seed: int = 
   return domain
 
 
-def load_published_domain(name: str, root: str | pathlib.Path, size: int = 32,
-                          channels: int = 3, resize: str = "nearest") -> DigitDomain:
+def published_source(name: str, root: str | pathlib.Path, size: int = 32, channels: int = 3,
+                     resize: str = "nearest") -> DigitSource:
   """MNIST ("mnist", IDX files) or MNIST-M ("mnist_m", its published folder) with every
-  image of both published splits (train then test), as float32 [N, size, size, channels]
-  in [0, 1]; `resize` as in `load_digit_domain` ("nearest": the StarGAN paper's
-  nearest-neighbour resize). `indices` are positions in train + test."""
+  image of both published splits (train then test) as a `DigitSource`: the raw data only
+  (MNIST's uint8 array; MNIST-M's file list, each PNG read per access), each image made
+  float32 [size, size, channels] in [0, 1] when it is read; `resize` as in
+  `load_digit_domain` ("nearest": the StarGAN paper's nearest-neighbour resize)."""
   if name not in PUBLISHED:
     raise DataError(f"unknown published digit domain {name!r}; known: {list(PUBLISHED)}")
   size = _check_size(size)
@@ -496,18 +568,19 @@ def load_published_domain(name: str, root: str | pathlib.Path, size: int = 32,
     raise DataError(f"channels must be 1 or 3, got {channels!r}")
   if resize not in RESIZE_MODES:
     raise DataError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-  if name == "mnist":
-    raw, labels = load_mnist_idx(root)
-    images = raw.astype(np.float32)[..., None] / 255.0
-  else:
-    raw, labels = load_mnist_m_folder(root)
-    images = raw.astype(np.float32) / 255.0
-  if channels == 1:
-    images = _to_channels(images, 1)
-  images = _to_channels(_resize(images, name, size, resize), channels)
-  return DigitDomain(name=name, images=np.ascontiguousarray(images, np.float32),
-                     labels=labels.astype(np.int32),
-                     indices=np.arange(len(labels), dtype=np.int64))
+  raw, labels = load_mnist_idx(root) if name == "mnist" else mnist_m_files(root)
+  return DigitSource(name, raw, labels, size, channels, resize)
+
+
+def load_published_domain(name: str, root: str | pathlib.Path, size: int = 32,
+                          channels: int = 3, resize: str = "nearest") -> DigitDomain:
+  """A published domain (`published_source`) as a `DigitDomain` whose images are a
+  `LazyImages`: indexing them decodes only the images asked for, so nothing is decoded
+  here. `indices` are positions in train + test."""
+  from medda_jax.data.images import LazyImages  # pylint: disable=import-outside-toplevel
+  source = published_source(name, root, size, channels, resize)
+  return DigitDomain(name=name, images=LazyImages(source), labels=source.labels,
+                     indices=np.arange(len(source), dtype=np.int64))
 
 
 def _check_digit(d, what: str) -> int:

@@ -176,24 +176,30 @@ def data_label(c, names: list[str], user: list[str]) -> str:
   return f"{c.data.kind} domains {names} (published files)"
 
 
-def _digit_domain(c, name: str) -> Domain:
-  if name == "usps":  # read from its published files, nearest-neighbour resized
-    from skimage.transform import resize
+def _published_digits(c, name: str) -> digits_data.DigitSource:
+  """Every image of a published digit domain, nearest-neighbour resized: only the raw uint8
+  data is held, each image is converted when a batch reads it."""
+  if name == "usps":
     from medda_jax.data.usps import load_usps
     raw, labels = load_usps(c.data.dirs.usps, "all")
-    images = np.stack([resize(im, (c.data.size, c.data.size), order=0, preserve_range=True,
-                              anti_aliasing=False) for im in raw])[..., None] / 255.0
-  elif name in digits_data.PUBLISHED and c.data.dirs.get(name):  # every published image
-    dom = digits_data.load_published_domain(name, c.data.dirs[name], size=c.data.size,
-                                            channels=3, resize="nearest")
-    images, labels = dom.images, dom.labels
-  else:  # the embedded demo digits
-    dom = digits_data.load_digit_domain(name, size=c.data.size, channels=3,
-                                        seed=c.data.split_seed, resize="nearest")
-    images, labels = dom.images, dom.labels
-  images = _normalise(images)
-  return Domain(name, *[ImageSet(images[i], labels[i].astype(np.int32))
-                        for i in _split(c, name, labels)])
+    return digits_data.DigitSource(name, raw, labels, c.data.size, 3, "nearest")
+  return digits_data.published_source(name, c.data.dirs[name], size=c.data.size, channels=3,
+                                      resize="nearest")
+
+
+def _digit_domain(c, name: str) -> Domain:
+  if name == "usps" or (name in digits_data.PUBLISHED and c.data.dirs.get(name)):
+    # Lazy: 70,000 MNIST images would be 0.9 GB as float32; each batch decodes its own.
+    source = _published_digits(c, name)
+    return Domain(name, *[ImageSet(user_images.LazyImages(source, i, transform=_normalise),
+                                   source.labels[i])
+                          for i in _split(c, name, source.labels)])
+  # The embedded demo digits (at most a few thousand images), in memory.
+  dom = digits_data.load_digit_domain(name, size=c.data.size, channels=3,
+                                      seed=c.data.split_seed, resize="nearest")
+  images = _normalise(dom.images)
+  return Domain(name, *[ImageSet(images[i], dom.labels[i].astype(np.int32))
+                        for i in _split(c, name, dom.labels)])
 
 
 def _cxr_domain(c, name: str) -> Domain:

@@ -207,7 +207,7 @@ def test_pretraining_batches_hold_slices_with_their_masks_and_datasets(smoke_run
     images, masks = exp.collection[name].batch(np.arange(len(exp.collection[name])))
     for p in range(len(images)):
       slices.setdefault(images[p].tobytes(), []).append((d, p, masks[p]))
-  n = len(exp._source_table())
+  n = len(exp.source_slices)
   elements = list(exp.pretrain_batches(total=n // 3 - (n // 3) % spc, spc=spc))
   seen = []
   for element in elements:

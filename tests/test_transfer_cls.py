@@ -287,7 +287,7 @@ def test_auc_table_is_mean_and_std_over_seeds():
         assert n == len(c.seeds)
         assert mean == pytest.approx(sum(vals) / len(vals))
         assert std == pytest.approx((sum((v - mean) ** 2 for v in vals) / len(vals)) ** 0.5)
-  md = report_cls.tables_markdown(table, c, report_cls.label(c))
+  md = report_cls.tables_markdown(table, c, report_cls.label(c, cls.user_datasets(c)))
   assert "CheXpert -> ChestX-ray14" in md and "ChestX-ray14 -> CheXpert" in md
   assert md.count("| 4 |") == 2 and md.count("| 8 |") == 2
   assert "| images | FTA | FTF | L2SP | OCTL | MMTL |" in md
@@ -507,4 +507,4 @@ def test_a_user_manifest_is_a_target_whose_name_the_results_carry(cxr_data, tmp_
   assert "ChestX-ray14" not in md  # not used by this run
   c = smoke_config(cxr_data)
   c.variant, c.data.user, c.data.pairs = "cxr", (f"mysite={manifest}",), (("chexpert", "mysite"),)
-  assert "not a reproduction" in report_cls.label(c)
+  assert "not a reproduction" in report_cls.label(c, cls.user_datasets(c))

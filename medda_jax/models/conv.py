@@ -38,7 +38,7 @@ def _input_grad_padding(in_shape, window, strides, out_shape, padding, lhs_dil, 
                    _dilate(out_shape, strides))
   before = np.subtract(rhs, [lo for lo, _ in padding]) - 1
   after = np.add(lhs, rhs) - 1 - np.asarray(out) - before
-  return [(int(b), int(a)) for b, a in zip(before, after)]
+  return tuple((int(b), int(a)) for b, a in zip(before, after))
 
 
 def _kernel_grad_padding(in_shape, window, strides, out_shape, padding, lhs_dil, rhs_dil):
@@ -46,7 +46,7 @@ def _kernel_grad_padding(in_shape, window, strides, out_shape, padding, lhs_dil,
   lhs, rhs, out = (_dilate(in_shape, lhs_dil), _dilate(window, rhs_dil),
                    _dilate(out_shape, strides))
   lows = [lo for lo, _ in padding]
-  return [(lo, o - l + r - lo - 1) for lo, o, l, r in zip(lows, out, lhs, rhs)]
+  return tuple((lo, o - l + r - lo - 1) for lo, o, l, r in zip(lows, out, lhs, rhs))
 
 
 def _canonical_numbers(ndim: int) -> lax.ConvDimensionNumbers:
@@ -73,17 +73,17 @@ def _conv_bwd(strides, padding, lhs_dilation, rhs_dilation, precision, residuals
   in_spatial, window, out_spatial = x.shape[1:-1], w.shape[:n], g.shape[1:-1]
   # input gradient: g convolved with the reversed kernel, its in/out features swapped
   w_t = jnp.swapaxes(lax.rev(w, tuple(range(n))), -1, -2)
-  gx = _conv(g, w_t, tuple(lhs_dilation),
-             tuple(_input_grad_padding(in_spatial, window, strides, out_spatial, padding,
-                                       lhs_dilation, rhs_dilation)),
-             tuple(strides), tuple(rhs_dilation), precision)
+  gx = _conv(g, w_t, lhs_dilation,
+             _input_grad_padding(in_spatial, window, strides, out_spatial, padding,
+                                 lhs_dilation, rhs_dilation),
+             strides, rhs_dilation, precision)
   # kernel gradient: the input's features as the batch, the batch as the features
   x_t = jnp.moveaxis(x, (0, -1), (-1, 0))  # [C_in, *spatial, N]
   g_t = jnp.moveaxis(g, 0, -2)  # [*spatial', N, C_out]
-  gw = _conv(x_t, g_t, tuple(rhs_dilation),
-             tuple(_kernel_grad_padding(in_spatial, window, strides, out_spatial, padding,
-                                        lhs_dilation, rhs_dilation)),
-             tuple(lhs_dilation), tuple(strides), precision)  # [C_in, *window, C_out]
+  gw = _conv(x_t, g_t, rhs_dilation,
+             _kernel_grad_padding(in_spatial, window, strides, out_spatial, padding,
+                                  lhs_dilation, rhs_dilation),
+             lhs_dilation, strides, precision)  # [C_in, *window, C_out]
   return gx.astype(x.dtype), jnp.moveaxis(gw, 0, -2).astype(w.dtype)
 
 

@@ -51,8 +51,7 @@ import optax
 from medda_jax import config_utils as cu
 from medda_jax import files, parallel
 from medda_jax import metrics as metrics_lib
-from medda_jax.data import chestxray, cxr_sites, images
-from medda_jax.data import mixed
+from medda_jax.data import chestxray, cxr_sites, images, mixed
 from medda_jax.data.mixed import target_count
 from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.evaluate import batch_predictor
@@ -549,7 +548,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             progress.update(1, auc=results[key]["target"]["auc"])
 
   table = report_cls.summarise(results, c)
-  label = report_cls.label(c)
+  label = report_cls.label(c, user_datasets(c))
   final = {f"target_auc/{direction}/{budget}/{method}": cell[0]
            for direction, rows in table.items() for budget, row in rows.items()
            for method, cell in row.items()}

@@ -137,7 +137,6 @@ def user_site(c, site: str) -> bool:
   return any(site == u or site.startswith(f"{u}_") for u in names)
 
 
-
 def check_stage_schedules(c: ml_collections.ConfigDict) -> None:
   """Epochs, steps, learning rate and its step decay of pre-training and fine-tuning."""
   for stage in ("pretrain", "finetune"):
@@ -157,6 +156,7 @@ def check_stage_steps(c: ml_collections.ConfigDict) -> None:
     if steps % c.engine.steps_per_call:
       raise ConfigError(f"config.engine.steps_per_call={c.engine.steps_per_call} must divide "
                         f"the {stage} steps ({stage}.epochs x {stage}.steps_per_epoch = {steps})")
+
 
 def _needs_builtin(c) -> bool:
   # Fine-tune only: the source models come from init_from, so source sites are optional.

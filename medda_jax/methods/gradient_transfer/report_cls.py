@@ -25,18 +25,17 @@ def summarise(results: dict, c) -> dict:
   return table
 
 
-def label(c) -> str:
+def label(c, user: dict[str, str]) -> str:
   """What the numbers are: the paper setting on the published files (protocol
-  approximated where the paper is silent), a smaller setting, or a user's data."""
+  approximated where the paper is silent), a smaller setting, or a user's data (`user`:
+  {name: path} of the config's user datasets)."""
   used = sorted({name for pair in c.data.pairs for name in pair})
   published = [_NAMES[n] for n in used if n in _NAMES]
-  user = dict(entry.split("=", 1) for entry in c.data.get("user", ()))
   parts = []
   if published:
     parts.append(" / ".join(published) + " from their published files")
   if user:
-    parts.append("your data: " + ", ".join(f"{n} ({user[n].strip()})" for n in used
-                                           if n in user))
+    parts.append("your data: " + ", ".join(f"{n} ({user[n]})" for n in used if n in user))
   what = "; ".join(parts) + ("; protocol approximated (input size, epochs, split fractions, "
                              "CheXpert uncertain labels and the FTF layers are not given in "
                              "the paper, see docs/gradient_transfer.md)")

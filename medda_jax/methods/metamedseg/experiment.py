@@ -4,6 +4,7 @@ of every initialisation on every target, and the driver (see the package's docst
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import sys
@@ -352,14 +353,15 @@ class Experiment:
     return Checkpointer(self.workdir / "checkpoints" / name)
 
   # ---- stage: joint multi-task pre-training (transfer baseline)
-  def _source_table(self) -> np.ndarray:
+  @functools.cached_property
+  def source_slices(self) -> np.ndarray:
     """[n, 2] (source dataset index, slice position) of every source slice."""
     return np.array([(d, p) for d, name in enumerate(self.sources)
                      for p in range(len(self.collection[name]))], dtype=np.int64)
 
   def pretrain(self):
     c = self.c.transfer
-    table = self._source_table()
+    table = self.source_slices
     steps_per_epoch = max(1, len(table) // c.batch_size)
     total = steps_per_epoch * c.epochs
     if c.max_steps:
@@ -393,7 +395,7 @@ class Experiment:
     """Joint pre-training's inputs: `total` steps of `transfer.batch_size` source slices
     (with their dataset index), `spc` steps per element ([spc, batch, ...] arrays)."""
     c = self.c.transfer
-    table = self._source_table()
+    table = self.source_slices
     sources = [self.collection[n] for n in self.sources]
     bs = c.batch_size
 

@@ -25,6 +25,11 @@ CASES = [  # input, kernel, strides, padding, lhs dilation, rhs dilation, dimens
     ((2, 3, 7, 6), (4, 3, 3, 3), (2, 1), "VALID", None, None, ("NCHW", "OIHW", "NCHW")),
     ((1, 5, 4, 3, 2), (3, 3, 2, 2, 3), (1, 2, 1), "SAME", None, None,
      ("NDHWC", "DHWIO", "NDHWC")),
+    # kernels larger than their inputs: computed with the operands swapped (as XLA would)
+    ((2, 3, 4, 2), (5, 4, 2, 3), (2, 1), ((3, 2), (1, 2)), (1, 2), (1, 2),
+     ("NHWC", "HWIO", "NHWC")),
+    ((3, 2, 2, 1), (4, 4, 1, 2), (1, 1), ((3, 3), (3, 3)), None, None,
+     ("NHWC", "HWIO", "NHWC")),
 ]
 
 
@@ -47,6 +52,21 @@ def test_values_gradients_and_double_backward_equal_lax(shape, kernel, strides, 
                                rtol=1e-9, atol=1e-9)
 
 
+def test_the_swap_rule_is_xlas():
+  # the cases above that XLA's ConvOperandSwapper swaps: the window is larger than the input
+  assert conv._xla_would_swap((2, 3, 4, 2), (5, 4, 2, 3), (2, 1), ((3, 2), (1, 2)), (1, 2),
+                              (1, 2))
+  assert conv._xla_would_swap((3, 2, 2, 1), (4, 4, 1, 2), (1, 1), ((3, 3), (3, 3)), (1, 1),
+                              (1, 1))
+  assert not conv._xla_would_swap((2, 7, 6, 3), (3, 3, 3, 4), (1, 1), ((1, 1), (1, 1)),
+                                  (1, 1), (1, 1))
+  # a single-pixel input padded by window - 1 on both sides counts as the window's size
+  assert not conv._xla_would_swap((2, 1, 1, 3), (3, 3, 3, 4), (1, 1), ((2, 2), (2, 2)),
+                                  (1, 1), (1, 1))
+  assert conv._xla_would_swap((2, 1, 1, 3), (3, 3, 3, 4), (1, 1), ((1, 1), (1, 1)),
+                              (1, 1), (1, 1))
+
+
 def test_flax_conv_keeps_parameters_and_numbers():
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, 6, 3)), jnp.float32)
   ours, plain = conv.Conv(4, (3, 3), strides=2), nn.Conv(4, (3, 3), strides=2)
@@ -55,12 +75,19 @@ def test_flax_conv_keeps_parameters_and_numbers():
   np.testing.assert_allclose(ours.apply(variables, x), plain.apply(variables, x), rtol=1e-6)
 
 
-def _scanned_step_hlo(convolution) -> str:
-  """The compiled program of 3 SGD steps of a 3-layer conv net as one lax.scan."""
-  def loss(p, x):
+def _scanned_step_hlo(convolution, penalty: bool = False) -> str:
+  """The compiled program of 3 SGD steps of a 3-layer conv net as one lax.scan; with
+  `penalty`, of a critic's gradient penalty (its double backward through a strided
+  convolution holds kernel gradients whose window is larger than their input)."""
+  def net(p, x):
     h = jax.nn.relu(convolution(x, p[0], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
     h = jax.nn.relu(convolution(h, p[1], (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
     return jnp.mean(convolution(h, p[2], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
+
+  def loss(p, x):
+    if not penalty:
+      return net(p, x)
+    return jnp.sum(jax.grad(net, 1)(p, x) ** 2)
 
   def step(p, x):
     return jax.tree.map(lambda a, g: a - 0.1 * g, p, jax.grad(loss)(p, x)), None
@@ -71,16 +98,17 @@ def _scanned_step_hlo(convolution) -> str:
   return run.lower(params, xs).compile().as_text()
 
 
-def test_a_scanned_training_step_hands_xla_only_canonical_convolutions():
+@pytest.mark.parametrize("penalty", [False, True], ids=["loss", "gradient_penalty"])
+def test_a_scanned_training_step_hands_xla_only_canonical_convolutions(penalty):
   labels = lambda hlo: re.findall(r"convolution\([^\n]*dim_labels=(\S+?),", hlo)
-  ours = labels(_scanned_step_hlo(conv.conv_general_dilated))
+  ours = labels(_scanned_step_hlo(conv.conv_general_dilated, penalty))
   # forward (3), input gradients (2) and kernel gradients (3) of the loop body, each in
   # the order XLA:CPU's Eigen / YNNPACK kernels take; a fused forward convolution may be
   # listed inside its fusion only
   assert ours and set(ours) == {"b01f_01io->b01f"}, ours
   # with jax.lax's own gradients the loop body keeps non-canonical ones (which XLA:CPU
   # runs as a naive loop nest, about 20x slower)
-  assert set(labels(_scanned_step_hlo(lax.conv_general_dilated))) - {"b01f_01io->b01f"}
+  assert set(labels(_scanned_step_hlo(lax.conv_general_dilated, penalty))) - {"b01f_01io->b01f"}
 
 
 @pytest.mark.parametrize("kwargs", [

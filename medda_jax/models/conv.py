@@ -73,14 +73,14 @@ def _conv_bwd(strides, padding, lhs_dilation, rhs_dilation, precision, residuals
   in_spatial, window, out_spatial = x.shape[1:-1], w.shape[:n], g.shape[1:-1]
   # input gradient: g convolved with the reversed kernel, its in/out features swapped
   w_t = jnp.swapaxes(lax.rev(w, tuple(range(n))), -1, -2)
-  gx = _conv(g, w_t, lhs_dilation,
+  gx = _canonical_conv(g, w_t, lhs_dilation,
              _input_grad_padding(in_spatial, window, strides, out_spatial, padding,
                                  lhs_dilation, rhs_dilation),
              strides, rhs_dilation, precision)
   # kernel gradient: the input's features as the batch, the batch as the features
   x_t = jnp.moveaxis(x, (0, -1), (-1, 0))  # [C_in, *spatial, N]
   g_t = jnp.moveaxis(g, 0, -2)  # [*spatial', N, C_out]
-  gw = _conv(x_t, g_t, rhs_dilation,
+  gw = _canonical_conv(x_t, g_t, rhs_dilation,
              _kernel_grad_padding(in_spatial, window, strides, out_spatial, padding,
                                   lhs_dilation, rhs_dilation),
              lhs_dilation, strides, precision)  # [C_in, *window, C_out]
@@ -88,6 +88,43 @@ def _conv_bwd(strides, padding, lhs_dilation, rhs_dilation, precision, residuals
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _xla_would_swap(x_shape, w_shape, strides, padding, lhs_dilation, rhs_dilation) -> bool:
+  """Whether XLA's algebraic simplifier would swap this convolution's operands (its
+  ConvOperandSwapper rule: the kernel's window, over the spatial dimensions that are not
+  plain contractions, larger than the input's)."""
+  kernel_product = swapped_product = 1
+  for size, window, s, (lo, hi), a, d in zip(x_shape[1:-1], w_shape[:-2], strides, padding,
+                                             lhs_dilation, rhs_dilation):
+    plain = lo == 0 and hi == 0 and d == 1
+    if plain and ((a == window and s == window - 1)
+                  or (window == size and a == 1 and s == 1)):
+      continue  # a group or pure contraction dimension: not counted
+    kernel_product *= window
+    swapped_product *= (window if size == 1 and s == 1 and d == 1 and lo == hi == window - 1
+                        else size)
+  return kernel_product > swapped_product
+
+
+def _canonical_conv(x, w, strides, padding, lhs_dilation, rhs_dilation, precision):
+  """`_conv`, or the same numbers with input and kernel swapped where XLA would swap them
+  itself: its swapped convolution has a reversed, non-canonical window that XLA:CPU
+  canonicalizes only outside loops (a gradient penalty's second-order kernel gradients
+  inside a scan ran on the slow path). Swapped here it stays canonical: the kernel's
+  out-features become the batch, the input's batch the out-features, both operands are
+  reversed in space, and the two dilations trade places."""
+  if not _xla_would_swap(x.shape, w.shape, strides, padding, lhs_dilation, rhs_dilation):
+    return _conv(x, w, strides, padding, lhs_dilation, rhs_dilation, precision)
+  n = x.ndim - 2
+  spatial = tuple(range(1, n + 1))
+  in_sizes, window = _dilate(x.shape[1:-1], lhs_dilation), _dilate(w.shape[:n], rhs_dilation)
+  swapped_padding = tuple((i + lo - k, i + hi - k)
+                          for i, k, (lo, hi) in zip(in_sizes, window, padding))
+  new_x = jnp.moveaxis(lax.rev(w, tuple(range(n))), -1, 0)  # [C_out, *window, C_in]
+  new_w = jnp.moveaxis(lax.rev(x, spatial), 0, -1)  # [*spatial, C_in, N]
+  y = _conv(new_x, new_w, strides, swapped_padding, rhs_dilation, lhs_dilation, precision)
+  return jnp.moveaxis(y, (0, -1), (-1, 0))  # [C_out, *out, N] -> [N, *out, C_out]
 
 
 def _spec_order(spec: Sequence[int]) -> tuple[int, ...]:
@@ -116,7 +153,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     padding = lax.padtype_to_pads(x.shape[1:-1], _dilate(w.shape[:n], rhs_dilation),
                                   window_strides, padding)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  y = _conv(x, w, window_strides, padding, lhs_dilation, rhs_dilation, precision)
+  y = _canonical_conv(x, w, window_strides, padding, lhs_dilation, rhs_dilation, precision)
   return jnp.transpose(y, np.argsort(_spec_order(dn.out_spec)))
 
 

@@ -34,7 +34,9 @@ def run(config, workdir: str) -> dict:
   import jax  # after flag parsing: JAX starts here
 
   from medda_jax import parallel
+  from medda_jax.engine import timing
 
+  timing.start(workdir)  # the clock counts device start-up and data loading too
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     # Reruns and resumed runs load compiled steps instead of compiling them again.
     jax.config.update("jax_compilation_cache_dir",
@@ -48,7 +50,16 @@ def run(config, workdir: str) -> dict:
   workdir_lib.open_workdir(workdir, json.loads(config.to_json_best_effort()),
                            allow_config_change=_ALLOW_CHANGE.value,
                            main_process=parallel.is_main_process())
-  return method.train_and_evaluate(config, workdir)
+  try:
+    return method.train_and_evaluate(config, workdir)
+  finally:
+    timing.write()
+    spent = timing.summary()
+    if parallel.is_main_process():
+      first = spent["first_call_s"]
+      print(f"time: {spent['wall_s']:.1f} s, of which {spent['compile_s']:.1f} s compiling"
+            + ("" if first is None else f"; first training call done after {first:.1f} s")
+            + f" (workdir/{timing.FILE})", file=sys.stderr)
 
 
 def _unknown_override(argv) -> str | None:

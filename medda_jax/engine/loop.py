@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
-from medda_jax.engine import workdir
+from medda_jax.engine import timing, workdir
 from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.progress import Progress
 from medda_jax.engine.writers import MetricWriter
@@ -65,6 +65,7 @@ def run_loop(name: str, state, step_fn: Callable, batches: Iterator, *, total_ca
       metrics = {k: np.mean(v) if k != "finite" else bool(v)
                  for k, v in jax.device_get(metrics).items()}
       done_calls += 1
+      timing.first_call_done()
       step = done_calls * steps_per_call
       if not metrics["finite"]:
         last = checkpointer.latest_step() if checkpointer is not None else None

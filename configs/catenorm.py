@@ -104,8 +104,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.train.iterations = 80
   c.train.plateau_every = 10
   c.eval.every_calls = 20
-  # One step per call: XLA:CPU compiles an unrolled chunk in time linear in its steps,
-  # and compilation, not the 32 px steps, dominates the demo.
+  # One step per call (chosen when the CPU default unrolled a chunk, compiled in time linear
+  # in its steps; the demo's table was made with it).
   c.engine.steps_per_call = 1
   c.engine.checkpoint_every = 40
   c.engine.eval_batch_size = 64

@@ -9,7 +9,7 @@ Shared fields:
   seed                   initialisation, batches and sampling (absent where a config
                          repeats every run over its own list of `seeds`)
   model.compute_dtype    "auto" (bfloat16 on GPU/TPU, float32 on CPU), "float32", "bfloat16"
-  engine.inner_loop      "auto" (scan on GPU/TPU, host on CPU), "scan", "host"
+  engine.inner_loop      "auto" (= "scan" everywhere), "scan", "host" (steps unrolled)
   engine.steps_per_call  updates per jitted call of supervised training (pre-training,
                          fine-tuning, classifiers); GAN stages keep their own count of
                          generator steps per call (gan.steps_per_call, stargan.steps_per_call)
@@ -40,7 +40,7 @@ def add_shared(c: ml_collections.ConfigDict, *, seed: int | None, steps_per_call
     if section not in c:
       c[section] = ml_collections.ConfigDict()
   c.model.compute_dtype = "auto"  # "auto" = bfloat16 on GPU/TPU, float32 on CPU
-  c.engine.inner_loop = "auto"  # "scan", "host" or "auto" (scan on GPU/TPU, host on CPU)
+  c.engine.inner_loop = "auto"  # "scan", "host" (unrolled) or "auto" (= scan)
   c.engine.steps_per_call = steps_per_call  # supervised updates per jitted call
   c.engine.eval_batch_size = eval_batch_size  # examples per evaluation call
 

@@ -99,8 +99,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.sifa.ndf = 16
     c.synthmix.inspector_features = 16
     c.sifa.iterations = 300
-    # One iteration per call on a CPU: the host executor unrolls a call's iterations into
-    # straight-line code, and one SIFA iteration already takes XLA about 40 s to compile.
+    # One iteration per call (chosen when the CPU default unrolled a call's iterations and
+    # one SIFA iteration took XLA about 40 s to compile; the demo's table was made with it).
     c.sifa.steps_per_call = 1
     c.sifa.checkpoint_every = 50
     c.sifa.pool_size = 10

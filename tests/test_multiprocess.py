@@ -262,7 +262,7 @@ def test_stargan_on_two_processes_equals_one_process(tmp_path, stargan_run):
 
 
 def test_host_inner_loop_on_two_processes_equals_one_process(tmp_path, demo_cache):
-  """The CPU default: each process adapts its own task, the deltas are all-gathered."""
+  """The host executor: each process adapts its own task, the deltas are all-gathered."""
   host = ["--config.engine.inner_loop=host", "--config.meta.rules=('idw',)",
           "--config.finetune.scratch=False", "--config.transfer.enabled=False"]
   two = _launch(2, *_train_command(tmp_path / "two", demo_cache), *host,

@@ -9,9 +9,10 @@ untouched, so Adam's step count and bias correction match the unpadded run.
 Two executors run the same steps:
 * `adapt` — the whole loop as one `lax.scan` inside the caller's jit (accelerators).
 * `adapt_chunked` — the host loops over chunks of `steps_per_call` steps, each chunk one
-  jitted call with its steps unrolled. XLA's CPU backend runs convolutions inside a
-  while loop several times slower than the same convolutions in straight-line code
-  (about 4.5x for the demo U-Net, measured in benchmarks/), so this is the CPU default.
+  jitted call with its steps unrolled (`engine.inner_loop="host"`). It was the CPU
+  default while XLA:CPU ran the gradients' convolutions inside a while loop several
+  times slower; models/conv.py removed that gap (docs/platform.md), so the scan is the
+  default everywhere and this executor stays for comparison.
 """
 
 from __future__ import annotations

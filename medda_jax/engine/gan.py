@@ -29,9 +29,9 @@ generator's BatchNorm statistics move while it makes fakes for the critic, as in
 
 Call. `build_gan_chunk` returns one jitted call that runs `steps_per_call` engine steps:
 every leaf of `batches` is shaped [steps_per_call, n_critic, batch, ...]. On GPU/TPU the
-steps are a `lax.scan` (and the critic updates a nested scan); XLA's CPU backend runs
-convolutions inside loops several times slower, so `inner_loop="host"` unrolls the same
-steps into straight-line code instead. Metrics come back once per call, stacked over the
+steps are a `lax.scan` (and the critic updates a nested scan); `inner_loop="host"`
+unrolls the same steps into straight-line code instead (it compiles `steps_per_call`
+copies of the step; models/conv.py made the scan as fast on the CPU). Metrics come back once per call, stacked over the
 steps ([steps_per_call]; critic metrics averaged over the n_critic updates of a step),
 with `finite` saying whether every loss and parameter stayed finite. The state is donated.
 

@@ -51,23 +51,28 @@ run() {  # run SECONDS SCRIPT [ARGS...]: one benchmark under its own time cap
 }
 
 if [[ "$cpu" == 1 ]]; then
-  # One intra-op thread each (as the committed CPU figures), the fastest executor of each
-  # side only: the scanned CPU executors alone take minutes per benchmark.
-  run 600 unet_step.py --cpu --cpu-threads 1 --quick --skip-torch-compile
-  run 600 reptile_meta_iteration.py --cpu --cpu-threads 1 --quick --executors host
-  run 600 wgan_gp_cycle.py --cpu --cpu-threads 1 --quick --skip-check --executors host/1 \
-    --torch-variants eager_fp32
-  run 600 stargan_cycle.py --cpu --cpu-threads 1 --repeats 1 --iters 1 --skip-check \
-    --executors host/1/fp32 --torch-variants eager_fp32
-  run 600 cyclegan_iteration.py --cpu --cpu-threads 1 --batches 1 --repeats 1 --iters 1 \
-    --skip-check --executors host/1/fp32 --torch-variants eager_fp32
-  run 600 sifa_iteration.py --cpu --cpu-threads 1 --repeats 1 --iters 1 --skip-check \
-    --executors host/1/fp32 --torch-variants eager_fp32
+  # One intra-op thread each (as the committed CPU figures). JAX's scanned executor (the
+  # default) beside the unrolled host one; each torch peer's CPU variants (eager fp32, bf16
+  # autocast, torch.compile where it compiles).
+  run 600 unet_step.py --cpu --cpu-threads 1 --repeats 5 --iters 3
+  run 600 cpu_conv_bf16.py --cpu-threads 1
+  run 600 reptile_meta_iteration.py --cpu --cpu-threads 1 --quick --executors map,host \
+    --steps-per-call 15
+  run 600 wgan_gp_cycle.py --cpu --cpu-threads 1 --quick \
+    --executors scan/10/fp32,scan/1/fp32,host/1/fp32
+  run 600 stargan_cycle.py --cpu --cpu-threads 1 --repeats 3 --iters 2 \
+    --executors scan/5/fp32,scan/1/fp32,host/1/fp32
+  run 600 cyclegan_iteration.py --cpu --cpu-threads 1 --batches 1,4 --repeats 3 --iters 2 \
+    --executors scan/2/fp32,host/1/fp32
+  run 600 sifa_iteration.py --cpu --cpu-threads 1 --repeats 3 --iters 2 \
+    --executors scan/2/fp32,host/1/fp32
   run 600 scaling.py --cpu --devices 1,2 --repeats 1
   run 600 input_pipeline.py --cpu --cpu-threads 1 --sizes 200,2000
   run 600 volume_memory.py --cpu
   run 600 fda_volume.py --cpu --cpu-threads 1 --quick
   run 600 catenorm_step.py --cpu --quick
+  # Time to the first training call of every demo, host loop vs scan (about 20 minutes).
+  run 1800 first_step.py --cpu
 else
   # Caps in seconds, 600 in all; the order puts the spec's two GPU goals first.
   run 62 unet_step.py
@@ -76,10 +81,10 @@ else
   run 66 stargan_cycle.py
   # The likeliest best executor of each side at batch 1 and 8; the full set: run it alone.
   run 60 cyclegan_iteration.py --skip-check --repeats 3 --executors scan/10/bf16 \
-    --torch-variants eager_fp32,eager_bf16_cl
+   _cl
   # Batch 8 at 256 px; the same pick of executors (its JSON is written after each one).
   run 56 sifa_iteration.py --skip-check --repeats 3 --iters 10 --executors scan/10/bf16 \
-    --torch-variants eager_fp32,eager_bf16_cl
+   _cl
   run 45 scaling.py --devices "$counts"
   run 55 input_pipeline.py
   run 17 volume_memory.py --cases 10,40 --volume 96,96,40 --size 96 --batches 20

@@ -28,10 +28,11 @@ with respect to `params["g"]` only; each may update any part of `model_state` (t
 generator's BatchNorm statistics move while it makes fakes for the critic, as in PyTorch).
 
 Call. `build_gan_chunk` returns one jitted call that runs `steps_per_call` engine steps:
-every leaf of `batches` is shaped [steps_per_call, n_critic, batch, ...]. On GPU/TPU the
-steps are a `lax.scan` (and the critic updates a nested scan); `inner_loop="host"`
-unrolls the same steps into straight-line code instead (it compiles `steps_per_call`
-copies of the step; models/conv.py made the scan as fast on the CPU). Metrics come back once per call, stacked over the
+every leaf of `batches` is shaped [steps_per_call, n_critic, batch, ...]. The steps are a
+`lax.scan` (and the critic updates a nested scan; a single step or update is not wrapped in
+a loop, which XLA compiles faster); `inner_loop="host"` unrolls the same steps into
+straight-line code instead (it compiles `steps_per_call` copies of the step;
+models/conv.py made the scan as fast on the CPU). Metrics come back once per call, stacked over the
 steps ([steps_per_call]; critic metrics averaged over the n_critic updates of a step),
 with `finite` saying whether every loss and parameter stayed finite. The state is donated.
 
@@ -147,11 +148,11 @@ def build_gan_step(critic_loss: LossFn, generator_loss: LossFn,
     if generator_first:
       state, g_metrics = generator_update(state, jax.tree.map(lambda x: x[0], batches),
                                           step_rng)
-    if inner_loop == "scan":
+    if inner_loop == "scan" and n_critic > 1:  # one update needs no loop around it
       state, d_metrics = jax.lax.scan(critic_update, state, (batches, critic_rngs))
     else:
       per_update = []
-      for k in range(n_critic):  # unrolled on purpose (XLA:CPU, see the module docstring)
+      for k in range(n_critic):  # the host executor: unrolled
         state, m = critic_update(state, (jax.tree.map(lambda x: x[k], batches), critic_rngs[k]))
         per_update.append(m)
       d_metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *per_update)
@@ -193,10 +194,10 @@ def build_gan_chunk(critic_loss: LossFn, generator_loss: LossFn,
                         side_updates=side_updates, generator_first=generator_first)
 
   def chunk(state: GANState, batches):
-    if inner_loop == "scan":
+    steps = jax.tree.leaves(batches)[0].shape[0]
+    if inner_loop == "scan" and steps > 1:  # one step needs no loop (XLA compiles it faster)
       state, metrics = jax.lax.scan(step, state, batches)
     else:
-      steps = jax.tree.leaves(batches)[0].shape[0]
       per_step = []
       for i in range(steps):
         state, m = step(state, jax.tree.map(lambda x: x[i], batches))

@@ -189,14 +189,16 @@ def build_train_step(model: DualNormUNet, *, catenorm: bool, dice_weight: float,
 
 
 def chunk_of(step: Callable, inner_loop: str) -> Callable:
-  """`chunk(state, batches)`: `step` over the leading axis of `batches` (scan, or unrolled
-  on CPU), metrics averaged, plus `finite` (loss and parameters) for the loop's NaN stop."""
+  """`chunk(state, batches)`: `step` over the leading axis of `batches` (a scan, or unrolled
+  by the host executor; one step is never wrapped in a loop), metrics averaged, plus
+  `finite` (loss and parameters) for the loop's NaN stop."""
   def chunk(state, batches):
-    if inner_loop == "scan":
+    steps = jax.tree.leaves(batches)[0].shape[0]
+    if inner_loop == "scan" and steps > 1:
       state, metrics = jax.lax.scan(step, state, batches)
     else:
       per_step = []
-      for i in range(jax.tree.leaves(batches)[0].shape[0]):  # unrolled (XLA:CPU)
+      for i in range(steps):  # unrolled
         state, m = step(state, jax.tree.map(lambda x, i=i: x[i], batches))
         per_step.append(m)
       metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)

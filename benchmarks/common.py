@@ -244,9 +244,29 @@ def error_text(e: BaseException, limit: int = 400) -> str:
   return f"failed: {type(e).__name__}: {text[:limit]}"
 
 
+# The name each benchmark's `ratio` gives its best-JAX-over-best-torch speed figure (> 1:
+# JAX faster); `headline` reads them into the one top-level key every JSON carries.
+HEADLINE_KEYS = ("jax_best_over_torch_best", "speedup_jax_best_over_torch_best",
+                 "jax_speedup_vs_torch", "torch_seconds_over_jax_seconds",
+                 "jax_conv_best_over_torch_conv_best")
+
+
+def headline(ratio: dict[str, Any]):
+  """Best JAX over best torch speed: a number; {setting: number} for a benchmark measured
+  at several settings (networks, batch sizes); None for one without a torch peer."""
+  for key in HEADLINE_KEYS:
+    if isinstance(ratio.get(key), (int, float)):
+      return ratio[key]
+  per_setting = {k: headline(v) for k, v in ratio.items() if isinstance(v, dict)}
+  return {k: v for k, v in per_setting.items() if v is not None} or None
+
+
 def write_json(path: str, *, benchmark: str, platform: str, device: dict[str, Any],
                shapes: dict[str, Any], results: dict[str, Any], ratio: dict[str, Any],
                notes: list[str], **extra) -> str:
+  """Writes one benchmark's result file; every file has the same top-level keys (the
+  figures themselves under `results`, the comparison under `ratio` and, as one number or
+  one per setting, under `jax_best_over_torch_best`)."""
   notes = list(notes)
   if platform == "cpu":
     notes.insert(0, "CPU only: both sides measured on the CPU in one process; these figures "
@@ -263,6 +283,7 @@ def write_json(path: str, *, benchmark: str, platform: str, device: dict[str, An
       **extra,
       "results": results,
       "ratio": ratio,
+      "jax_best_over_torch_best": headline(ratio),
       "notes": notes,
   }
   os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -158,6 +158,8 @@ def main():
   device = {"name": (f"CPU: {common.cpu_model()} ({common.usable_cores()} cores), "
                      f"{jax.device_count()} simulated devices") if cpu
             else f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+            "cpu": common.cpu_model(), "cpu_cores": common.usable_cores(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "load_average_at_start": common.load_average(),
             "jax_devices": [str(d) for d in jax.devices()]}
   notes = ["JAX only; efficiency = speed-up over the smallest count / device ratio."]

@@ -1,0 +1,45 @@
+"""Every committed benchmark result has the one schema benchmarks/common.write_json writes:
+the command, device (threads, XLA flags, load before and after), versions, shapes, results,
+ratio and the headline best-JAX-over-best-torch figure under one key."""
+
+import json
+import math
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import common  # noqa: E402
+
+RESULTS = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
+KEYS = {"benchmark", "date", "command", "device", "platform", "versions", "shapes", "results",
+        "ratio", "jax_best_over_torch_best", "notes"}
+NO_TORCH_PEER = {"scaling", "input_pipeline", "volume_memory", "first_step"}
+
+
+def test_headline_reads_each_benchmarks_ratio():
+  assert common.headline({"speedup_jax_best_over_torch_best": 1.3, "goal": "x"}) == 1.3
+  assert common.headline({"deep": {"jax_best_over_torch_best": 0.8, "other_over": 2.0},
+                          "metamedseg": {"jax_best_over_torch_best": 0.9}}) == {
+                              "deep": 0.8, "metamedseg": 0.9}
+  assert common.headline({"stream_over_step_images_per_s": 120.0}) is None
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=[p.name for p in RESULTS])
+def test_result_file_schema(path):
+  data = json.loads(path.read_text())
+  assert KEYS <= data.keys(), sorted(KEYS - data.keys())
+  assert path.name.startswith(data["benchmark"])
+  device = data["device"]
+  assert "load_average_at_end" in device and "cpu_cores" in device
+  if data["platform"] in ("cpu", "gpu"):
+    assert "xla_flags" in device or "jax_devices" in device
+  assert data["jax_best_over_torch_best"] == common.headline(data["ratio"])
+  if data["benchmark"] in NO_TORCH_PEER:
+    assert data["jax_best_over_torch_best"] is None
+  else:
+    figures = data["jax_best_over_torch_best"]
+    figures = figures.values() if isinstance(figures, dict) else [figures]
+    assert figures and all(isinstance(f, float) and math.isfinite(f) and f > 0 for f in figures)

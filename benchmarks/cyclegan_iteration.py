@@ -75,15 +75,14 @@ UPDATE_RESOLVED = 0.05
 TOL_UPDATE = 1e-3
 GPU_EXECUTORS = ",".join(f"{loop}/{n}/{dtype}" for dtype in ("fp32", "bf16")
                          for loop in ("scan", "host") for n in (1, 10))
-# XLA:CPU runs convolutions inside a lax.scan far slower than in straight-line code (see
-# README), and host/10 unrolls ten iterations of six generator passes: the CPU default
-# keeps the executors that finish within minutes.
+# host/10 unrolls ten iterations of six generator passes (minutes to compile): the CPU
+# default keeps the executors that finish within minutes.
 CPU_EXECUTORS = "host/1/fp32,host/1/bf16,scan/1/fp32"
 GPU_TORCH = "eager_fp32,eager_bf16,eager_bf16_cl,compile_bf16_cl"
 CPU_TORCH = "eager_fp32,eager_bf16,compile_fp32"
 # On a CPU torch.compile takes about two minutes per batch size (without inductor's on-disk
-# cache) and a scanned JAX executor is 6x slower than the host one: both are measured at the
-# first batch size only there, so that the whole CPU run stays near five minutes.
+# cache): it is measured at the first batch size only there, as the scanned executor (6x
+# slower than the host one before models/conv.py), so the CPU run stays near five minutes.
 CPU_FIRST_BATCH_ONLY = "compile_fp32,scan/1/fp32"
 GOAL = ("best JAX executor >= 1.5x faster per iteration than the best PyTorch executor on a "
         "GPU at 256x256x1, ngf 64, 9 residual blocks, ndf 64, 3 critic layers, at batch 1 and "
@@ -915,8 +914,7 @@ def main():
   else:
     notes.append(f"CPU shapes scaled down from the GPU setting (256x256, ngf 64, 9 blocks, "
                  f"ndf 64, batch 1 and 8) so the whole run takes minutes on "
-                 f"{device['cpu_cores']} cores. XLA:CPU runs convolutions inside lax.scan "
-                 "far slower than in straight-line code, so the CPU executors are "
+                 f"{device['cpu_cores']} cores. The CPU executors are "
                  f"{CPU_EXECUTORS} by default; {', '.join(args.first_batch_only) or 'none'} "
                  "measured at the first batch size only (torch.compile takes about two "
                  "minutes per batch size on this CPU without inductor's on-disk cache).")

@@ -124,8 +124,8 @@ GPU_EXECUTORS = ",".join(f"{loop}/{n}/{dtype}" for dtype in ("fp32", "bf16")
                          for loop in ("scan", "host") for n in (1, 10))
 # XLA:CPU takes one to one and a half minutes to compile one SIFA iteration on a shared
 # 2-core machine (68 s fp32, 91 s bf16 at the CPU shapes) and runs convolutions inside a
-# lax.scan far slower than in straight-line code (see README): the CPU default keeps the
-# unrolled single-iteration executors.
+# lax.scan far slower than in straight-line code before models/conv.py: the CPU default
+# keeps the unrolled single-iteration executors (run_all.sh --cpu adds scan/2).
 CPU_EXECUTORS = "host/1/fp32,host/1/bf16"
 GPU_TORCH = "eager_fp32,eager_bf16,eager_bf16_cl,compile_bf16_cl"
 CPU_TORCH = "eager_fp32,eager_bf16"
@@ -1352,8 +1352,7 @@ def main():
                  f"{args.inspector_features} (the demo config's quarter widths; block counts "
                  f"as the reference) so the run takes minutes on {device['cpu_cores']} cores. "
                  "XLA:CPU takes one to one and a half minutes to compile one SIFA iteration "
-                 "here (compile_seconds) and runs convolutions inside lax.scan far slower "
-                 "than in straight-line code, so the CPU executors "
+                 "here (compile_seconds), so the CPU executors "
                  f"are {CPU_EXECUTORS} by default. torch.compile is left out of the CPU default "
                  "(--torch-variants compile_fp32 runs it): in a trial run of this script at "
                  "batch 2 on this machine, compiling the whole iteration took 584 s (33 "

@@ -65,10 +65,9 @@ CHECK_TOL = 1e-4  # values: |jax - torch| <= CHECK_TOL * (1 + max |value|)
 # BatchNorms and the critic's LeakyReLU kinks (1e-4 to 2e-4 seen at the CPU shapes).
 CHECK_TOL_GRAD = 1e-3
 GPU_EXECUTORS = "scan/1,scan/10,host/1"
-# XLA:CPU runs convolutions inside a lax.scan / while loop over 10x slower than in
-# straight-line code, so the scan executors are slow on a CPU (one scan/10 call at the CPU
-# default shapes takes ~2 minutes), hence fp32 only; host/10 unrolls 60 updates, each with
-# a double backward, and its XLA:CPU compilation takes far longer than the whole run.
+# fp32 only on a CPU (bf16 convolutions run no faster there, benchmarks/cpu_conv_bf16.py);
+# host/10 unrolls 60 updates, each with a double backward, and its XLA:CPU compilation
+# takes far longer than the whole run.
 CPU_EXECUTORS = "host/1,scan/1/fp32,scan/10/fp32"
 GOAL = ("best JAX executor >= 1.5x faster per critic-and-generator cycle than the best "
         "PyTorch executor, on a GPU at the spec's shapes (128x128x1, batch 64, latent 100, "
@@ -846,13 +845,11 @@ def main():
   else:
     notes.append(f"CPU shapes scaled down from the GPU setting (128x128, batch 64, 512 "
                  f"channels) so the whole run takes minutes on {device['cpu_cores']} cores. "
-                 "bf16 on a CPU without native bf16 units is emulated and slow on both sides. "
-                 "XLA:CPU runs convolutions inside lax.scan loops far slower than the same "
-                 "convolutions in straight-line code, so the default CPU executors are "
+                 "The default CPU executors are "
                  f"{CPU_EXECUTORS}: host/10 (10 unrolled cycles, 60 updates each with a "
                  "double backward) takes far longer to compile than the whole run, and "
-                 "the scan executors in bf16 would add minutes for figures the fp32 ones "
-                 "already give.")
+                 "XLA:CPU's bf16 convolutions run no faster than its fp32 ones "
+                 "(benchmarks/cpu_conv_bf16.py).")
   if args.cpu_threads:
     notes.append(f"Both frameworks limited to {args.cpu_threads} intra-op CPU thread(s) "
                  f"(--cpu-threads); load average at start {device['load_average_at_start']}.")

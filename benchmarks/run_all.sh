@@ -66,7 +66,14 @@ if [[ "$cpu" == 1 ]]; then
     --executors scan/2/fp32,host/1/fp32
   run 600 sifa_iteration.py --cpu --cpu-threads 1 --repeats 3 --iters 2 \
     --executors scan/2/fp32,host/1/fp32
-  run 600 scaling.py --cpu --devices 1,2 --repeats 1
+  # The three headline comparisons again with two threads each.
+  run 600 unet_step.py --cpu --cpu-threads 2 --repeats 5 --iters 3 \
+    --out benchmarks/results/unet_step_cpu_2threads.json
+  run 600 wgan_gp_cycle.py --cpu --cpu-threads 2 --quick --executors scan/1/fp32,host/1/fp32 \
+    --out benchmarks/results/wgan_gp_cycle_cpu_2threads.json
+  run 600 stargan_cycle.py --cpu --cpu-threads 2 --repeats 3 --iters 2 \
+    --executors scan/5/fp32,host/1/fp32 --out benchmarks/results/stargan_cycle_cpu_2threads.json
+  run 600 scaling.py --cpu
   run 600 input_pipeline.py --cpu --cpu-threads 1 --sizes 200,2000
   run 600 volume_memory.py --cpu
   run 600 fda_volume.py --cpu --cpu-threads 1 --quick

@@ -55,7 +55,7 @@ from jax.sharding import Mesh
 
 from medda_jax import parallel
 from medda_jax.engine.compile import compile_step
-from medda_jax.engine.meta import INNER_LOOPS, all_finite
+from medda_jax.engine.meta import INNER_LOOPS, all_finite, run_steps
 
 LossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, tuple[Any, dict]]]
 BATCH_DIM = 2  # [steps_per_call, n_critic, batch, ...]
@@ -148,14 +148,7 @@ def build_gan_step(critic_loss: LossFn, generator_loss: LossFn,
     if generator_first:
       state, g_metrics = generator_update(state, jax.tree.map(lambda x: x[0], batches),
                                           step_rng)
-    if inner_loop == "scan" and n_critic > 1:  # one update needs no loop around it
-      state, d_metrics = jax.lax.scan(critic_update, state, (batches, critic_rngs))
-    else:
-      per_update = []
-      for k in range(n_critic):  # the host executor: unrolled
-        state, m = critic_update(state, (jax.tree.map(lambda x: x[k], batches), critic_rngs[k]))
-        per_update.append(m)
-      d_metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *per_update)
+    state, d_metrics = run_steps(critic_update, state, (batches, critic_rngs), inner_loop)
     last_batch = jax.tree.map(lambda x: x[n_critic - 1], batches)
     if not generator_first:
       state, g_metrics = generator_update(state, last_batch, step_rng)
@@ -194,15 +187,7 @@ def build_gan_chunk(critic_loss: LossFn, generator_loss: LossFn,
                         side_updates=side_updates, generator_first=generator_first)
 
   def chunk(state: GANState, batches):
-    steps = jax.tree.leaves(batches)[0].shape[0]
-    if inner_loop == "scan" and steps > 1:  # one step needs no loop (XLA compiles it faster)
-      state, metrics = jax.lax.scan(step, state, batches)
-    else:
-      per_step = []
-      for i in range(steps):
-        state, m = step(state, jax.tree.map(lambda x: x[i], batches))
-        per_step.append(m)
-      metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)
+    state, metrics = run_steps(step, state, batches, inner_loop)
     finite = all_finite({k: v for k, v in metrics.items() if k.endswith("loss")}) & all_finite(
         state.params)
     return state, dict(metrics, finite=finite)

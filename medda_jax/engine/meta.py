@@ -44,6 +44,22 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def run_steps(step: Callable, state, xs, inner_loop: str):
+  """`step(state, x) -> (state, metrics)` over the leading axis of `xs`, metrics stacked:
+  a `lax.scan` (inner_loop "scan"; a single step is not wrapped in a loop, which XLA
+  compiles faster) or unrolled into straight-line code ("host")."""
+  if inner_loop not in INNER_LOOPS:
+    raise ValueError(f"inner_loop must be one of {INNER_LOOPS}, got {inner_loop!r}")
+  steps = jax.tree.leaves(xs)[0].shape[0]
+  if inner_loop == "scan" and steps > 1:
+    return jax.lax.scan(step, state, xs)
+  per_step = []
+  for i in range(steps):
+    state, m = step(state, jax.tree.map(lambda x, i=i: x[i], xs))
+    per_step.append(m)
+  return state, jax.tree.map(lambda *ms: jnp.stack(ms), *per_step)
+
+
 def _map_tasks(fn: Callable, parallelism: str, *args):
   """Applies fn to each task (leading axis of every arg) and stacks the results."""
   if parallelism == "vmap":

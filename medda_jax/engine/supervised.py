@@ -19,7 +19,7 @@ import optax
 from jax.sharding import Mesh
 
 from medda_jax.engine.compile import compile_step
-from medda_jax.engine.meta import all_finite
+from medda_jax.engine.meta import all_finite, run_steps
 
 
 @flax.struct.dataclass
@@ -77,17 +77,7 @@ def build_train_chunk(loss_fn: Callable, tx: optax.GradientTransformation,
     return state, dict(metrics, loss=loss)
 
   def chunk(state: TrainState, batches):
-    steps = jax.tree.leaves(batches)[0].shape[0]
-    if inner_loop not in ("scan", "host"):
-      raise ValueError(f"inner_loop must be 'scan' or 'host', got {inner_loop!r}")
-    if inner_loop == "scan" and steps > 1:  # one step needs no loop (XLA compiles it faster)
-      state, metrics = jax.lax.scan(one_step, state, batches)
-    else:
-      per_step = []
-      for i in range(steps):  # the host executor: unrolled
-        state, m = one_step(state, jax.tree.map(lambda x: x[i], batches))
-        per_step.append(m)
-      metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)
+    state, metrics = run_steps(one_step, state, batches, inner_loop)
     finite = all_finite(metrics["loss"]) & all_finite(state.params)
     return state, dict(jax.tree.map(jnp.mean, metrics), finite=finite)
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from medda_jax.engine.meta import all_finite
+from medda_jax.engine.meta import all_finite, run_steps
 from medda_jax.models.dualnorm_unet import DualNormUNet
 
 GROUPS = ("shared", "bn", "cn")
@@ -193,15 +193,7 @@ def chunk_of(step: Callable, inner_loop: str) -> Callable:
   by the host executor; one step is never wrapped in a loop), metrics averaged, plus
   `finite` (loss and parameters) for the loop's NaN stop."""
   def chunk(state, batches):
-    steps = jax.tree.leaves(batches)[0].shape[0]
-    if inner_loop == "scan" and steps > 1:
-      state, metrics = jax.lax.scan(step, state, batches)
-    else:
-      per_step = []
-      for i in range(steps):  # unrolled
-        state, m = step(state, jax.tree.map(lambda x, i=i: x[i], batches))
-        per_step.append(m)
-      metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)
+    state, metrics = run_steps(step, state, batches, inner_loop)
     finite = all_finite(metrics["loss"]) & all_finite(state.params)
     return state, dict(jax.tree.map(jnp.mean, metrics), finite=finite)
   return chunk

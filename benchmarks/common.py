@@ -41,10 +41,14 @@ PEAK_BF16_FLOPS = (
 def setup_platform(force_cpu: bool = False, cpu_threads: int | None = None) -> None:
   """Environment for one process that holds JAX and torch side by side.
 
-  cpu_threads: intra-op threads of both frameworks' CPU work (None: their defaults, all
-  cores). On a CPU shared with other jobs, torch's OpenMP threads wait at every barrier
-  for a descheduled sibling (a batch-1 U-Net step was 40x slower with 2 threads than with
-  1 under a load of 6 on 2 cores), so fewer threads than cores is then the fair setting.
+  cpu_threads: CPU cores of both frameworks (None: their defaults, all cores). The process
+  is pinned to that many cores: XLA:CPU sizes its thread pool by the cores a process may
+  run on and ignores `--xla_cpu_multi_thread_eigen=false` in its current runtime (a
+  jitted matrix product used 1.9 s of CPU time per second of wall time with that flag),
+  so without the pin a "one thread" JAX side ran on every core while torch ran on one.
+  On a CPU shared with other jobs, torch's OpenMP threads wait at every barrier for a
+  descheduled sibling (a batch-1 U-Net step was 40x slower with 2 threads than with 1
+  under a load of 6 on 2 cores), so fewer threads than cores is then the fair setting.
   Must run before jax and torch are imported; call `apply_torch_threads` after.
   """
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -53,11 +57,17 @@ def setup_platform(force_cpu: bool = False, cpu_threads: int | None = None) -> N
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
   if cpu_threads:
+    pin_to_cores(cpu_threads)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
       os.environ[var] = str(cpu_threads)
-    flags = [f"--xla_cpu_multi_thread_eigen={'false' if cpu_threads == 1 else 'true'}",
-             f"intra_op_parallelism_threads={cpu_threads}"]
-    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] + flags).strip()
+
+
+def pin_to_cores(count: int) -> None:
+  """Lets this process (and the threads and processes it starts) run on `count` cores."""
+  cores = sorted(os.sched_getaffinity(0))
+  if count > len(cores):
+    raise SystemExit(f"error: --cpu-threads {count}: this process may use {len(cores)} cores")
+  os.sched_setaffinity(0, cores[:count])
 
 
 def apply_torch_threads(cpu_threads: int | None) -> None:
@@ -106,6 +116,16 @@ def cpu_model() -> str:
   return _platform.processor() or _platform.machine()
 
 
+def cpu_vector_extensions() -> list[str]:
+  """The CPU's AVX-512 / AMX / AVX2 flags: the kernels both frameworks pick depend on them."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+  except OSError:
+    return []
+  return sorted(f for f in set(flags) if f.startswith(("avx512", "amx")) or f == "avx2")
+
+
 def usable_cores() -> int:
   try:
     return len(os.sched_getaffinity(0))
@@ -125,7 +145,8 @@ def device_info(platform: str) -> dict[str, Any]:
   import torch
   info: dict[str, Any] = {
       "cpu": cpu_model(),
-      "cpu_cores": usable_cores(),
+      "cpu_cores": usable_cores(),  # the cores this process ran on (see setup_platform)
+      "cpu_vector_extensions": cpu_vector_extensions(),
       "load_average_at_start": load_average(),
       "torch_threads": torch.get_num_threads(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -5,7 +5,10 @@ bf16 autocast) stays ahead of JAX: oneDNN runs a bf16 convolution with the CPU's
 dot-product instructions, about twice as fast as in float32, while XLA:CPU's bf16
 convolution runs no faster than its float32 one. A plain bf16 matrix product (with f32
 accumulation) does run about twice as fast in XLA, so the gap is the convolution kernels'.
-Both sides compute the same convolution (checked before timing); one thread each.
+It also times the convolution's two gradients (input and kernel) in float32, the bulk of a
+training step's time (on one core of an AVX2 CPU both of XLA's were faster than oneDNN's,
+so these alone do not explain the U-Net step's gap). Both sides compute the same convolution and gradients (checked before
+timing); one core each.
 
   python benchmarks/cpu_conv_bf16.py --cpu-threads 1
 """
@@ -58,6 +61,16 @@ def main():
   jax_calls = {"jax conv fp32": (conv, f32(x, w)), "jax conv bf16": (conv, bf16(x, w)),
                "jax matmul fp32": (matmul, f32(m, k)), "jax matmul bf16": (matmul, bf16(m, k))}
 
+  cotangent = rng.normal(size=(b, s, s, c)).astype(np.float32)
+  conv_grads = jax.jit(lambda a, k, dy: jax.vjp(conv, a, k)[1](dy))
+  jax_calls["jax conv grads fp32"] = (conv_grads, f32(x, w, cotangent))
+  x_g, w_g = x_t.clone().requires_grad_(True), w_t.clone().requires_grad_(True)
+  dy_t = torch.from_numpy(cotangent).permute(0, 3, 1, 2).contiguous()
+
+  def torch_conv_grads():
+    y = torch.nn.functional.conv2d(x_g, w_g, padding=1)
+    return torch.autograd.grad(y, (x_g, w_g), dy_t)
+
   def torch_conv(autocast: bool):
     def run():
       with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -65,12 +78,17 @@ def main():
     return run
 
   torch_calls = {"torch conv fp32": torch_conv(False),
-                 "torch conv bf16 autocast": torch_conv(True)}
+                 "torch conv bf16 autocast": torch_conv(True),
+                 "torch conv grads fp32": torch_conv_grads}
   # the same convolution on both sides before timing
   want = torch_calls["torch conv fp32"]().permute(0, 2, 3, 1).numpy()
   for name, tol in (("jax conv fp32", 1e-4), ("jax conv bf16", 0.05)):
     f, operands = jax_calls[name]
     np.testing.assert_allclose(np.asarray(f(*operands), np.float32), want, rtol=tol, atol=tol)
+  dx, dw = conv_grads(*jax_calls["jax conv grads fp32"][1])
+  dx_t, dw_t = torch_conv_grads()
+  np.testing.assert_allclose(np.asarray(dx), dx_t.permute(0, 2, 3, 1).numpy(), rtol=1e-3, atol=1e-3)
+  np.testing.assert_allclose(np.asarray(dw), dw_t.permute(2, 3, 1, 0).numpy(), rtol=1e-3, atol=1e-2)
 
   results = {}
   timed = {**{n: ((lambda f=f, a=a: f(*a)), common.jax_block) for n, (f, a) in jax_calls.items()},
@@ -84,6 +102,8 @@ def main():
   ratio = {"jax_conv_bf16_over_fp32_speed": ms["jax conv fp32"] / ms["jax conv bf16"],
            "torch_conv_bf16_over_fp32_speed": ms["torch conv fp32"] / ms["torch conv bf16 autocast"],
            "jax_matmul_bf16_over_fp32_speed": ms["jax matmul fp32"] / ms["jax matmul bf16"],
+           "jax_conv_grads_over_torch_conv_grads_fp32_speed": ms["torch conv grads fp32"]
+                                                              / ms["jax conv grads fp32"],
            "jax_conv_best_over_torch_conv_best": min(ms["torch conv fp32"],
                                                      ms["torch conv bf16 autocast"])
                                                  / min(ms["jax conv fp32"], ms["jax conv bf16"])}
@@ -93,8 +113,10 @@ def main():
                     shapes={"input": [b, s, s, c], "kernel": [3, 3, c, c],
                             "matmul": [list(m.shape), list(k.shape)]},
                     results=results, ratio=ratio,
-                    notes=["ms per call, median of the timed blocks; one intra-op thread per "
-                           "framework when --cpu-threads 1.",
+                    notes=["ms per call, median of the timed blocks; one core for both frameworks "
+                           "with --cpu-threads 1.",
+                           "conv grads = the input and kernel gradients of the convolution "
+                           "for one output cotangent (the backward pass of a training step).",
                            "speed ratios > 1 mean bf16 is faster than fp32."])
   print(f"wrote {out}")
 

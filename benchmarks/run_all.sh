@@ -51,7 +51,7 @@ run() {  # run SECONDS SCRIPT [ARGS...]: one benchmark under its own time cap
 }
 
 if [[ "$cpu" == 1 ]]; then
-  # One intra-op thread each (as the committed CPU figures). JAX's scanned executor (the
+  # One core each (--cpu-threads 1 pins the process; as the committed CPU figures). JAX's scanned executor (the
   # default) beside the unrolled host one; each torch peer's CPU variants (eager fp32, bf16
   # autocast, torch.compile where it compiles).
   run 600 unet_step.py --cpu --cpu-threads 1 --repeats 5 --iters 3
@@ -74,7 +74,8 @@ if [[ "$cpu" == 1 ]]; then
   run 600 stargan_cycle.py --cpu --cpu-threads 2 --repeats 3 --iters 2 \
     --executors scan/5/fp32,host/1/fp32 --out benchmarks/results/stargan_cycle_cpu_2threads.json
   run 600 scaling.py --cpu
-  run 600 input_pipeline.py --cpu --cpu-threads 1 --sizes 200,2000
+  # The committed figures: full DenseNet-121 at the default sizes.
+  run 600 input_pipeline.py --cpu --full-densenet
   run 600 volume_memory.py --cpu
   run 600 fda_volume.py --cpu --cpu-threads 1 --quick
   run 600 catenorm_step.py --cpu --quick

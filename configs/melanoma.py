@@ -111,7 +111,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.train.epochs = 4
     return c
   # demo: the Fitzpatrick17k protocol on synthetic skin whose training types 1-2 tie the
-  # label to skin tone; a small two-stage ResNet at 32x32 and the paper's rates x 10 (the
+  # label to skin tone; a small two-stage ResNet at 32x32 and the paper's rates x 20 (the
   # paper's 3e-4 hardly moves a randomly initialised net in a few hundred steps).
   c.data.source = "demo"
   c.data.ood = ("demo_dim",)
@@ -123,7 +123,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.model.width = 8
   c.train.epochs = 30
   c.train.batch_size = 32
-  c.optim.lr_scale = 10.0
+  c.optim.lr_scale = 20.0
   c.engine.steps_per_call = 10
   c.engine.checkpoint_every = 5
   c.engine.eval_batch_size = 128

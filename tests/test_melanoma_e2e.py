@@ -93,14 +93,14 @@ def _bad_csv(tmp_path, text):
     ("ood", "domain 'atlas' (config.data.train / config.data.ood) is not in the data"),
 ])
 def test_input_mistakes_end_with_one_error_line(tmp_path, demo_cache, case, message):
-  overrides = {
-      "no_label": [_bad_csv(tmp_path, "path,diagnosis\na.png,benign\n"),
-                   "--config.data.ood=('mine',)"],
-      "missing_file": [_bad_csv(tmp_path, "path,label\na.png,benign\nnowhere.png,malignant\n"),
-                       "--config.data.ood=('mine',)"],
-      "threshold": ["--config.ita.thresholds=(55.0,'forty',28.0,19.0,10.0)"],
-      "ood": ["--config.data.ood=('atlas',)"],
-  }[case]
+  overrides = {  # built only for this case: each writes its own manifest
+      "no_label": lambda: [_bad_csv(tmp_path, "path,diagnosis\na.png,benign\n"),
+                           "--config.data.ood=('mine',)"],
+      "missing_file": lambda: [_bad_csv(tmp_path, "path,label\na.png,benign\n"
+                                        "nowhere.png,malignant\n"), "--config.data.ood=('mine',)"],
+      "threshold": lambda: ["--config.ita.thresholds=(55.0,'forty',28.0,19.0,10.0)"],
+      "ood": lambda: ["--config.data.ood=('atlas',)"],
+  }[case]()
   proc = run_train(tmp_path / "bad", f"--config.data.cache_dir={demo_cache}", *overrides,
                    config=CONFIG, timeout=300)
   assert proc.returncode == 2, proc.stderr[-2000:]

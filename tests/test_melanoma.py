@@ -319,3 +319,28 @@ def test_resnext101_32x8d_trunk_has_torchvision_s_parameter_count():
   shapes = abstract_variables(resnet.resnext101_32x8d(num_classes=0), (1, 64, 64, 3))
   # torchvision resnext101_32x8d: 88,791,336 parameters, 2,049,000 of them its 1000-class fc
   assert param_count(shapes["params"]) == 88_791_336 - 2_049_000
+
+
+# --------------------------------------------------------------------------- splits
+def test_fitzpatrick_protocol_split_trains_on_types_1_2_and_tests_the_rest():
+  from medda_jax.config_utils import load_config
+  c = load_config("configs/melanoma.py")
+  c.train.batch_size = 4
+  skin = np.repeat(np.arange(1, 7), 20).astype(np.int32)
+  labels = np.tile(np.arange(2), 60).astype(np.int32)
+  domain = data.Domain("f17k", tuple(f"/x/{i}.jpg" for i in range(120)), labels, skin)
+  split = experiment.make_split(domain, c, {})
+  assert split.classes == 2 and set(split.bias) == {0, 1}
+  assert set(split.train.skin) == {1, 2}
+  np.testing.assert_array_equal(split.bias, split.train.skin - 1)  # type 1 -> 0, type 2 -> 1
+  held = split.test.skin <= 2
+  assert held.sum() == 8 and split.test.labels[held].sum() == 4  # 20 % of each class
+  assert (split.test_types == split.test.skin).all() and (~held).sum() == 80
+  assert not set(split.train.paths) & set(split.test.paths)
+  # ITA labels instead: six classes, and an image the labeller failed on is not trained on
+  c.bias.labels = "ita"
+  itas = {p: (60.0 if i % 3 else float("nan")) for i, p in enumerate(domain.paths)}
+  split = experiment.make_split(domain, c, itas)
+  assert split.classes == 6 and set(split.bias) == {0}
+  trained = [int(p[3:-4]) for p in split.train.paths]  # "/x/<i>.jpg"
+  assert trained and all(i % 3 for i in trained)

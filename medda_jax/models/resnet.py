@@ -11,7 +11,11 @@ parameters: torchvision's 25,557,032 for 1000 classes, minus its 2,049,000-param
 plus a 4,098-parameter 2-class head.
 
 `width` scales every stage (64 is the standard model; e.g. 16 gives a 16x smaller demo
-variant) and `stage_sizes` sets the number of blocks per stage.
+variant) and `stage_sizes` sets the number of blocks per stage. `groups` and
+`width_per_group` make it a ResNeXt (Xie et al., 2017) as torchvision builds one: the 3x3
+conv of a bottleneck of base width w has int(w * width_per_group / 64) * groups channels in
+`groups` groups (`resnext101_32x8d()`); groups 1, width_per_group 64 is the plain ResNet.
+`num_classes=0` returns the pooled features instead of logits (a trunk for other heads).
 
 Input channels. A single-channel (grayscale) input is replicated to 3 channels inside the
 model, so the stem kernel always has ImageNet's 3 input channels and torchvision weights
@@ -71,11 +75,11 @@ def bn(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
 
 
 def conv(features: int, kernel: int, dtype: Any, name: str, stride: int = 1,
-         padding: int = 0, use_bias: bool = False) -> nn.Conv:
+         padding: int = 0, use_bias: bool = False, groups: int = 1) -> nn.Conv:
   """A square conv with PyTorch-style symmetric padding and torchvision's ResNet init."""
   return Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)), use_bias=use_bias,
-                 kernel_init=_CONV_INIT, dtype=dtype, name=name)
+                 feature_group_count=groups, kernel_init=_CONV_INIT, dtype=dtype, name=name)
 
 
 def gray_to_rgb(x: jax.Array) -> jax.Array:
@@ -104,13 +108,17 @@ class Bottleneck(nn.Module):
   width: int
   stride: int = 1
   dtype: Any = jnp.float32
+  groups: int = 1
+  width_per_group: int = 64
 
   @nn.compact
   def __call__(self, x, train: bool):
     out_features = self.width * EXPANSION
-    y = conv(self.width, 1, self.dtype, "conv1")(x)
+    inner = int(self.width * self.width_per_group / 64) * self.groups  # torchvision's rule
+    y = conv(inner, 1, self.dtype, "conv1")(x)
     y = nn.relu(bn(train, self.dtype, "bn1")(y))
-    y = conv(self.width, 3, self.dtype, "conv2", stride=self.stride, padding=1)(y)
+    y = conv(inner, 3, self.dtype, "conv2", stride=self.stride, padding=1,
+             groups=self.groups)(y)
     y = nn.relu(bn(train, self.dtype, "bn2")(y))
     y = conv(out_features, 1, self.dtype, "conv3")(y)
     y = bn(train, self.dtype, "bn3")(y)
@@ -126,11 +134,14 @@ class ResNetStage(nn.Module):
   width: int
   stride: int
   dtype: Any = jnp.float32
+  groups: int = 1
+  width_per_group: int = 64
 
   @nn.compact
   def __call__(self, x, train: bool):
     for j in range(self.num_blocks):
-      x = Bottleneck(self.width, self.stride if j == 0 else 1, self.dtype, name=str(j))(x, train)
+      x = Bottleneck(self.width, self.stride if j == 0 else 1, self.dtype, self.groups,
+                     self.width_per_group, name=str(j))(x, train)
     return x
 
 
@@ -141,14 +152,17 @@ class ResNet(nn.Module):
     stage_sizes: bottleneck blocks per stage ((3, 4, 6, 3) for ResNet-50).
     width: base width: stem channels and the first stage's bottleneck width; stage i has
       width * 2**i (outputs x4). 64 is the standard model.
-    num_classes: head outputs (logits).
+    num_classes: head outputs (logits); 0: no head, the pooled features are returned.
     dtype: compute dtype (parameters stay float32); logits are returned in float32.
+    groups, width_per_group: ResNeXt's cardinality and group width (1, 64: ResNet).
   """
 
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
   width: int = 64
   num_classes: int = 2
   dtype: Any = jnp.float32
+  groups: int = 1
+  width_per_group: int = 64
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -168,8 +182,10 @@ class ResNet(nn.Module):
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, num_blocks in enumerate(self.stage_sizes):
       x = ResNetStage(num_blocks, self.width * 2 ** i, 1 if i == 0 else 2, self.dtype,
-                      name=f"layer{i + 1}")(x, train)
+                      self.groups, self.width_per_group, name=f"layer{i + 1}")(x, train)
     x = jnp.mean(x, axis=(1, 2))
+    if not self.num_classes:
+      return x.astype(jnp.float32)
     logits = torch_linear(self.num_classes, x.shape[-1], self.dtype, "fc")(x)
     return logits.astype(jnp.float32)
 
@@ -182,6 +198,13 @@ def resnet50(num_classes: int = 2, **kw) -> ResNet:
   """
   kw.setdefault("stage_sizes", (3, 4, 6, 3))
   return ResNet(num_classes=num_classes, **kw)
+
+
+def resnext101_32x8d(num_classes: int = 2, **kw) -> ResNet:
+  """ResNeXt-101 32x8d (torchvision `resnext101_32x8d`): stages (3, 4, 23, 3), 32 groups
+  of width 8; with num_classes=0 the 2048-d pooled trunk."""
+  kw.setdefault("stage_sizes", (3, 4, 23, 3))
+  return ResNet(num_classes=num_classes, groups=32, width_per_group=8, **kw)
 
 
 # Flax leaf name -> torchvision tensor name, per collection.

@@ -110,28 +110,31 @@ def test_regeneration_loss_is_squared_error_summed_over_rgb_per_pixel():
 NET = paper.StainAgLrNet((4, 4, 4, 4, 4), (4, 4, 4, 4, 4), hidden=8)
 
 
-def init(net=NET, side=32):
+def init(net=NET, side=32, shapes_only=False):
   x = jnp.zeros((1, side, side, 3))
-  return net.init(jax.random.PRNGKey(0), x, x, False, method=paper.StainAgLrNet.train_outputs)
+  fn = lambda: net.init(jax.random.PRNGKey(0), x, x, False,
+                        method=paper.StainAgLrNet.train_outputs)
+  return jax.eval_shape(fn) if shapes_only else jax.jit(fn)()
 
 
 def test_generator_regenerates_the_input_shape_without_skips_by_default():
   v = init()
   x = jnp.asarray(np.random.default_rng(6).random((2, 32, 32, 3)), jnp.float32)
-  out = NET.apply(v, x, False, method=paper.StainAgLrNet.regenerate)
+  out, logits = jax.jit(lambda v, x: (NET.apply(v, x, False, method=paper.StainAgLrNet.regenerate),
+                                        NET.apply(v, x, train=False)))(v, x)
   assert out.shape == x.shape and float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-  logits = NET.apply(v, x, train=False)
   assert logits.shape == (2, 2)
   # no skips: the decoder's first conv sees only the 4 channels of the 1x1 feature map
   first = v["params"]["m_gen"]["ConvBlock_0"]["Conv_0"]["kernel"]
   assert first.shape[2] == 4
   skipped = paper.StainAgLrNet((4, 4, 4, 4, 4), (4, 4, 4, 4, 4), hidden=8, gen_skips=True)
-  assert init(skipped)["params"]["m_gen"]["ConvBlock_0"]["Conv_0"]["kernel"].shape[2] == 8
+  shapes = init(skipped, shapes_only=True)
+  assert shapes["params"]["m_gen"]["ConvBlock_0"]["Conv_0"]["kernel"].shape[2] == 8
 
 
 def test_paper_architecture_shapes():
   net = paper.StainAgLrNet()  # the paper's widths, appendix Table 3
-  shapes = jax.eval_shape(lambda: init(net, 256))
+  shapes = init(net, 256, shapes_only=True)
   z = jax.eval_shape(lambda v: net.apply(v, jnp.zeros((1, 256, 256, 3)), False,
                                           method=lambda m, x, t: m.m_ft(x, t)), shapes)
   assert z.shape == (1, 8, 8, 512)

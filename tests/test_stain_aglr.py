@@ -261,3 +261,26 @@ def test_loader_errors_are_one_line(tmp_path):
   assert "is not 0 or 1" in data_error(lambda: data_lib.load(tmp_path, "folders", "mine"))
   (tmp_path / "labels.csv").write_text("path,label,case\na/p.png,1,80\n")
   assert "not a TUPAC16 case" in data_error(lambda: data_lib.load(tmp_path, "tupac", "t"))
+
+
+def test_training_batches_are_streamed_class_balanced_and_repeatable(tmp_path):
+  from medda_jax.config_utils import load_config
+  from medda_jax.methods.stain_aglr.experiment import Experiment
+  rows = ["path,label"]
+  for lab in ("lab_a", "lab_b"):
+    for i in range(20):
+      write_png(tmp_path / "d" / lab / f"{i}.png", 10 * i)
+      rows.append(f"{lab}/{i}.png,{int(i < 4)}")  # 4 positives, 16 negatives per lab
+  (tmp_path / "d" / "labels.csv").write_text("\n".join(rows) + "\n")
+  c = load_config("configs/stain_aglr.py:smoke")
+  c.data.source, c.data.user, c.data.train_lab = "none", (f"mine={tmp_path / 'd'}",), "lab_a"
+  c.train.balanced, c.train.batch_size = True, 8
+  exp = Experiment(c, tmp_path / "w")
+  assert exp.test_labs == ["lab_b"] and len(exp.train_idx) == 16 and len(exp.val_idx) == 4
+  make = exp.batches(seed=3)
+  b = make(0)
+  assert b["image"].shape == (4, 8, 32, 32, 3) and b["label"].shape == (4, 8)
+  assert (b["label"].sum(axis=1) == 4).all()  # half of every batch is the rare class
+  np.testing.assert_array_equal(make(0)["image"], b["image"])  # a pure function of the call
+  assert not np.array_equal(make(1)["label"], b["label"]) or not np.array_equal(
+      make(1)["image"], b["image"])

@@ -199,17 +199,20 @@ class Experiment:
                        paper.Plateau(c.train.learning_rate, c.train.patience, c.train.factor,
                                      c.train.min_lr))
     ckpt_dir = self.workdir / "checkpoints" / run.replace("/", "_")
-    ckpt = Checkpointer(ckpt_dir)
     total = c.train.max_epochs * self.calls_per_epoch
+    every = c.engine.checkpoint_every * self.calls_per_epoch
+    # A run no longer than one checkpoint interval keeps none: it would only be saved at its
+    # end, just before its result is recorded and the checkpoint deleted.
+    ckpt = Checkpointer(ckpt_dir) if total > every else None
     try:
       result = run_loop(run, (state, best), lambda s, b: self._step(s, b),
                         call_batches(total, self.batches(seed)), total_calls=total,
                         steps_per_call=self.spc, checkpointer=ckpt, writer=self.writer,
-                        checkpoint_every=c.engine.checkpoint_every * self.calls_per_epoch,
-                        hook=hook,
+                        checkpoint_every=every, hook=hook,
                         log_keys=("loss", "ce", "reg", "cons"), show_progress=False)
     finally:
-      ckpt.close()
+      if ckpt is not None:
+        ckpt.close()
     return jax.device_get(result.state[1]), hook.plateau, ckpt_dir
 
   def _step(self, s, batch):

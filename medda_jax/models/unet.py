@@ -10,6 +10,7 @@ shared PyTorch benchmark and the 16-filter U-Net of the transfer experiments.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -49,10 +50,31 @@ def upsample_bilinear_align_corners(x: jax.Array, factor: int = 2) -> jax.Array:
 
 def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
   """Per-sample, per-channel normalisation over H and W, statistics in float32."""
-  x32 = x.astype(jnp.float32)
-  mean = x32.mean(axis=(1, 2), keepdims=True)
-  var = x32.var(axis=(1, 2), keepdims=True)
-  return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+  return _instance_norm32(x.astype(jnp.float32), eps).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _instance_norm32(x, eps):
+  return _instance_norm32_fwd(x, eps)[0]
+
+
+def _instance_norm32_fwd(x, eps):
+  centred = x - x.mean(axis=(1, 2), keepdims=True)
+  rstd = jax.lax.rsqrt(jnp.square(centred).mean(axis=(1, 2), keepdims=True) + eps)
+  x_hat = centred * rstd
+  return x_hat, (x_hat, rstd)
+
+
+def _instance_norm32_bwd(eps, residuals, g):
+  # The textbook backward, dx = (g - mean(g) - x_hat * mean(g * x_hat)) / std, in one pass
+  # over the saved x_hat: autodiff of mean and var left XLA:CPU about 13 % more work in a
+  # U-Net's backward pass (5-level net, one core: 208 against 183 ms forward + backward).
+  x_hat, rstd = residuals
+  mean = lambda t: t.mean(axis=(1, 2), keepdims=True)  # noqa: E731
+  return (rstd * (g - mean(g) - x_hat * mean(g * x_hat)),)
+
+
+_instance_norm32.defvjp(_instance_norm32_fwd, _instance_norm32_bwd)
 
 
 class DoubleConv(nn.Module):

@@ -99,6 +99,20 @@ cyclegan_run = shared_run("configs/cyclegan.py:smoke", name="cyclegan_run", env=
 sifa_run = shared_run("configs/synthmix.py:smoke", name="sifa_run", env=TWO_DEVICES)
 
 
+def error_message(proc, code=2) -> str:
+  """The one `error:` message a bad input ends with (its first line names the mistake; a
+  data layout's message goes on over a few lines showing the expected layout), after
+  checking the exit code and that no traceback was printed."""
+  assert proc.returncode == code, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+  assert len(starts) == 1, proc.stderr[-2000:]
+  message = "\n".join(lines[starts[0]:])
+  assert len(message.splitlines()) <= 12, message
+  return message
+
+
 def final_metrics(workdir) -> dict:
   """The `final` record of a run's metrics.jsonl (exactly one must exist)."""
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

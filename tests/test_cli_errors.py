@@ -7,18 +7,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import run_train
+from conftest import error_message, run_train
 
 
 def _assert_clean_error(proc, *needles, code=2):
-  """One `error:` message (it may go on over a few lines showing the expected layout) is the
-  last thing printed, with no traceback."""
-  assert proc.returncode == code, proc.stderr[-2000:]
-  assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-  starts = [i for i, l in enumerate(proc.stderr.splitlines()) if l.startswith("error: ")]
-  assert len(starts) == 1, proc.stderr[-2000:]
-  message = "\n".join(proc.stderr.splitlines()[starts[0]:])
-  assert len(message.splitlines()) <= 12, message
+  message = error_message(proc, code)
   for needle in needles:
     assert needle in message, message
 

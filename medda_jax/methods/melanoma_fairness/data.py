@@ -48,14 +48,6 @@ class Domain:
     return Domain(self.name, tuple(self.paths[i] for i in idx), self.labels[idx], self.skin[idx])
 
 
-def _rows(path, required, layout) -> list[dict[str, str]]:
-  """read_csv_rows with its message on one line."""
-  try:
-    return read_csv_rows(path, required, layout)
-  except DataError as e:
-    raise DataError(str(e).replace("\n", "; ")) from None
-
-
 def _check_files(name: str, paths, where) -> None:
   for line, p in enumerate(paths, start=2):
     if not pathlib.Path(p).is_file():
@@ -72,7 +64,7 @@ def _int(value: str, where: str, column: str) -> int:
 def load_isic2020(root, name: str = "isic2020") -> Domain:
   root = pathlib.Path(root)
   csv = root / "train.csv"
-  rows = _rows(csv, ("image_name", "target"),
+  rows = read_csv_rows(csv, ("image_name", "target"),
                        "expected ISIC 2020: train.csv (image_name, target, ...) and train/*.jpg")
   paths = [str(root / "train" / f"{r['image_name']}.jpg") for r in rows]
   _check_files(name, paths, csv)
@@ -83,7 +75,7 @@ def load_isic2020(root, name: str = "isic2020") -> Domain:
 def load_isic2017(root, name: str = "isic2017") -> Domain:
   root = pathlib.Path(root)
   csv = root / ISIC2017_CSV
-  rows = _rows(csv, ("image_id", "melanoma"),
+  rows = read_csv_rows(csv, ("image_id", "melanoma"),
                        f"expected ISIC 2017: {ISIC2017_CSV} (image_id, melanoma, "
                        f"seborrheic_keratosis) and {ISIC2017_IMAGES}/*.jpg")
   paths = [str(root / ISIC2017_IMAGES / f"{r['image_id']}.jpg") for r in rows]
@@ -96,7 +88,7 @@ def load_fitzpatrick17k(root, name: str = "fitzpatrick17k") -> Domain:
   """The neoplastic subset with a human type (the paper's filtering)."""
   root = pathlib.Path(root)
   csv = root / "fitzpatrick17k.csv"
-  rows = _rows(csv, ("md5hash", "fitzpatrick", "three_partition_label"),
+  rows = read_csv_rows(csv, ("md5hash", "fitzpatrick", "three_partition_label"),
                        "expected Fitzpatrick17k: fitzpatrick17k.csv (md5hash, fitzpatrick, "
                        "three_partition_label, qc, ...) and images/<md5hash>.jpg")
   kept = [r for r in rows if r["three_partition_label"] in ("benign", "malignant")
@@ -113,10 +105,7 @@ def load_fitzpatrick17k(root, name: str = "fitzpatrick17k") -> Domain:
 
 def load_user(name: str, path) -> Domain:
   """A class-folder root or a CSV path,label[,fitzpatrick] (Atlas, ASAN, MClass, yours)."""
-  try:
-    table = images_lib.load_table(name, path)
-  except DataError as e:
-    raise DataError(str(e).replace("\n", "; ")) from None
+  table = images_lib.load_table(name, path)
   positive = [i for i, c in enumerate(table.class_names) if c.lower() in POSITIVE]
   if len(table.class_names) != 2 or len(positive) != 1:
     raise DataError(f"domain {name}: classes {list(table.class_names)} must be two, one of them "
@@ -124,7 +113,7 @@ def load_user(name: str, path) -> Domain:
   labels = (table.labels == positive[0]).astype(np.int32)
   skin = np.full(len(table), -1, np.int32)
   if str(path).lower().endswith(".csv"):
-    rows = _rows(path, ("path", "label"), "")
+    rows = read_csv_rows(path, ("path", "label"), "")
     if rows and "fitzpatrick" in rows[0]:
       skin = np.asarray([_int(r["fitzpatrick"] or "-1", str(path), "fitzpatrick")
                          for r in rows], np.int32)

@@ -288,7 +288,7 @@ class Experiment:
                                                 {"params": params["f"], "batch_stats": stats},
                                                 skip_head=True)
       except ValueError as e:
-        raise DataError(str(e).replace("\n", " ")) from None
+        raise DataError(str(e)) from None
       params = dict(params, f=loaded["params"])
       stats = loaded["batch_stats"]
     return paper.FairState.create(params, stats, paper.optimizers(self.hyper(method)),

@@ -13,8 +13,9 @@ Layouts (`config.data.layout`):
                cut around Bertram et al.'s labels): lab from the case number as in the
                paper, cases 1-23 -> centre_1, 24-48 -> centre_2, 49-73 -> centre_3.
 
-Every bad input ends in one line: a CSV without a needed column, a row naming a missing
-file, a lab asked for that holds no patches.
+Every bad input ends in one error message naming it (a CSV's, with the expected layout on
+the lines after it): a CSV without a needed column, a row naming a missing file, a lab asked
+for that holds no patches.
 """
 
 from __future__ import annotations
@@ -75,13 +76,6 @@ class PatchSource:
     return LazyImages(self, indices)
 
 
-def _rows(path: pathlib.Path, required, layout: str):
-  try:
-    return read_csv_rows(path, required, _LAYOUT_HELP[layout])
-  except DataError as e:  # one line: the layout after a semicolon
-    raise DataError(str(e).replace("\n", "; ")) from None
-
-
 def _binary(value: str, where: str) -> int:
   try:
     v = int(float(value))
@@ -108,7 +102,8 @@ def load(root, layout: str, name: str) -> PatchTable:
   paths, labels, labs = [], [], []
   if layout == "camelyon17":
     csv = root / "metadata.csv"
-    rows = _rows(csv, ("patient", "node", "x_coord", "y_coord", "tumor", "center"), layout)
+    rows = read_csv_rows(csv, ("patient", "node", "x_coord", "y_coord", "tumor", "center"),
+                         _LAYOUT_HELP[layout])
     for line, r in enumerate(rows, start=2):
       p, n = int(r["patient"]), int(r["node"])
       rel = (f"patches/patient_{p:03d}_node_{n}/patch_patient_{p:03d}_node_{n}_x_"
@@ -118,8 +113,8 @@ def load(root, layout: str, name: str) -> PatchTable:
       labs.append(f"center_{int(r['center'])}")
   else:
     csv = root / "labels.csv"
-    rows = _rows(csv, ("path", "label", "case") if layout == "tupac" else ("path", "label"),
-                 layout)
+    rows = read_csv_rows(csv, ("path", "label", "case") if layout == "tupac"
+                         else ("path", "label"), _LAYOUT_HELP[layout])
     for line, r in enumerate(rows, start=2):
       paths.append(_checked(root, csv, line, r["path"]))
       labels.append(_binary(r["label"], f"{csv} line {line}"))

@@ -80,6 +80,7 @@ if [[ "$cpu" == 1 ]]; then
   run 600 fda_volume.py --cpu --cpu-threads 1 --quick
   run 600 catenorm_step.py --cpu --quick
   run 600 melanoma_step.py --cpu --cpu-threads 1 --quick
+  run 600 stain_aglr_step.py --cpu --cpu-threads 1 --quick
   # Time to the first training call of every demo, host loop vs scan (about 20 minutes).
   run 1800 first_step.py --cpu
 else
@@ -94,8 +95,8 @@ else
   # Batch 8 at 256 px; the same pick of executors (its JSON is written after each one).
   run 56 sifa_iteration.py --skip-check --repeats 3 --iters 10 --executors scan/10/bf16 \
    _cl
-  run 35 scaling.py --devices "$counts"
-  run 45 input_pipeline.py
+  run 25 scaling.py --devices "$counts"
+  run 35 input_pipeline.py
   run 17 volume_memory.py --cases 10,40 --volume 96,96,40 --size 96 --batches 20
   # A whole 172-slice target volume at 256 px, 7 donors; one CateNorm step, batch 4, 384 px.
   run 38 fda_volume.py --quick
@@ -103,6 +104,8 @@ else
   # One LNTL and one CLGR step, ResNeXt-101 32x8d, batch 64 at 256 px (20 s from the two
   # above).
   run 20 melanoma_step.py --quick
+  # One Stain-AgLr step, batch 64 at 256 px (20 s from the scaling and pipeline caps).
+  run 20 stain_aglr_step.py --quick
 fi
 
 if (( ${#failed[@]} )); then

@@ -61,11 +61,12 @@ class Classifier(nn.Module):
   hidden: int = 256
   classes: int = 2
   dtype: jnp.dtype = jnp.float32
+  dropout: float = 0.5  # the paper's; 0 lets a benchmark hold one step to a peer's
 
   @nn.compact
   def __call__(self, z, train: bool):
     h = jnp.mean(z, axis=(1, 2))
-    h = nn.Dropout(0.5, deterministic=not train)(h)
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(h))
     return nn.Dense(self.classes, dtype=jnp.float32)(h)
 
@@ -99,10 +100,11 @@ class StainAgLrNet(nn.Module):
   hidden: int = 256
   gen_skips: bool = False
   dtype: jnp.dtype = jnp.float32
+  dropout: float = 0.5
 
   def setup(self):
     self.m_ft = FeatureExtractor(self.features, self.dtype)
-    self.m_cls = Classifier(self.hidden, 2, self.dtype)
+    self.m_cls = Classifier(self.hidden, 2, self.dtype, self.dropout)
     self.m_gen = StainGenerator(self.decoder, self.dtype)
 
   def __call__(self, x, train: bool = False):

@@ -78,6 +78,14 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.hed.brightness = 0.05  # added U(-b, b) (brightness part; range not given by the paper)
   c.hed.contrast = 0.05  # factor 1 + U(-c, c) about the patch mean (contrast part)
   c.hed.noise = 0.02  # additive Gaussian noise, std U(0, noise) (part of the morphology set)
+  # The rest of the morphology set, as read from ref. [25]'s HED-light table (not verified
+  # against its code): Gaussian blur std U(0, blur) px on the twin; zoom 1 + U(-scale, scale)
+  # and elastic deformation (smoothing std U(elastic_sigma) px, amplitude U(elastic_alpha))
+  # on the host, before the twin is made, so x and x_hat share them. 0 switches one off.
+  c.hed.blur = 0.1
+  c.hed.scale = 0.2
+  c.hed.elastic_alpha = (80.0, 120.0)
+  c.hed.elastic_sigma = (9.0, 11.0)
 
   c.engine = ml_collections.ConfigDict()
   c.engine.checkpoint_every = 1  # epochs between checkpoints (and at the end of a run)

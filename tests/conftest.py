@@ -145,12 +145,18 @@ def kill_after_results(child, results_file, min_entries: int, timeout: float = 4
   child.communicate()
 
 
-def data_error(fn) -> str:
-  """The message of the DataError `fn()` raises, which must be one line."""
+def data_error(fn, with_layout: bool = False) -> str:
+  """The message of the DataError `fn()` raises, which must be one line; `with_layout`: a
+  CSV's error (tables.read_csv_rows), whose first line names the mistake and the next few
+  the expected layout; returns that first line."""
   from medda_jax.errors import DataError
   with pytest.raises(DataError) as e:
     fn()
   message = str(e.value)
+  if with_layout:
+    lines = message.splitlines()
+    assert 2 <= len(lines) <= 12, message
+    return lines[0]
   assert "\n" not in message
   return message
 

@@ -304,13 +304,15 @@ def test_user_domain_csv_with_fitzpatrick_and_errors(tmp_path):
 
   bad = tmp_path / "nolabel.csv"
   bad.write_text("path,diagnosis\nx.png,benign\n")
-  assert "lacks column(s) ['label']" in data_error(lambda: data.load_user("a", bad))
+  assert "lacks column(s) ['label']" in data_error(lambda: data.load_user("a", bad),
+                                                    with_layout=True)
   missing = tmp_path / "missing.csv"
   missing.write_text("path,label\nx.png,benign\nnowhere.png,malignant\n")
   assert "nowhere.png, which does not exist" in data_error(lambda: data.load_user("a", missing))
   (tmp_path / "f" / "images").mkdir(parents=True)
   (tmp_path / "f" / "fitzpatrick17k.csv").write_text("md5hash,label\n")
-  assert "three_partition_label" in data_error(lambda: data.load_fitzpatrick17k(tmp_path / "f"))
+  assert "three_partition_label" in data_error(lambda: data.load_fitzpatrick17k(tmp_path / "f"),
+                                           with_layout=True)
 
 
 # --------------------------------------------------------------------------- model

@@ -15,7 +15,8 @@ from medda_jax import metrics
 from medda_jax.methods.stain_aglr import data as data_lib
 from medda_jax.methods.stain_aglr import hed, paper
 
-RANGES = hed.JitterRanges(sigma=0.05, bias=0.05, brightness=0.05, contrast=0.1, noise=0.02)
+RANGES = hed.JitterRanges(sigma=0.05, bias=0.05, brightness=0.05, contrast=0.1, noise=0.02,
+                          blur=0.8)
 
 
 def ihc_crop():
@@ -55,16 +56,57 @@ def test_numpy_twin_equals_the_jnp_jitter_for_the_same_draws():
   rng = np.random.default_rng(2)
   for _ in range(3):
     d = hed.draw_np(rng, x.shape, RANGES)
-    np.testing.assert_allclose(hed.apply(jnp.asarray(x), hed.JitterDraw(*map(jnp.asarray, d))),
-                               hed.apply_np(x, d), atol=1e-5)
+    r = RANGES.blur_radius
+    np.testing.assert_allclose(hed.apply(jnp.asarray(x), hed.JitterDraw(*map(jnp.asarray, d)), r),
+                               hed.apply_np(x, d, r), atol=1e-5)
   # the vmapped batch jitter = the twin applied patch by patch with the batch's own draws
   batch = np.stack([x, x[::-1], x[:, ::-1]])
   key = jax.random.PRNGKey(3)
   got = hed.jitter_batch(key, jnp.asarray(batch), RANGES)
   for i, k in enumerate(jax.random.split(key, 3)):
     d = jax.device_get(hed.draw(k, x.shape, RANGES))
-    np.testing.assert_allclose(got[i], hed.apply_np(batch[i], d), atol=1e-5)
+    np.testing.assert_allclose(got[i], hed.apply_np(batch[i], d, RANGES.blur_radius), atol=1e-5)
   assert float(jnp.abs(got[0] - batch[0]).max()) > 1e-3  # the jitter changed something
+
+
+def test_blur_is_scipys_gaussian_filter():
+  from scipy import ndimage
+  x = ihc_crop()
+  zero = jax.device_get(hed.zero_draw(x.shape))
+  plain = hed.apply_np(x, zero)  # the HED round trip alone
+  for sigma in (0.3, 0.8):
+    d = zero._replace(blur=np.float32(sigma))
+    radius = hed.JitterRanges(blur=0.8).blur_radius
+    want = ndimage.gaussian_filter(plain.astype(np.float64), (sigma, sigma, 0), mode="reflect",
+                                   truncate=radius / sigma)
+    np.testing.assert_allclose(hed.apply_np(x, d, radius), want, atol=1e-5)
+    np.testing.assert_allclose(hed.apply(jnp.asarray(x), hed.JitterDraw(*map(jnp.asarray, d)),
+                                         radius), want, atol=1e-5)
+
+
+def test_morphology_zooms_about_the_centre_and_deforms_only_the_geometry():
+  from scipy import ndimage
+  x = np.stack([ihc_crop(), ihc_crop()[::-1]])
+  off = hed.MorphologyRanges()
+  assert hed.morphology_np(x, np.random.default_rng(0), off) is x
+  zoom_only = hed.MorphologyRanges(scale=0.2)
+  got = hed.morphology_np(x, np.random.default_rng(1), zoom_only)
+  rng = np.random.default_rng(1)
+  for i in range(2):
+    zoom = 1 + rng.uniform(-0.2, 0.2)
+    rng.uniform(0, 0), rng.uniform(9, 11), rng.uniform(-1, 1, (64, 32))  # the unused draws
+    centre = (np.array(x.shape[1:3]) - 1) / 2
+    want = np.stack([ndimage.affine_transform(x[i, ..., ch], np.eye(2) / zoom,
+                                              centre - centre / zoom, order=1, mode="reflect")
+                     for ch in range(3)], -1)
+    np.testing.assert_allclose(got[i], want, atol=1e-5)
+  # Elastic deformation moves pixels, it does not change colours: a flat patch stays flat.
+  elastic = hed.MorphologyRanges(alpha=(80.0, 120.0))
+  flat = np.full((1, 32, 32, 3), 0.4, np.float32)
+  np.testing.assert_allclose(hed.morphology_np(flat, np.random.default_rng(2), elastic), flat,
+                             atol=1e-6)
+  moved = hed.morphology_np(x, np.random.default_rng(2), elastic)
+  assert moved.shape == x.shape and float(np.abs(moved - x).max()) > 0.05
 
 
 def test_hed_jitter_scales_and_shifts_the_stain_densities():
@@ -252,7 +294,7 @@ def test_tupac_layout_maps_cases_to_centres(tmp_path):
 def test_loader_errors_are_one_line(tmp_path):
   write_png(tmp_path / "a" / "p.png", 0)
   (tmp_path / "labels.csv").write_text("path,class\na/p.png,1\n")
-  msg = data_error(lambda: data_lib.load(tmp_path, "folders", "mine"))
+  msg = data_error(lambda: data_lib.load(tmp_path, "folders", "mine"), with_layout=True)
   assert "lacks column(s) ['label']" in msg
   (tmp_path / "labels.csv").write_text("path,label\na/p.png,1\na/gone.png,0\n")
   msg = data_error(lambda: data_lib.load(tmp_path, "folders", "mine"))
@@ -277,7 +319,7 @@ def test_training_batches_are_streamed_class_balanced_and_repeatable(tmp_path):
   c.train.balanced, c.train.batch_size = True, 8
   exp = Experiment(c, tmp_path / "w")
   assert exp.test_labs == ["lab_b"] and len(exp.train_idx) == 16 and len(exp.val_idx) == 4
-  make = exp.batches(seed=3)
+  make = exp.batches(seed=3, stain_aug=True)
   b = make(0)
   assert b["image"].shape == (4, 8, 32, 32, 3) and b["label"].shape == (4, 8)
   assert (b["label"].sum(axis=1) == 4).all()  # half of every batch is the rare class

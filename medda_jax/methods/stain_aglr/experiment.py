@@ -85,8 +85,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cu.check_range(c, "train.min_lr", 0.0, low_inclusive=False)
   for field in ("loss.lambda_reg", "loss.lambda_cons"):
     cu.check_range(c, field, 0.0)
-  for field in ("sigma", "bias", "brightness", "contrast", "noise"):
+  for field in ("sigma", "bias", "brightness", "contrast", "noise", "scale"):
     cu.check_range(c, f"hed.{field}", 0.0, 1.0)
+  cu.check_range(c, "hed.blur", 0.0, 8.0)
+  for field in ("elastic_alpha", "elastic_sigma"):
+    value = c.hed[field]
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or not 0 <= value[0] <= value[1]):
+      raise ConfigError(f"config.hed.{field}={value!r} must be a range (low, high) with "
+                        "0 <= low <= high")
   cu.validate_shared(c)
 
 
@@ -133,6 +141,7 @@ class Experiment:
     self.test_idx = {lab: self.table.of_lab(lab) for lab in self.test_labs}
     self.source = data_lib.PatchSource(self.table, c.data.patch)
     self.ranges = hed.JitterRanges.of(c.hed)
+    self.morphology = hed.MorphologyRanges.of(c.hed)
     self.net = paper.StainAgLrNet(tuple(c.model.features), tuple(c.model.decoder),
                                   c.model.hidden, c.model.gen_skips, cu.compute_dtype(c))
     example = jnp.zeros((1, c.data.patch, c.data.patch, 3))
@@ -165,7 +174,9 @@ class Experiment:
     p = np.clip(np.where(y == 1, p1, 1.0 - p1), 1e-7, 1.0)
     return float(-np.mean(np.log(p)))
 
-  def batches(self, seed: int):
+  def batches(self, seed: int, stain_aug: bool):
+    """HED-light's geometric part (zoom, elastic) joins the flips and rotations for the
+    variants with stain augmentation; the twin is made from the result in the step."""
     c, spc, cpe = self.c, self.spc, self.calls_per_epoch
     labels = self.table.labels[self.train_idx]
 
@@ -181,6 +192,8 @@ class Experiment:
       images = self.source.images(idx.reshape(-1))[:]
       if c.train.geometric:
         images = geometric(images, np.random.default_rng((seed, k, 7)))
+      if stain_aug:
+        images = hed.morphology_np(images, np.random.default_rng((seed, k, 8)), self.morphology)
       return {"image": images.reshape(idx.shape + images.shape[1:]),
               "label": self.table.labels[idx]}
 
@@ -206,7 +219,7 @@ class Experiment:
     ckpt = Checkpointer(ckpt_dir) if total > every else None
     try:
       result = run_loop(run, (state, best), lambda s, b: self._step(s, b),
-                        call_batches(total, self.batches(seed)), total_calls=total,
+                        call_batches(total, self.batches(seed, variant.stain_aug)), total_calls=total,
                         steps_per_call=self.spc, checkpointer=ckpt, writer=self.writer,
                         checkpoint_every=every, hook=hook,
                         log_keys=("loss", "ce", "reg", "cons"), show_progress=False)

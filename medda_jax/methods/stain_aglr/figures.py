@@ -13,7 +13,8 @@ from medda_jax.methods.stain_aglr import hed
 def regeneration_figure(path, exp, variables, seed: int, demo: bool, n: int = 8) -> None:
   rng = np.random.default_rng((seed, 99))
   raw = exp.source.images(exp.val_idx[:n])[:]
-  jittered = np.stack([hed.apply_np(x, hed.draw_np(rng, x.shape, exp.ranges)) for x in raw])
+  jittered = np.stack([hed.apply_np(x, hed.draw_np(rng, x.shape, exp.ranges),
+                                      exp.ranges.blur_radius) for x in raw])
   rows = {"raw (train lab)": raw, "HED-light twin": jittered,
           "regenerated from twin": exp.regenerate(variables, jittered)}
   for lab, idx in exp.test_idx.items():

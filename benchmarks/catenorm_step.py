@@ -186,15 +186,8 @@ def bench_jax(args, x_np, y_np, timing, results):
       compile_s = time.perf_counter() - t0
       if dtype == jnp.float32:
         flops = common.lowered_flops(lowered)
-      carry = [state]
-
-      def run():
-        carry[0], metrics = compiled(carry[0], batch)
-        return metrics["loss"]
-
-      t = common.time_repeats(run, common.jax_block, **timing)
-      results[name] = {"images_per_s": args.batch / t["seconds_per_call"],
-                       "compile_seconds": compile_s, **t}
+      results[name] = common.time_state_step(compiled, state, batch, args.batch, timing,
+                                             compile_seconds=compile_s)
     except Exception as e:
       results[name] = {"error": common.error_text(e)}
     print(f"  {name:32s} {_fmt(results[name])}", flush=True)

@@ -237,6 +237,20 @@ def time_within_budget(run, finish, *, warmup, repeats, iters, budget):
               calls_per_block=iters), last[0]
 
 
+def time_state_step(step, state, batch, images: int, timing: dict, **extra) -> dict[str, Any]:
+  """time_repeats of a JAX step `step(state, batch) -> (state, metrics)` that donates its
+  state: each call takes the state the last one returned. Returns images/s (`images` per
+  call), `extra` (e.g. compile seconds) and the timing."""
+  carry = [state]
+
+  def run():
+    carry[0], metrics = step(carry[0], batch)
+    return metrics["loss"]
+
+  t = time_repeats(run, jax_block, **timing)
+  return {"images_per_s": images / t["seconds_per_call"], **extra, **t}
+
+
 def jax_block(tree) -> None:
   import jax
   jax.block_until_ready(tree)

@@ -265,16 +265,8 @@ def main():
       chunk = build_train_chunk(loss_fn, tx, "host")
       state, _ = chunk(state, batches)  # compiles
       jax.block_until_ready(state)
-      compile_s = time.perf_counter() - t0
-      carry = [state]
-
-      def run():
-        carry[0], metrics = chunk(carry[0], batches)
-        return metrics["loss"]
-
-      t = common.time_repeats(run, common.jax_block, **timing)
-      results[name] = {"images_per_s": args.batch / t["seconds_per_call"],
-                       "first_call_seconds": compile_s, **t}
+      results[name] = common.time_state_step(chunk, state, batches, args.batch, timing,
+                                             first_call_seconds=time.perf_counter() - t0)
     except Exception as e:
       results[name] = {"error": common.error_text(e)}
     print(f"  {name:32s} {_fmt(results[name])}", flush=True)

@@ -215,14 +215,14 @@ def ihc_demo(tile: int, train_width: int, rows: int, noisy: dict) -> tuple[DetSe
   first `rows` rows of tiles."""
   from skimage import data
   from medda_jax.methods.sissi import noisy_labels
-  image = data.immunohistochemistry()
-  union = noisy_labels.weak_boxes(image, min_votes=1, **noisy)
-  consensus = noisy_labels.weak_boxes(image, min_votes=2, **noisy)
+  image = data.immunohistochemistry()[:rows * tile]
+  boxes, votes = noisy_labels.voted_boxes(image, **noisy)
+  union, consensus = boxes, boxes[votes >= 2]
   h, w = image.shape[:2]
   sets = []
   for lo, hi, ref in ((0, train_width, union), (train_width, w, consensus)):
     imgs, boxes = [], []
-    for y0 in range(0, min(h, rows * tile) - tile + 1, tile):
+    for y0 in range(0, h - tile + 1, tile):
       for x0 in range(lo, hi - tile + 1, tile):
         imgs.append(image[y0:y0 + tile, x0:x0 + tile])
         boxes.append(tile_boxes(ref, x0, y0, tile))

@@ -216,11 +216,15 @@ class Experiment:
     self.steps_per_epoch = EpochBatches(c, self.data, self.target_images,
                                         self.data.target.boxes, 0, 0).steps
     t = c.train
-    lr = optax.exponential_decay(t.learning_rate, t.lr_step_epochs * self.steps_per_epoch,
-                                 t.lr_gamma, staircase=True)
-    opt = (optax.sgd(lr, momentum=t.momentum) if t.optimizer == "sgd"
-           else optax.adam(lr))
-    tx = optax.chain(optax.add_decayed_weights(t.weight_decay), opt)
+    # the base learning rate lives in the optimizer state (inject_hyperparams), so runs
+    # that differ only in it share their compiled steps; the step decay multiplies it
+    decay = optax.exponential_decay(1.0, t.lr_step_epochs * self.steps_per_epoch, t.lr_gamma,
+                                    staircase=True)
+    opt = optax.inject_hyperparams(
+        lambda learning_rate: optax.sgd(learning_rate, momentum=t.momentum)
+        if t.optimizer == "sgd" else optax.adam(learning_rate))(learning_rate=t.learning_rate)
+    tx = optax.chain(optax.add_decayed_weights(t.weight_decay), opt,
+                     optax.scale_by_schedule(decay))
     self.detector = Detector(stage_sizes=c.model.stage_sizes, width=c.model.width,
                              fpn_features=c.model.fpn_features, dtype=cu.compute_dtype(c),
                              tx=tx, inner_loop=cu.inner_loop(c), image_size=c.data.size,

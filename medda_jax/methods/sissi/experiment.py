@@ -2,7 +2,8 @@
 the start of label correction, TTA + WBF pseudo-labels, synthetic-like images), evaluation
 and the driver.
 
-A run is one (pipeline, seed). Its state after every epoch is checkpointed together with
+A run is one (pipeline, seed). Its state after every epoch (but the last, whose result is
+recorded at once) is checkpointed together with
 the epoch, the AP50 and source-loss curves, the start epoch and the version (= epoch) of
 the pseudo-labels in use; the pseudo-labels themselves are written per version beside the
 checkpoints, and the synthetic-like images are rebuilt from them, so a killed run resumes
@@ -317,8 +318,9 @@ class Experiment:
             "loss": float(np.mean(losses)), "ap50_noisy": info["ap50"][-1],
             "source_val_loss": info["source_loss"][-1], "pseudo_version": info["pseudo_version"],
             "n_labels": int(sum(len(b) for b in labels))})
-        ckpt.save(epoch * spe, state, {"info": info})
         signum = workdir_lib.stop_requested()
+        if epoch < c.train.epochs or signum:  # the last epoch's result is recorded at once
+          ckpt.save(epoch * spe, state, {"info": info})
         if signum:
           raise workdir_lib.Interrupted(f"interrupted in {key}: checkpoint saved after epoch "
                                         f"{epoch}; rerun the same command to resume", signum)

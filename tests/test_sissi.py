@@ -207,3 +207,29 @@ def test_manifest_mistakes_are_one_line_errors(tmp_path, text, message):
   write_png(tmp_path / "a.png", np.zeros((32, 64, 3), np.uint8))
   (tmp_path / "m.csv").write_text(text)
   assert message in data_error(lambda: data_lib.load_manifest("mine", tmp_path / "m.csv", 32))
+
+
+def test_mixed_batches_are_half_target_half_source():
+  from types import SimpleNamespace
+  from medda_jax.config_utils import load_config
+  from medda_jax.methods.sissi.experiment import EpochBatches
+  c = load_config("configs/sissi.py:smoke")
+  size = c.data.size
+  box = np.array([[8.0, 8.0, 24.0, 20.0]])
+  target = data_lib.DetSet("t", size, [box] * 5, arrays=np.full((5, size, size, 3), 10, np.uint8))
+  source = data_lib.DetSet("s", size, [np.zeros((0, 4))] * 3,
+                           arrays=np.full((3, size, size, 3), 200, np.uint8))
+  data = SimpleNamespace(target=target, source=source)
+  stream = EpochBatches(c, data, target.arrays, target.boxes, seed=0, epoch=1)
+  half = c.train.batch_size // 2
+  assert stream.steps == 2  # ceil(5 / 4) target quarters, every target image seen
+  assert sorted(set(stream.target_idx.ravel().tolist())) == [0, 1, 2, 3, 4]
+  chunks = list(stream.dataset())
+  assert len(chunks) == stream.steps // c.engine.steps_per_call
+  b = chunks[0]
+  assert b["images"].shape == (c.engine.steps_per_call, 2 * half, size, size, 3)
+  assert (b["images"][0, :half] == 10).all() and (b["images"][0, half:] == 200).all()
+  # one box centre per target image, none from the (box-free) source images
+  assert b["mask"][0, :half].sum() == half and b["mask"][0, half:].sum() == 0
+  again = EpochBatches(c, data, target.arrays, target.boxes, seed=0, epoch=1).batch(1)
+  np.testing.assert_array_equal(again["heat"], stream.batch(1)["heat"])  # seed, epoch -> batch

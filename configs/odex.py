@@ -80,7 +80,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   if variant in (None, "paper"):
     c.data.source = "msd"
     return c
-  # a 2-core CPU: four methods x five stages x three seeds in a few minutes; joint
+  # a 2-core CPU: four methods x four stages x three seeds; joint
   # training is one more run per seed (--config.methods=...,"joint")
   c.methods = ("odex", "sequential", "ewc", "lwf")
   c.data.stages = 4

@@ -63,9 +63,11 @@ COSTLY_FIRST = (
     "smoke_run",  # 278 s
     "stargan_run",  # 212 s
     "wgan_run",  # 171 s
+    "sissi_run",  # about 160 s
     "aiva_run",  # 137 s
     "cyclegan_run",  # 122 s
     "catenorm_run",  # 108 s
+    "odex_run",  # about 100 s
     "test_transfer_cls",  # 87 s
     "fda_run",  # 85 s
     "tests/test_multiprocess.py::test_transfer_on_two_processes_equals_one_process",  # 84 s

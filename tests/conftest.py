@@ -57,24 +57,23 @@ def pytest_itemcollected(item):  # before pytest-xdist reads the groups
 # keeps this order). Seconds from `--durations=0` on 2 cores; the order only decides which
 # worker runs what, when.
 COSTLY_FIRST = (
-    "transfer_run",  # 415 s
-    "sifa_run",  # 306 s
-    "test_sifa",  # 279 s
-    "smoke_run",  # 278 s
-    "stargan_run",  # 212 s
-    "wgan_run",  # 171 s
-    "sissi_run",  # about 160 s
-    "aiva_run",  # 137 s
-    "cyclegan_run",  # 122 s
+    "sifa_run",  # 327 s
+    "test_sifa",  # 295 s
+    "transfer_run",  # 285 s
+    "smoke_run",  # 193 s
+    "wgan_run",  # 189 s
+    "stargan_run",  # 175 s
+    "aiva_run",  # 153 s
+    "cyclegan_run",  # 113 s
     "catenorm_run",  # 108 s
-    "odex_run",  # about 100 s
-    "test_transfer_cls",  # 87 s
-    "fda_run",  # 85 s
-    "tests/test_multiprocess.py::test_transfer_on_two_processes_equals_one_process",  # 84 s
-    "stain_aglr_run",  # 70 s
-    "tests/test_sharding.py::test_metamedseg_pads_three_tasks_over_four_devices",  # 64 s
+    "tests/test_multiprocess.py::test_transfer_on_two_processes_equals_one_process",  # 105 s
+    "fda_run",  # 87 s
+    "stain_aglr_run",  # 84 s
+    "odex_run",  # 80 s alone
+    "sissi_run",  # 65 s alone
+    "tests/test_sharding.py::test_metamedseg_pads_three_tasks_over_four_devices",  # 62 s
     "tests/test_multiprocess.py::test_host_inner_loop_on_two_processes_equals_one_process",
-    "test_user_domains", "melanoma_run", "avagrad_run", "test_catenorm",
+    "avagrad_run", "melanoma_run", "test_user_domains", "test_catenorm",
 )
 
 

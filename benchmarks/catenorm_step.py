@@ -156,7 +156,7 @@ def bench_torch(args, platform, x_np, y_np, timing, results):
       results[name] = {"images_per_s": args.batch / t["seconds_per_call"], **t}
     except Exception as e:  # a failed variant is a result too
       results[name] = {"error": common.error_text(e)}
-    print(f"  {name:32s} {_fmt(results[name])}", flush=True)
+    print(f"  {name:32s} {common.images_per_s_text(results[name])}", flush=True)
     n_params = sum(p.numel() for p in net.parameters())
     gc.collect()
   return n_params
@@ -190,12 +190,8 @@ def bench_jax(args, x_np, y_np, timing, results):
                                              compile_seconds=compile_s)
     except Exception as e:
       results[name] = {"error": common.error_text(e)}
-    print(f"  {name:32s} {_fmt(results[name])}", flush=True)
+    print(f"  {name:32s} {common.images_per_s_text(results[name])}", flush=True)
   return flops, n_params
-
-
-def _fmt(r):
-  return f"{r['images_per_s']:9.2f} images/s" if "images_per_s" in r else r.get("error")
 
 
 def main():

@@ -251,6 +251,13 @@ def time_state_step(step, state, batch, images: int, timing: dict, **extra) -> d
   return {"images_per_s": images / t["seconds_per_call"], **extra, **t}
 
 
+def images_per_s_text(result: dict[str, Any]) -> str:
+  """One result's images/s for the progress lines, or its error."""
+  if "images_per_s" in result:
+    return f"{result['images_per_s']:9.2f} images/s"
+  return result.get("error")
+
+
 def jax_block(tree) -> None:
   import jax
   jax.block_until_ready(tree)

@@ -262,7 +262,7 @@ def main():
       results[name] = {"images_per_s": args.batch / t["seconds_per_call"], **t}
     except Exception as e:  # a failed variant is a result too
       results[name] = {"error": common.error_text(e)}
-    print(f"  {name:32s} {_fmt(results[name])}", flush=True)
+    print(f"  {name:32s} {common.images_per_s_text(results[name])}", flush=True)
     for dname, dtype in (("fp32", jnp.float32),) + ((("bf16", jnp.bfloat16),) if gpu else ()):
       net, _, _, state, hp = jax_side(method, cfg, args.size, 0.5, dtype)
       rule = paper.update_rule(method, net, hp, jnp.asarray(w_np))
@@ -275,7 +275,7 @@ def main():
                                                compile_seconds=time.perf_counter() - t0)
       except Exception as e:
         results[name] = {"error": common.error_text(e)}
-      print(f"  {name:32s} {_fmt(results[name])}", flush=True)
+      print(f"  {name:32s} {common.images_per_s_text(results[name])}", flush=True)
   ratio = {}
   for method in ("lntl", "clgr"):
     jn, jb = common.best_variant({k: v for k, v in results.items() if k.endswith(method)},
@@ -304,10 +304,6 @@ def main():
                     results=results, ratio=ratio, notes=notes, timing=timing,
                     model_info={"output_check_max_abs_param_diff": checks})
   print(f"ratio {ratio}\nwrote {path}")
-
-
-def _fmt(r):
-  return f"{r['images_per_s']:9.2f} images/s" if "images_per_s" in r else r.get("error")
 
 
 if __name__ == "__main__":

@@ -254,7 +254,7 @@ def main():
       results[name] = {"images_per_s": args.batch / t["seconds_per_call"], **t}
     except Exception as e:  # a failed variant is a result too
       results[name] = {"error": common.error_text(e)}
-    print(f"  {name:32s} {_fmt(results[name])}", flush=True)
+    print(f"  {name:32s} {common.images_per_s_text(results[name])}", flush=True)
   from medda_jax.engine.supervised import build_train_chunk
   batches = {"image": jnp.asarray(x_np)[None], "label": jnp.asarray(y_np)[None]}
   for dname, dtype in (("fp32", jnp.float32),) + ((("bf16", jnp.bfloat16),) if gpu else ()):
@@ -269,7 +269,7 @@ def main():
                                              first_call_seconds=time.perf_counter() - t0)
     except Exception as e:
       results[name] = {"error": common.error_text(e)}
-    print(f"  {name:32s} {_fmt(results[name])}", flush=True)
+    print(f"  {name:32s} {common.images_per_s_text(results[name])}", flush=True)
   jn, jb = common.best_variant(results, "jax", "images_per_s")
   tn, tb = common.best_variant(results, "torch", "images_per_s")
   ratio = {"jax_best": jn, "torch_best": tn,
@@ -292,10 +292,6 @@ def main():
                     results=results, ratio=ratio, notes=notes, timing=timing,
                     model_info={"output_check": check})
   print(f"ratio {ratio}\nwrote {path}")
-
-
-def _fmt(r):
-  return f"{r['images_per_s']:9.2f} images/s" if "images_per_s" in r else r.get("error")
 
 
 if __name__ == "__main__":

@@ -22,20 +22,13 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
+from medda_jax.data.images import read_image
 from medda_jax.data.tables import read_csv_rows
 from medda_jax.errors import DataError
 
 CELLPOSE_LAYOUT = ("Cellpose layout: ROOT/train/XXX_img.png with ROOT/train/XXX_masks.png "
                    "(instance masks), and ROOT/test/ alike")
 CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2")
-
-
-def read_rgb(path: pathlib.Path) -> np.ndarray:
-  try:
-    with Image.open(path) as im:
-      return np.asarray(im.convert("RGB"))
-  except (OSError, ValueError) as e:
-    raise DataError(f"cannot read image {path}: {e}") from None
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -64,7 +57,9 @@ class DetSet:
   def image(self, i: int) -> np.ndarray:
     if self.arrays is not None:
       return self.arrays[i]
-    return resize(read_rgb(self.paths[i]), self.size)
+    # the project's reader (float in [0, 1] after its bilinear resize), back to the uint8
+    # that PIL's resize gave: seamless cloning works on uint8 images
+    return np.round(read_image(self.paths[i], self.size, 3) * 255).astype(np.uint8)
 
   def images(self, idx) -> np.ndarray:
     return np.stack([self.image(int(i)) for i in idx])

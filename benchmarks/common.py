@@ -164,6 +164,22 @@ def device_info(platform: str) -> dict[str, Any]:
   return info
 
 
+def jax_device_info(platform: str) -> dict[str, Any]:
+  """`device_info` without torch, for a benchmark with no PyTorch peer."""
+  import jax
+  info: dict[str, Any] = {
+      "cpu": cpu_model(), "cpu_cores": usable_cores(),
+      "cpu_vector_extensions": cpu_vector_extensions(),
+      "load_average_at_start": load_average(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "jax_devices": [str(d) for d in jax.devices()]}
+  if platform == "gpu":
+    info["name"] = jax.devices()[0].device_kind
+  else:
+    info["name"] = f"CPU: {info['cpu']} ({info['cpu_cores']} cores)"
+  return info
+
+
 def peak_bf16_flops(device_name: str) -> float | None:
   for key, peak in PEAK_BF16_FLOPS:
     if key.lower() in device_name.lower():

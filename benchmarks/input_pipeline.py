@@ -164,20 +164,6 @@ def step_rate(args) -> dict:
           **timing}
 
 
-def device_info(platform: str) -> dict:
-  """common.device_info without torch (this benchmark has no PyTorch peer)."""
-  import jax
-  info = {"cpu": common.cpu_model(), "cpu_cores": common.usable_cores(),
-          "load_average_at_start": common.load_average(),
-          "xla_flags": os.environ.get("XLA_FLAGS", ""),
-          "jax_devices": [str(d) for d in jax.devices()]}
-  if platform == "gpu":
-    info["name"] = jax.devices()[0].device_kind
-  else:
-    info["name"] = f"CPU: {info['cpu']} ({info['cpu_cores']} cores)"
-  return info
-
-
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--cpu", action="store_true", help="measure on the CPU")
@@ -201,7 +187,7 @@ def main() -> None:
   common.setup_platform(force_cpu=args.cpu, cpu_threads=args.cpu_threads)
   import jax
   platform = "cpu" if jax.default_backend() == "cpu" else "gpu"
-  device = device_info(platform)
+  device = common.jax_device_info(platform)
   sizes = [int(s) for s in args.sizes.split(",")]
   base = pathlib.Path(tempfile.mkdtemp(prefix="input_pipeline_"))
   try:

@@ -9,9 +9,21 @@ import pytest
 
 from conftest import TWO_DEVICES, kill_after_results, run_train
 from medda_jax.config_utils import load_config
+from medda_jax.errors import ConfigError
 from medda_jax.methods import stargan_da
 
 CONFIG = "configs/stargan.py:smoke"
+
+
+def _with(field, value):
+  """The smoke config with `field` (dotted) set to `value`."""
+  c = load_config(CONFIG)
+  section, _, leaf = field.rpartition(".")
+  node = c
+  for part in section.split(".") if section else []:
+    node = node[part]
+  node[leaf] = value
+  return c
 
 
 # stargan_run: tests/conftest.py
@@ -108,17 +120,25 @@ def test_killed_run_resumes_to_the_same_table(stargan_run, tmp_path):
   assert got["summary"] == pytest.approx(want["summary"], abs=1e-6)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.data.kind=mri", "config.data.kind"),
-    ("--config.data.domains=('mnist','svhn')", "unknown entries ['svhn']"),
-    ("--config.data.domains=('mnist','usps')", "config.data.dirs.usps must name"),
-    ("--config.pairs=('mnist->mnist',)", "must be 'S->T'"),
-    ("--config.stargan.batch_size=7", "must be even"),
-    ("--config.stargan.d_iters=6", "must be a multiple of n_critic x steps_per_call = 4"),
-    ("--config.classifier.name=resnet", "config.classifier.name"),
+# Config mistakes are caught by stargan_da.validate, which the trainer runs before anything
+# else; one of them goes through the command line (exit 2, one line, no traceback).
+@pytest.mark.parametrize("field, value, message", [
+    ("data.kind", "mri", "config.data.kind"),
+    ("data.domains", ("mnist", "svhn"), "unknown entries ['svhn']"),
+    ("data.domains", ("mnist", "usps"), "config.data.dirs.usps must name"),
+    ("pairs", ("mnist->mnist",), "must be 'S->T'"),
+    ("stargan.batch_size", 7, "must be even"),
+    ("stargan.d_iters", 6, "must be a multiple of n_critic x steps_per_call = 4"),
+    ("classifier.name", "resnet", "config.classifier.name"),
 ])
-def test_config_mistakes_end_with_one_error_line(tmp_path, override, message):
-  proc = run_train(tmp_path / "bad", override, config=CONFIG, timeout=300)
+def test_config_mistakes_are_named(field, value, message):
+  with pytest.raises(ConfigError) as e:
+    stargan_da.validate(_with(field, value))
+  assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_config_mistake_ends_the_command_with_one_error_line(tmp_path):
+  proc = run_train(tmp_path / "bad", "--config.stargan.d_iters=6", config=CONFIG, timeout=300)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
-  assert message in proc.stderr.strip().splitlines()[-1]
+  assert "must be a multiple of n_critic" in proc.stderr.strip().splitlines()[-1]

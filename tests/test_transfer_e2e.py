@@ -103,12 +103,27 @@ def test_killed_run_resumes_to_the_same_results(transfer_run, tmp_path, demo_cac
   np.testing.assert_allclose(scores(got), scores(want), rtol=1e-4, atol=1e-3)
 
 
+# Config mistakes caught by gradient_transfer.validate (run by the trainer before anything
+# else); the site and budget checks need the data, so they go through the command line.
+@pytest.mark.parametrize("field, value, message", [
+    ("methods", ("fta", "mmtx"), "config.methods has unknown entries ['mmtx']"),
+    ("data.source", "cc359", "config.data.root must name the CC359 folder"),
+    ("data.crop", 20, "must be divisible by 8"),
+])
+def test_config_mistakes_are_named(field, value, message):
+  from medda_jax.errors import ConfigError
+  c = load_config(CONFIG)
+  section, _, leaf = field.rpartition(".")
+  (c[section] if section else c)[leaf] = value
+  with pytest.raises(ConfigError) as e:
+    gt.validate(c)
+  assert message in str(e.value)
+
+
 @pytest.mark.parametrize("override, message", [
     ("--config.methods=('fta','mmtx')", "config.methods has unknown entries ['mmtx']"),
     ("--config.data.pairs=(('site_a_clean','nowhere'),)", "site 'nowhere' in config.data.pairs"),
     ("--config.budgets=(('huge',9,1),)", "asks for 9 target subjects"),
-    ("--config.data.source=cc359", "config.data.root must name the CC359 folder"),
-    ("--config.data.crop=20", "must be divisible by 8"),
 ])
 def test_config_mistakes_end_with_one_error_line(tmp_path, demo_cache, override, message):
   proc = run_train(tmp_path / "bad", f"--config.data.cache_dir={demo_cache}", override,

@@ -18,6 +18,17 @@ from medda_jax.methods import wgan_aug
 CONFIG = "configs/wgan_synth.py:smoke"
 
 
+def _with(field, value):
+  """The smoke config with `field` (dotted) set to `value`."""
+  c = load_config(CONFIG)
+  section, _, leaf = field.rpartition(".")
+  node = c
+  for part in section.split(".") if section else []:
+    node = node[part]
+  node[leaf] = value
+  return c
+
+
 def _set(images_per_class: dict[int, int], size=4) -> ImageSet:
   labels = np.concatenate([np.full(n, k, np.int32) for k, n in images_per_class.items()])
   images = np.arange(len(labels) * size * size, dtype=np.float32).reshape(-1, size, size, 1)
@@ -176,12 +187,23 @@ def test_killed_run_resumes_to_the_same_table(wgan_run, tmp_path):
     assert got[key]["targets"] == pytest.approx(want[key]["targets"], abs=1e-6), key
 
 
+# Config mistakes caught by wgan_aug.validate (run by the trainer before anything else); the
+# synthetic count is checked once the data is read, so it goes through the command line.
+@pytest.mark.parametrize("field, value, message", [
+    ("gan.loss", "hinge", "config.gan.loss"),
+    ("gan.steps_per_call", 3, "must divide config.gan.g_steps=4"),
+    ("data.source", "busi", "config.data.source_dir must name the busi data"),
+    ("classifiers", ("resnet50", "alexnet"), "unknown entries ['alexnet']"),
+    ("data.size", 24, "must be a power of two"),
+])
+def test_config_mistakes_are_named(field, value, message):
+  with pytest.raises(ConfigError) as e:
+    wgan_aug.validate(_with(field, value))
+  assert message in str(e.value) and "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("override, message", [
     ("--config.gan.loss=hinge", "config.gan.loss"),
-    ("--config.gan.steps_per_call=3", "must divide config.gan.g_steps=4"),
-    ("--config.data.source=busi", "config.data.source_dir must name the busi data"),
-    ("--config.classifiers=('resnet50','alexnet')", "unknown entries ['alexnet']"),
-    ("--config.data.size=24", "must be a power of two"),
     ("--config.synthetic.counts=(0,500)", "raise config.synthetic.samples_per_class"),
 ])
 def test_config_mistakes_end_with_one_error_line(tmp_path, override, message):

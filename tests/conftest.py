@@ -248,3 +248,15 @@ def param_count(tree) -> int:
   import jax
   import numpy as np
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def config_with(config: str, field: str, value):
+  """`config` (a configs/ path with its variant) loaded with the dotted `field` set to `value`."""
+  from medda_jax.config_utils import load_config
+  c = load_config(config)
+  section, _, leaf = field.rpartition(".")
+  node = c
+  for part in section.split(".") if section else []:
+    node = node[part]
+  node[leaf] = value
+  return c

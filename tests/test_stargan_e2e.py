@@ -7,23 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TWO_DEVICES, kill_after_results, run_train
+from conftest import TWO_DEVICES, config_with, kill_after_results, run_train
 from medda_jax.config_utils import load_config
 from medda_jax.errors import ConfigError
 from medda_jax.methods import stargan_da
 
 CONFIG = "configs/stargan.py:smoke"
-
-
-def _with(field, value):
-  """The smoke config with `field` (dotted) set to `value`."""
-  c = load_config(CONFIG)
-  section, _, leaf = field.rpartition(".")
-  node = c
-  for part in section.split(".") if section else []:
-    node = node[part]
-  node[leaf] = value
-  return c
 
 
 # stargan_run: tests/conftest.py
@@ -133,7 +122,7 @@ def test_killed_run_resumes_to_the_same_table(stargan_run, tmp_path):
 ])
 def test_config_mistakes_are_named(field, value, message):
   with pytest.raises(ConfigError) as e:
-    stargan_da.validate(_with(field, value))
+    stargan_da.validate(config_with(CONFIG, field, value))
   assert message in str(e.value) and "\n" not in str(e.value)
 
 

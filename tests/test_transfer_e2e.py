@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import kill_after_results, run_train, shared_run
+from conftest import config_with, kill_after_results, run_train, shared_run
 from medda_jax.config_utils import load_config
 from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.supervised import TrainState
@@ -112,11 +112,8 @@ def test_killed_run_resumes_to_the_same_results(transfer_run, tmp_path, demo_cac
 ])
 def test_config_mistakes_are_named(field, value, message):
   from medda_jax.errors import ConfigError
-  c = load_config(CONFIG)
-  section, _, leaf = field.rpartition(".")
-  (c[section] if section else c)[leaf] = value
   with pytest.raises(ConfigError) as e:
-    gt.validate(c)
+    gt.validate(config_with(CONFIG, field, value))
   assert message in str(e.value)
 
 

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import TWO_DEVICES, kill_after_results, run_train
+from conftest import TWO_DEVICES, config_with, kill_after_results, run_train
 from medda_jax import parallel
 from medda_jax.config_utils import load_config
 from medda_jax.data.images import ImageSet
@@ -16,17 +16,6 @@ from medda_jax.errors import ConfigError
 from medda_jax.methods import wgan_aug
 
 CONFIG = "configs/wgan_synth.py:smoke"
-
-
-def _with(field, value):
-  """The smoke config with `field` (dotted) set to `value`."""
-  c = load_config(CONFIG)
-  section, _, leaf = field.rpartition(".")
-  node = c
-  for part in section.split(".") if section else []:
-    node = node[part]
-  node[leaf] = value
-  return c
 
 
 def _set(images_per_class: dict[int, int], size=4) -> ImageSet:
@@ -198,7 +187,7 @@ def test_killed_run_resumes_to_the_same_table(wgan_run, tmp_path):
 ])
 def test_config_mistakes_are_named(field, value, message):
   with pytest.raises(ConfigError) as e:
-    wgan_aug.validate(_with(field, value))
+    wgan_aug.validate(config_with(CONFIG, field, value))
   assert message in str(e.value) and "\n" not in str(e.value)
 
 

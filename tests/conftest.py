@@ -73,6 +73,7 @@ COSTLY_FIRST = (
     "sissi_run",  # 65 s alone
     "tests/test_sharding.py::test_metamedseg_pads_three_tasks_over_four_devices",  # 62 s
     "tests/test_multiprocess.py::test_host_inner_loop_on_two_processes_equals_one_process",
+    "test_gan_engine",
     "avagrad_run", "melanoma_run", "test_user_domains", "test_catenorm",
 )
 

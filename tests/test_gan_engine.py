@@ -155,15 +155,37 @@ def _plain_python_reference(state, batches, critic_loss, generator_loss, g_tx, d
   return params, model_state
 
 
+N_CRITIC, STEPS = 3, 2
+
+
+def _batches():
+  return {"image": jax.random.uniform(jax.random.key(5),
+                                      (STEPS, N_CRITIC, BATCH, SIZE, SIZE, 1), minval=-1)}
+
+
+@pytest.fixture(scope="module")
+def one_by_one():
+  """The written-out updates for a clip value, made once (op by op, the slow part) and read
+  by every executor's test of that clip value."""
+  made = {}
+
+  def updates(clip_value):
+    if clip_value not in made:
+      state, critic_loss, generator_loss, g_tx, d_tx = _setup()
+      made[clip_value] = _plain_python_reference(state, _batches(), critic_loss, generator_loss,
+                                                 g_tx, d_tx, N_CRITIC, clip_value)
+    return made[clip_value]
+
+  return updates
+
+
 @pytest.mark.parametrize("inner_loop,clip_value", [("scan", None), ("host", None),
                                                    ("scan", 0.05)])
-def test_chunk_equals_the_updates_made_one_by_one(inner_loop, clip_value):
-  n_critic, steps = 3, 2
+def test_chunk_equals_the_updates_made_one_by_one(one_by_one, inner_loop, clip_value):
+  n_critic, steps = N_CRITIC, STEPS
   state, critic_loss, generator_loss, g_tx, d_tx = _setup()
-  batches = {"image": jax.random.uniform(jax.random.key(5),
-                                         (steps, n_critic, BATCH, SIZE, SIZE, 1), minval=-1)}
-  ref_params, ref_model_state = _plain_python_reference(
-      state, batches, critic_loss, generator_loss, g_tx, d_tx, n_critic, clip_value)
+  batches = _batches()
+  ref_params, ref_model_state = one_by_one(clip_value)
   chunk = gan.build_gan_chunk(critic_loss, generator_loss, g_tx, d_tx, n_critic=n_critic,
                               clip_value=clip_value, inner_loop=inner_loop)
   new_state, metrics = chunk(state, batches)

@@ -6,8 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import kill_after_checkpoint, run_train, shared_run
-from medda_jax.config_utils import load_config
+from conftest import config_with, kill_after_checkpoint, run_train, shared_run
 
 CONFIG = "configs/aiva.py:smoke"
 PAIR = "site_a_clean->site_c_gamma_bright"
@@ -104,8 +103,6 @@ def test_input_mistakes_end_with_one_error_line(tmp_path, demo_cache, override, 
 def test_config_mistakes_are_named(field, value, message):
   from medda_jax.errors import ConfigError
   from medda_jax.methods import aiva
-  c = load_config(CONFIG)
-  section, _, leaf = field.rpartition(".")
-  c[section][leaf] = value
+  c = config_with(CONFIG, field, value)
   with pytest.raises(ConfigError, match=message):
     aiva.validate(c)

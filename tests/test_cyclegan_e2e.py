@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TWO_DEVICES, checkpoint_steps, kill_after_checkpoint, run_train
+from conftest import TWO_DEVICES, checkpoint_steps, config_with, kill_after_checkpoint, run_train
 from medda_jax.config_utils import load_config
 
 CONFIG = "configs/cyclegan.py:smoke"
@@ -93,9 +93,7 @@ def test_a_diverging_cyclegan_stops_with_exit_3(tmp_path):
 def test_config_mistakes_are_named(field, value, message):
   from medda_jax.errors import ConfigError
   from medda_jax.methods import cyclegan_uda
-  c = load_config(CONFIG)
-  section, _, leaf = field.rpartition(".")
-  (c[section] if section else c)[leaf] = value
+  c = config_with(CONFIG, field, value)
   with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
     cyclegan_uda.validate(c)
 

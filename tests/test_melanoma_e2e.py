@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import error_message, kill_after_checkpoint, run_train, shared_run
-from medda_jax.config_utils import load_config
+from conftest import config_with, error_message, kill_after_checkpoint, run_train, shared_run
 
 CONFIG = "configs/melanoma.py:smoke"
 METHODS = ("baseline", "clgr")  # the smoke config's (each rule is checked in test_melanoma.py)
@@ -116,11 +115,6 @@ def test_input_mistakes_end_with_one_error_line(tmp_path, demo_cache, case, mess
 def test_config_mistakes_are_named(field, value, message):
   from medda_jax.errors import ConfigError
   from medda_jax.methods import melanoma_fairness
-  c = load_config(CONFIG)
-  section, _, leaf = field.rpartition(".")
-  if section:
-    c[section][leaf] = value
-  else:
-    c[leaf] = value
+  c = config_with(CONFIG, field, value)
   with pytest.raises(ConfigError, match=message):
     melanoma_fairness.validate(c)

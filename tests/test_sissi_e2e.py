@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import kill_after_checkpoint, run_train, shared_run
-from medda_jax.config_utils import load_config
+from conftest import config_with, kill_after_checkpoint, run_train, shared_run
 
 CONFIG = "configs/sissi.py:smoke"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -97,8 +96,6 @@ def test_a_bad_user_manifest_ends_with_one_error_line(tmp_path):
 def test_config_mistakes_are_named(field, value, message):
   from medda_jax.errors import ConfigError
   from medda_jax.methods import sissi
-  c = load_config(CONFIG)
-  section, _, leaf = field.rpartition(".")
-  c[section][leaf] = value
+  c = config_with(CONFIG, field, value)
   with pytest.raises(ConfigError, match=message):
     sissi.validate(c)

@@ -8,8 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import error_message, kill_after_checkpoint, run_train, shared_run
-from medda_jax.config_utils import load_config
+from conftest import config_with, error_message, kill_after_checkpoint, run_train, shared_run
 
 CONFIG = "configs/stain_aglr.py:smoke"
 VARIANTS = ("vanilla", "hed_light", "hed_reg", "hed_cons", "stain_aglr")
@@ -122,8 +121,6 @@ def test_input_mistakes_end_with_one_error_line(tmp_path, case, message):
 def test_config_mistakes_are_named(field, value, message):
   from medda_jax.errors import ConfigError
   from medda_jax.methods import stain_aglr
-  c = load_config(CONFIG)
-  section, _, leaf = field.rpartition(".")
-  (c[section] if section else c)[leaf] = value
+  c = config_with(CONFIG, field, value)
   with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
     stain_aglr.validate(c)

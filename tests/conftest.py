@@ -251,13 +251,18 @@ def param_count(tree) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
+def set_fields(c, fields: dict):
+  """Sets each dotted field of the ConfigDict `c` ({"data.crop": 20, ...}); returns `c`."""
+  for field, value in fields.items():
+    *path, leaf = field.split(".")
+    node = c
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  return c
+
+
 def config_with(config: str, field: str, value):
   """`config` (a configs/ path with its variant) loaded with the dotted `field` set to `value`."""
   from medda_jax.config_utils import load_config
-  c = load_config(config)
-  section, _, leaf = field.rpartition(".")
-  node = c
-  for part in section.split(".") if section else []:
-    node = node[part]
-  node[leaf] = value
-  return c
+  return set_fields(load_config(config), {field: value})

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import checkpoint_steps, kill_after_checkpoint, run_train, shared_run
+from conftest import checkpoint_steps, kill_after_checkpoint, run_train, set_fields, shared_run
 
 CONFIG = "configs/fda.py:smoke"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -101,14 +101,7 @@ def test_nan_loss_stops_with_exit_3(fda_run, tmp_path, demo_cache):
 
 def smoke_config(**fields):
   from medda_jax.config_utils import load_config
-  c = load_config(CONFIG)
-  for field, value in fields.items():
-    node = c
-    *path, leaf = field.split(".")
-    for part in path:
-      node = node[part]
-    node[leaf] = value
-  return c
+  return set_fields(load_config(CONFIG), fields)
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -182,16 +182,15 @@ def one_by_one():
 @pytest.mark.parametrize("inner_loop,clip_value", [("scan", None), ("host", None),
                                                    ("scan", 0.05)])
 def test_chunk_equals_the_updates_made_one_by_one(one_by_one, inner_loop, clip_value):
-  n_critic, steps = N_CRITIC, STEPS
   state, critic_loss, generator_loss, g_tx, d_tx = _setup()
   batches = _batches()
   ref_params, ref_model_state = one_by_one(clip_value)
-  chunk = gan.build_gan_chunk(critic_loss, generator_loss, g_tx, d_tx, n_critic=n_critic,
+  chunk = gan.build_gan_chunk(critic_loss, generator_loss, g_tx, d_tx, n_critic=N_CRITIC,
                               clip_value=clip_value, inner_loop=inner_loop)
   new_state, metrics = chunk(state, batches)
-  assert int(new_state.step) == steps
-  assert metrics["d_loss"].shape == (steps,) and metrics["g_loss"].shape == (steps,)
-  assert metrics["d_gp"].shape == (steps,) and bool(metrics["finite"])
+  assert int(new_state.step) == STEPS
+  assert metrics["d_loss"].shape == (STEPS,) and metrics["g_loss"].shape == (STEPS,)
+  assert metrics["d_gp"].shape == (STEPS,) and bool(metrics["finite"])
   chex_close = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3,
                                                        atol=5e-5)  # jit vs eager rounding
   jax.tree.map(chex_close, new_state.params, ref_params)

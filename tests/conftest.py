@@ -66,7 +66,6 @@ COSTLY_FIRST = (
     "aiva_run",  # 153 s
     "cyclegan_run",  # 113 s
     "catenorm_run",  # 108 s
-    "tests/test_multiprocess.py::test_transfer_on_two_processes_equals_one_process",  # 105 s
     "fda_run",  # 87 s
     "stain_aglr_run",  # 84 s
     "odex_run",  # 80 s alone
@@ -132,6 +131,10 @@ wgan_run = shared_run("configs/wgan_synth.py:smoke", name="wgan_run", env=TWO_DE
 stargan_run = shared_run("configs/stargan.py:smoke", name="stargan_run", env=TWO_DEVICES)
 cyclegan_run = shared_run("configs/cyclegan.py:smoke", name="cyclegan_run", env=TWO_DEVICES)
 sifa_run = shared_run("configs/synthmix.py:smoke", name="sifa_run", env=TWO_DEVICES)
+# The gradient-transfer smoke run on two devices too: a two-process run of some of its runs
+# must equal them (tests/test_multiprocess.py), and its end-to-end tests read it.
+transfer_run = shared_run("configs/transfer.py:smoke", name="transfer_run", demo_data=True,
+                          env=TWO_DEVICES)
 
 
 def error_message(proc, code=2) -> str:

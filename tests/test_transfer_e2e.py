@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import config_with, kill_after_results, run_train, shared_run
+from conftest import TWO_DEVICES, config_with, kill_after_results, run_train
 from medda_jax.config_utils import load_config
 from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.supervised import TrainState
@@ -15,9 +15,7 @@ from medda_jax.methods import gradient_transfer as gt
 
 CONFIG = "configs/transfer.py:smoke"
 METHODS = ("fta", "ftf", "l2sp", "spottune", "octl", "mmtl")
-
-
-transfer_run = shared_run(CONFIG, name="transfer_run", demo_data=True)
+# transfer_run: tests/conftest.py
 
 
 def test_smoke_writes_both_tables_and_the_figure(transfer_run):
@@ -86,14 +84,14 @@ def test_killed_run_resumes_to_the_same_results(transfer_run, tmp_path, demo_cac
   killed = tmp_path / "killed"
   args = (f"--config.data.cache_dir={demo_cache}", "--config.seeds=(0,)",
           "--config.optimizers=('adam',)")
-  child = run_train(killed, *args, config=CONFIG, background=True)
+  child = run_train(killed, *args, config=CONFIG, background=True, env=TWO_DEVICES)
   results = killed / "transfer_results.json"
   kill_after_results(child, results, 5)
   assert not (killed / "results.md").exists()
   done_before = set(json.loads(results.read_text()))
   assert 0 < len(done_before) < 13
 
-  proc = run_train(killed, *args, config=CONFIG)
+  proc = run_train(killed, *args, config=CONFIG, env=TWO_DEVICES)  # as transfer_run
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert (killed / "results.md").exists()
   got = json.loads(results.read_text())

@@ -57,19 +57,19 @@ def pytest_itemcollected(item):  # before pytest-xdist reads the groups
 # keeps this order). Seconds from `--durations=0` on 2 cores; the order only decides which
 # worker runs what, when.
 COSTLY_FIRST = (
-    "sifa_run",  # 327 s
-    "test_sifa",  # 295 s
-    "transfer_run",  # 285 s
-    "smoke_run",  # 193 s
-    "wgan_run",  # 189 s
-    "stargan_run",  # 175 s
-    "aiva_run",  # 153 s
-    "cyclegan_run",  # 113 s
-    "catenorm_run",  # 108 s
-    "fda_run",  # 87 s
-    "stain_aglr_run",  # 84 s
-    "odex_run",  # 80 s alone
-    "sissi_run",  # 65 s alone
+    "transfer_run",  # 331 s, with the two-process transfer test
+    "sifa_run",  # 275 s
+    "test_sifa",  # 210 s
+    "smoke_run",  # 184 s
+    "stargan_run",  # 146 s
+    "wgan_run",  # 139 s
+    "aiva_run",  # 138 s
+    "cyclegan_run",  # 105 s
+    "catenorm_run",  # 104 s
+    "fda_run",  # 75 s
+    "odex_run",  # 71 s
+    "stain_aglr_run",  # 68 s
+    "sissi_run",  # 56 s
     "tests/test_sharding.py::test_metamedseg_pads_three_tasks_over_four_devices",  # 62 s
     "tests/test_multiprocess.py::test_host_inner_loop_on_two_processes_equals_one_process",
     "test_gan_engine",

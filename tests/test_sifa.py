@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from medda_jax import losses
+from medda_jax import losses, parallel
 from medda_jax.engine import gan, image_pool
 from medda_jax.methods.sifa import paper
 
@@ -197,8 +197,11 @@ def sgd_host(tiny):
     fresh = gan.GANState.create(copy(state.params), copy(state.model_state), txs["g"],
                                 txs["d"], copy(state.rng), side_txs={k: txs[k] for k in sides})
     rate = lambda: {"learning_rate": jnp.asarray(learning_rate, jnp.float32)}  # one per side
-    return fresh.replace(opt_state={k: v._replace(hyperparams=rate())
-                                    for k, v in fresh.opt_state.items()})
+    fresh = fresh.replace(opt_state={k: v._replace(hyperparams=rate())
+                                     for k, v in fresh.opt_state.items()})
+    # Placed as the chunk's outputs are, so that a chunk fed its own output state is the
+    # same compiled call (a fresh optimiser state's leaves are uncommitted otherwise).
+    return parallel.replicate(fresh, model.mesh)
 
   return losses_and_sides, txs, chunk, fresh_state
 

@@ -160,18 +160,21 @@ def test_smoke_writes_table_figure_and_sample_grids(wgan_run):
 
 
 def test_killed_run_resumes_to_the_same_table(wgan_run, tmp_path):
+  # Both class WGANs and one classifier, killed between its two synthetic counts: the
+  # resumed run must equal that part of the uninterrupted reference.
   reference, _ = wgan_run
   killed = tmp_path / "killed"
-  child = run_train(killed, config=CONFIG, background=True, env=TWO_DEVICES)  # as wgan_run
+  part = "--config.classifiers=('resnet50',)"
+  child = run_train(killed, part, config=CONFIG, background=True, env=TWO_DEVICES)
   results = killed / "wgan_results.json"
-  kill_after_results(child, results, 2)
+  kill_after_results(child, results, 1)
   assert not (killed / "results.md").exists()
-  proc = run_train(killed, config=CONFIG, env=TWO_DEVICES)
+  proc = run_train(killed, part, config=CONFIG, env=TWO_DEVICES)
   assert proc.returncode == 0, proc.stderr[-3000:]
   got = json.loads((killed / "wgan_results.json").read_text())
   want = json.loads((reference / "wgan_results.json").read_text())
-  assert got.keys() == want.keys()
-  for key in want:
+  assert len(got) == 2 and set(got) < set(want)
+  for key in got:
     assert got[key]["source"] == pytest.approx(want[key]["source"], abs=1e-6), key
     assert got[key]["targets"] == pytest.approx(want[key]["targets"], abs=1e-6), key
 

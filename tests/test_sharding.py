@@ -78,22 +78,19 @@ def test_one_device_equals_eight_devices(tmp_path):
   assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-4000:]
 
 
-def test_metamedseg_pads_three_tasks_over_four_devices(tmp_path, demo_cache):
-  """The smoke config with L = 3 on 4 devices (padded to 4, one task each) ends with the
-  metrics of the same run on one device, where the 3 tasks are vmapped. Only the meta-trained
-  models: the scratch and transfer baselines have no meta-batch to pad."""
+def test_metamedseg_pads_two_tasks_over_three_devices(smoke_run, tmp_path, demo_cache):
+  """The smoke config (L = 2) on 3 devices (padded to 3, one task each) ends with the
+  metrics of the shared one-device smoke run, where the 2 tasks are vmapped. Only the
+  meta-trained models: the scratch and transfer baselines have no meta-batch to pad."""
   from conftest import final_metrics, run_train
-  runs = {}
-  for devices in (1, 4):
-    workdir = tmp_path / f"devices_{devices}"
-    proc = run_train(workdir, f"--config.data.cache_dir={demo_cache}",
-                     "--config.meta.tasks_per_batch=3", "--config.finetune.scratch=False",
-                     "--config.transfer.enabled=False",
-                     env={"JAX_NUM_CPU_DEVICES": str(devices),
-                          "JAX_PLATFORMS": "cpu"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert ("meta-batch of 3 tasks padded to 4" in proc.stdout) == (devices == 4), proc.stdout
-    runs[devices] = final_metrics(workdir)
-  assert runs[1].keys() == runs[4].keys() and len(runs[1]) == 12  # 2 rules x 3 targets x 2
-  for key in runs[1]:  # IoU in [0, 1]; 1e-2 as for the 2-process runs against one device
-    assert abs(runs[1][key] - runs[4][key]) <= 1e-2, key
+  workdir = tmp_path / "devices_3"
+  proc = run_train(workdir, f"--config.data.cache_dir={demo_cache}",
+                   "--config.finetune.scratch=False", "--config.transfer.enabled=False",
+                   env={"JAX_NUM_CPU_DEVICES": "3", "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "meta-batch of 2 tasks padded to 3" in proc.stdout, proc.stdout
+  assert "padded" not in smoke_run[1].stdout
+  got, one_device = final_metrics(workdir), final_metrics(smoke_run[0])
+  assert len(got) == 12 and set(got) < set(one_device)  # 2 rules x 3 targets x 2
+  for key in got:  # IoU in [0, 1]; 1e-2 as for the 2-process runs against one device
+    assert abs(got[key] - one_device[key]) <= 1e-2, key

@@ -120,12 +120,12 @@ def shared_run(config, *overrides, name, demo_data=False, env=None):
   return fixture
 
 
-# One uninterrupted single-process run of the MetaMedSeg smoke config.
-smoke_run = shared_run("configs/metamedseg.py:smoke", name="smoke_run", demo_data=True)
-# The GAN methods' smoke runs on two devices of one process: their end-to-end tests read
-# them, and they are the references that a two-process run must equal
-# (tests/test_multiprocess.py); their data-parallel path is the one these runs take.
+# The smoke runs on two devices of one process: their end-to-end tests read them, and they
+# are the references that a two-process run must equal (tests/test_multiprocess.py); their
+# data-parallel path is the one these runs take. MetaMedSeg's puts one task on each device.
 TWO_DEVICES = {"JAX_NUM_CPU_DEVICES": "2"}
+smoke_run = shared_run("configs/metamedseg.py:smoke", name="smoke_run", demo_data=True,
+                       env=TWO_DEVICES)
 wgan_run = shared_run("configs/wgan_synth.py:smoke", name="wgan_run", env=TWO_DEVICES)
 stargan_run = shared_run("configs/stargan.py:smoke", name="stargan_run", env=TWO_DEVICES)
 cyclegan_run = shared_run("configs/cyclegan.py:smoke", name="cyclegan_run", env=TWO_DEVICES)

@@ -64,7 +64,8 @@ def test_smoke_writes_table_plots_checkpoints(smoke_run):
 def test_killed_run_resumes_to_the_same_metrics(smoke_run, tmp_path, demo_cache):
   reference, _ = smoke_run
   killed = tmp_path / "killed"
-  child = run_train(killed, f"--config.data.cache_dir={demo_cache}", background=True)
+  child = run_train(killed, f"--config.data.cache_dir={demo_cache}", background=True,
+                    env=conftest.TWO_DEVICES)  # as smoke_run
   checkpoints = killed / "checkpoints" / "meta_aw"
   deadline = time.time() + 300
   while time.time() < deadline and child.poll() is None:
@@ -79,7 +80,7 @@ def test_killed_run_resumes_to_the_same_metrics(smoke_run, tmp_path, demo_cache)
   assert interrupted_at is not None and interrupted_at < 4
   lines_before = len((killed / "metrics.jsonl").read_text().splitlines())
 
-  proc = run_train(killed, f"--config.data.cache_dir={demo_cache}")
+  proc = run_train(killed, f"--config.data.cache_dir={demo_cache}", env=conftest.TWO_DEVICES)
   assert proc.returncode == 0, proc.stderr[-3000:]
   records = [json.loads(l) for l in (killed / "metrics.jsonl").read_text().splitlines()]
   resumed = records[lines_before:]
@@ -93,7 +94,7 @@ def test_killed_run_resumes_to_the_same_metrics(smoke_run, tmp_path, demo_cache)
 
   # Running the finished command again trains nothing and prints the same metrics.
   lines_before = len(records)
-  proc = run_train(killed, f"--config.data.cache_dir={demo_cache}")
+  proc = run_train(killed, f"--config.data.cache_dir={demo_cache}", env=conftest.TWO_DEVICES)
   assert proc.returncode == 0, proc.stderr[-3000:]
   again = (killed / "metrics.jsonl").read_text().splitlines()[lines_before:]
   assert [json.loads(l)["stage"] for l in again] == ["final"]

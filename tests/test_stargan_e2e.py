@@ -109,6 +109,24 @@ def test_killed_run_resumes_to_the_same_table(stargan_run, tmp_path):
     for which in ("external", "adapted"):
       assert got["pairs"][key][which]["auc"] == pytest.approx(
           want["pairs"][key][which]["auc"], abs=1e-6), key
+  # The baselines and the pooled spread do not depend on the pairs run (the summary, a mean
+  # over the pairs, does).
+  _assert_close(got["internal"], want["internal"], "internal")
+  _assert_close(got["spread"], want["spread"], "spread")
+
+
+def _assert_close(got, want, where):
+  """Nested JSON values: numbers equal within 1e-6, everything else exactly."""
+  if isinstance(want, dict):
+    assert got.keys() == want.keys(), where
+    for key in want:
+      _assert_close(got[key], want[key], f"{where}/{key}")
+  elif isinstance(want, list):
+    assert len(got) == len(want), where
+    for i, (g, w) in enumerate(zip(got, want)):
+      _assert_close(g, w, f"{where}/{i}")
+  else:
+    assert got == pytest.approx(want, abs=1e-6), where
 
 
 # Config mistakes are caught by stargan_da.validate, which the trainer runs before anything

@@ -60,7 +60,7 @@ COSTLY_FIRST = (
     "transfer_run",  # 331 s, with the two-process transfer test
     "sifa_run",  # 275 s
     "test_sifa",  # 210 s
-    "smoke_run",  # 184 s, and 22 s for the padded three-device run reading it since
+    "smoke_run",  # 184 s, plus 22 s for the padded three-device run that now reads it
     "stargan_run",  # 146 s
     "wgan_run",  # 139 s
     "aiva_run",  # 138 s

@@ -6,10 +6,13 @@ unreadable newest checkpoint (a truncated or corrupted file) is reported in one 
 line and the previous one is read instead; none readable ends with one `error:` line,
 not orbax's TensorStore traceback.
 
-With several processes, a state that each process computes for itself (a serial stage run
-replicated, its arrays on local devices only) is saved as one replicated global array and
-restored back onto the local device: orbax refuses host-local arrays in a multi-process
-run, and identical copies need only be written once."""
+Every array that is the same on every device (replicated, or on one device) is written
+once, as its numpy value, by process 0: orbax's jax.Array path costs about 2 ms per array and
+save against about 0.5 ms for numpy, and a U-Net's state with Adam moments and gradient
+history holds about a thousand arrays. So is a state that each process computes for itself
+(a serial stage run replicated, its arrays on local devices only): orbax refuses host-local
+jax.Arrays in a multi-process run, and identical copies need only be written once. Restores
+read either kind into the arrays of the state they are given."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import sys
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from medda_jax import parallel
@@ -32,8 +36,16 @@ class CheckpointError(DataError):
   """No checkpoint of a stage can be read."""
 
 
-def _to_global(state):
-  return jax.tree.map(lambda x: parallel.replicate(x) if parallel.host_local(x) else x, state)
+def _for_saving(state):
+  """Arrays that every device (or every process, for host-local ones) holds whole become
+  numpy; sharded arrays and PRNG keys stay jax.Arrays."""
+  def leaf(x):
+    if not isinstance(x, jax.Array) or jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return x
+    if x.is_fully_addressable:  # one process, or a host-local value
+      return np.asarray(x)
+    return np.asarray(x.addressable_data(0)) if x.is_fully_replicated else x
+  return jax.tree.map(leaf, state)
 
 
 def _to_local_like(like, restored):
@@ -91,7 +103,7 @@ class Checkpointer:
     if "data" in extra and jax.process_count() > 1:
       extra["data_per_process"] = parallel.allgather_json(extra["data"])
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_to_global(state)), extra=ocp.args.JsonSave(extra)))
+        state=ocp.args.StandardSave(_for_saving(state)), extra=ocp.args.JsonSave(extra)))
     self.manager.wait_until_finished()
 
   def _read(self, state_like, step: int):

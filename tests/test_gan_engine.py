@@ -134,8 +134,8 @@ def _plain_python_reference(state, batches, critic_loss, generator_loss, g_tx, d
   opt = dict(state.opt_state)
   rng = state.rng
   steps = batches["image"].shape[0]
-  # Each loss's gradient compiled on its own (op by op, the double backward of the gradient
-  # penalty compiles hundreds of small programs); the updates around them stay plain.
+  # Each loss's gradient is jitted as a whole: run op by op, the gradient penalty's double
+  # backward compiles hundreds of small programs. The updates around them stay plain.
   critic_grad = jax.jit(jax.value_and_grad(
       lambda d, g, ms, batch, rng: critic_loss({"g": g, "d": d}, ms, batch, rng), has_aux=True))
   generator_grad = jax.jit(jax.value_and_grad(

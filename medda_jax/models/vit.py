@@ -168,16 +168,21 @@ class VisionTransformer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    """Logits [N, num_classes] for NHWC images x.
+  def __call__(self, x, train: bool = False, mask=None, return_features: bool = False):
+    """Logits [N, num_classes] for NHWC images x (or the patch-token feature map).
 
     Args:
       x: [N, H, W, C] images; C = 1 is replicated to 3 channels, and H x W is resized to
         `image_size` x `image_size` when it differs.
       train: enables dropout (needs a "dropout" rng).
+      mask: None, or [N, H/patch, W/patch] (bool or 0/1) over the patch grid: masked patch
+        tokens are replaced by a learned `mask_token` (SimMIM's VisionTransformerForSimMIM;
+        the parameter exists only in a model called with a mask).
+      return_features: return the final LayerNorm's patch tokens as a float32 map
+        [N, H/patch, W/patch, width] (no class token, no head parameters).
 
     Returns:
-      float32 logits [N, num_classes].
+      float32 logits [N, num_classes], or the feature map.
     """
     x = gray_to_rgb(x)
     n, h, w, c = x.shape
@@ -191,10 +196,20 @@ class VisionTransformer(nn.Module):
     x = Conv(self.width, (self.patch_size, self.patch_size),
                 strides=(self.patch_size, self.patch_size), padding="VALID",
                 kernel_init=_PATCH_INIT, dtype=self.dtype, name="conv_proj")(x)
+    gh, gw = h // self.patch_size, w // self.patch_size
     x = x.reshape(n, -1, self.width)
+    if mask is not None:
+      if mask.shape != (n, gh, gw):
+        raise ValueError(f"mask of shape {mask.shape} does not cover the {gh}x{gw} patch grid")
+      token = self.param("mask_token", nn.initializers.truncated_normal(0.02), (1, 1, self.width),
+                         jnp.float32)
+      weight = mask.reshape(n, -1, 1).astype(x.dtype)
+      x = x * (1 - weight) + token.astype(x.dtype) * weight
     x = prepend_class_token(self, x)
     x = Encoder(self.depth, self.num_heads, self.mlp_dim, self.dropout, self.attention_dropout,
                 self.dtype, name="encoder")(x, train)
+    if return_features:
+      return x[:, 1:].reshape(n, gh, gw, self.width).astype(jnp.float32)
     logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
                       bias_init=nn.initializers.zeros, dtype=self.dtype, name="head")(x[:, 0])
     return logits.astype(jnp.float32)

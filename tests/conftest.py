@@ -65,6 +65,7 @@ COSTLY_FIRST = (
     "wgan_run",  # 139 s
     "aiva_run",  # 138 s
     "cyclegan_run",  # 105 s
+    "simmim_run",  # about 100 s with its kill / resume and NaN runs
     "catenorm_run",  # 104 s
     "fda_run",  # 75 s
     "odex_run",  # 71 s

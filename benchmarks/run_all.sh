@@ -82,34 +82,43 @@ if [[ "$cpu" == 1 ]]; then
   run 600 melanoma_step.py --cpu --cpu-threads 1 --quick
   run 600 stain_aglr_step.py --cpu --cpu-threads 1 --quick
   run 600 sissi_pipeline.py --cpu --cpu-threads 1 --quick
+  # One SimMIM pre-training step (tiny ViT and Swin at 96 px), then its input pipeline
+  # against that step's JSON.
+  run 600 simmim_step.py --cpu --cpu-threads 1 --quick
+  run 600 simmim_pipeline.py --cpu --cpu-threads 1 --quick --step-json auto
   # Time to the first training call of every demo, host loop vs scan (about 20 minutes).
   run 1800 first_step.py --cpu
 else
   # Caps in seconds, 600 in all; the order puts the spec's two GPU goals first.
-  run 62 unet_step.py
-  run 75 reptile_meta_iteration.py
-  run 68 wgan_gp_cycle.py
-  run 66 stargan_cycle.py
+  run 57 unet_step.py
+  run 65 reptile_meta_iteration.py
+  run 59 wgan_gp_cycle.py
+  run 59 stargan_cycle.py
   # The likeliest best executor of each side at batch 1 and 8; the full set: run it alone.
-  run 60 cyclegan_iteration.py --skip-check --repeats 3 --executors scan/10/bf16 \
-   _cl
+  run 54 cyclegan_iteration.py --skip-check --repeats 3 --executors scan/10/bf16 \
+    --torch-variants eager_fp32,eager_bf16_cl
   # Batch 8 at 256 px; the same pick of executors (its JSON is written after each one).
-  run 56 sifa_iteration.py --skip-check --repeats 3 --iters 10 --executors scan/10/bf16 \
-   _cl
-  run 25 scaling.py --devices "$counts"
-  run 35 input_pipeline.py
-  run 17 volume_memory.py --cases 10,40 --volume 96,96,40 --size 96 --batches 20
+  run 50 sifa_iteration.py --skip-check --repeats 3 --iters 10 --executors scan/10/bf16 \
+    --torch-variants eager_fp32,eager_bf16_cl
+  run 21 scaling.py --devices "$counts"
+  run 30 input_pipeline.py
+  run 15 volume_memory.py --cases 10,40 --volume 96,96,40 --size 96 --batches 20
   # A whole 172-slice target volume at 256 px, 7 donors; one CateNorm step, batch 4, 384 px.
-  run 38 fda_volume.py --quick
-  run 38 catenorm_step.py --quick
+  run 33 fda_volume.py --quick
+  run 33 catenorm_step.py --quick
   # One LNTL and one CLGR step, ResNeXt-101 32x8d, batch 64 at 256 px (20 s from the two
   # above).
-  run 20 melanoma_step.py --quick
+  run 18 melanoma_step.py --quick
   # One Stain-AgLr step, batch 64 at 256 px (20 s from the scaling and pipeline caps).
-  run 20 stain_aglr_step.py --quick
+  run 18 stain_aglr_step.py --quick
   # SISSI's cloning and batch assembly against its detector step at 512 px (20 s from the
   # reptile and WGAN caps).
-  run 20 sissi_pipeline.py --quick --images 4
+  run 18 sissi_pipeline.py --quick --images 4
+  # One SimMIM pre-training step of ViT-B/16 and Swin-B at 224, batch 64, the likeliest
+  # best of each side (JAX bf16, torch eager bf16; the JSON is written after each one), then
+  # the input pipeline against that JSON's JAX step (70 s taken from every cap above).
+  run 55 simmim_step.py --quick --skip-check --jax-dtypes bf16 --torch-variants eager_bf16
+  run 15 simmim_pipeline.py --quick --images 256 --threads 4,8 --step-json auto
 fi
 
 if (( ${#failed[@]} )); then

@@ -19,7 +19,8 @@ import common  # noqa: E402
 RESULTS = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
 KEYS = {"benchmark", "date", "command", "device", "platform", "versions", "shapes", "results",
         "ratio", "jax_best_over_torch_best", "notes"}
-NO_TORCH_PEER = {"scaling", "input_pipeline", "volume_memory", "first_step", "sissi_pipeline"}
+NO_TORCH_PEER = {"scaling", "input_pipeline", "volume_memory", "first_step", "sissi_pipeline",
+                 "simmim_pipeline"}
 
 
 def test_headline_reads_each_benchmarks_ratio():

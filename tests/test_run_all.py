@@ -63,3 +63,17 @@ def test_every_benchmark_is_run():
     assert f" {name}" in cpu, f"{name} is not run in the --cpu mode"
     assert (f" {name}" in gpu) == (name not in CPU_ONLY), \
         f"{name} is {'' if name in CPU_ONLY else 'not '}run in the GPU mode"
+
+
+def test_every_command_is_options_and_their_values():
+  """The benchmarks take no positional arguments: after the script, each word is an option
+  or the one value after it (a command broken over lines keeps its option names)."""
+  import shlex
+  text = SCRIPT.read_text().replace("\\\n", " ")
+  commands = [line.strip() for line in text.splitlines() if line.strip().startswith("run ")]
+  assert len(commands) > 20
+  for command in commands:
+    words = shlex.split(command)[3:]  # run CAP SCRIPT ...
+    for before, word in zip([None, *words], words):
+      if not word.startswith("--"):
+        assert before is not None and before.startswith("--") and "=" not in before, command

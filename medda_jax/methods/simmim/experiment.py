@@ -145,6 +145,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
                         f"config.{stage}.epochs={s.epochs}")
   cu.check_range(c, "transfer.layer_decay", 0.0, 1.0, low_inclusive=False)
   cu.check_range(c, "transfer.patience", 1, integer=True)
+  cu.check_range(c, "transfer.checkpoint_epochs", 1, integer=True)
   cu.check_range(c, "engine.checkpoint_every", 1, integer=True)
   cu.validate_shared(c)
 
@@ -441,7 +442,8 @@ class Study:
     result = fit(f"finetune {checkpoint_dir.name}", state, chunk, make_batch,
                  total_calls=t.epochs * calls_per_epoch, steps_per_call=spc, evaluate=evaluate,
                  every=calls_per_epoch, patience=t.patience, floor=-2.0, mesh=self.mesh,
-                 checkpoint_dir=checkpoint_dir)
+                 checkpoint_dir=checkpoint_dir,
+                 checkpoint_every=calls_per_epoch * t.checkpoint_epochs)
     return result.best, result.best_score, result.evaluations
 
   def _chunk(self, key, make_tx, make_loss):

@@ -296,11 +296,15 @@ def test_a_checkpoint_of_another_model_is_refused_in_one_line(simmim_run):
 
 
 def test_killed_run_resumes_to_the_same_results(simmim_run, tmp_path):
+  """kill -9 in a pre-training run, then in a fine-tuning run: the rerun ends with the same
+  curves and test AUCs as the uninterrupted run."""
   reference, _ = simmim_run
   killed = tmp_path / "killed"
   one = ("--config.backbones=('vit',)", "--config.seeds=(0,)")
   child = run_train(killed, *one, config=CONFIG, background=True)
-  kill_after_checkpoint(child, killed / "pretrain" / "vit_simmim_in_domain")
+  kill_after_checkpoint(child, killed / "pretrain" / "vit_simmim_in_domain")  # pre-training
+  child = run_train(killed, *one, config=CONFIG, background=True)
+  kill_after_checkpoint(child, killed / "finetune" / "vit_scratch_demo_seed0")  # fine-tuning
   assert not (killed / "results.md").exists()
   proc = run_train(killed, *one, config=CONFIG)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medda_jax.models.conv import Conv
+from medda_jax.models.dense import Dense
 from medda_jax.models.resnet import gray_to_rgb, linear_bias_init
 
 # timm trunc_normal_(std=.02): its bounds +-2 are absolute (100 std), so a plain normal.
@@ -76,8 +77,9 @@ def layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
 
 
 def dense(features: int, dtype: Any, name: str, use_bias: bool = True) -> nn.Dense:
-  """A Linear initialised as timm's Swin: weight normal(0.02), bias 0."""
-  return nn.Dense(features, use_bias=use_bias, kernel_init=_TRUNC_NORMAL,
+  """A Linear initialised as timm's Swin: weight normal(0.02), bias 0 (`models/dense.py`:
+  its kernel gradient as one 2-D product, 3-4x faster on the CPU at Swin's first stages)."""
+  return Dense(features, use_bias=use_bias, kernel_init=_TRUNC_NORMAL,
                   bias_init=nn.initializers.zeros, dtype=dtype, name=name)
 
 

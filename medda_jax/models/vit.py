@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from medda_jax.models.conv import Conv
+from medda_jax.models.dense import Dense
 from medda_jax.models.resnet import gray_to_rgb
 
 # torchvision conv_proj: trunc_normal_(std=sqrt(1 / fan_in)) with bounds +-2 (absolute).
@@ -68,12 +69,12 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     width = x.shape[-1]
-    y = nn.Dense(self.mlp_dim, kernel_init=_MLP_INIT, bias_init=_MLP_BIAS_INIT,
-                 dtype=self.dtype, name="linear_1")(x)
+    y = Dense(self.mlp_dim, kernel_init=_MLP_INIT, bias_init=_MLP_BIAS_INIT,
+              dtype=self.dtype, name="linear_1")(x)
     y = nn.gelu(y, approximate=False)
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
-    y = nn.Dense(width, kernel_init=_MLP_INIT, bias_init=_MLP_BIAS_INIT, dtype=self.dtype,
-                 name="linear_2")(y)
+    y = Dense(width, kernel_init=_MLP_INIT, bias_init=_MLP_BIAS_INIT, dtype=self.dtype,
+              name="linear_2")(y)
     return nn.Dropout(self.dropout, deterministic=not train)(y)
 
 

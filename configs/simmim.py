@@ -102,6 +102,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.transfer.weight_decay = 0.05
   c.transfer.b1, c.transfer.b2 = 0.9, 0.999
   c.transfer.clip_norm = 5.0
+  # Published weights as further initialisations, 'backbone:name=path' (torchvision ViT-B/16
+  # or timm Swin state dicts: .pth with torch installed, .npz, .safetensors; models/convert.py)
+  c.transfer.weights = ()
   c.transfer.layer_decay = 1.0  # < 1: layer-wise lr decay (SimMIM's Swin-B fine-tuning: 0.9)
 
   c.engine = ml_collections.ConfigDict()

@@ -241,7 +241,7 @@ def test_smoke_writes_tables_and_figures_labelled_as_demo(simmim_run):
   table = results["table"]
   assert set(table) == set(c.backbones)
   for backbone in c.backbones:
-    assert list(table[backbone]) == experiment.inits(c)
+    assert list(table[backbone]) == experiment.inits(c, backbone)
     for init, cells in table[backbone].items():
       mean, std, n = cells["demo"]
       assert 0.0 <= mean <= 1.0 and std >= 0.0 and n == len(c.seeds), (backbone, init)
@@ -356,3 +356,33 @@ def test_bad_inputs_end_with_one_error_line(tmp_path):
   assert "Traceback" not in proc.stderr
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error:") and "missing.png" in last and "is missing" in last, last
+
+
+def test_published_weights_become_an_initialisation_row(tmp_path):
+  """A torchvision-layout ViT state dict named in transfer.weights: the classifier starts
+  from exactly its tensors (the head kept from the model when the class count differs), and
+  the row carries its name; a missing file or a bad entry is named in one line."""
+  from test_convert import _torchvision_vit
+  c = config_with(CONFIG, "backbones", ("vit",))
+  study = experiment.Study(c, tmp_path, "vit")
+  net = study.classifier(3)
+  source = jax.device_get(study.transfer_init(net, experiment.SCRATCH, None, seed=5))
+  state_dict = _torchvision_vit(flax.core.unfreeze(source), c.model.vit.depth)
+  state_dict = {k: v for k, v in state_dict.items() if not k.startswith("heads")}
+  np.savez(tmp_path / "vit.npz", **state_dict)
+  c.transfer.weights = (f"vit:supervised (published)={tmp_path / 'vit.npz'}",)
+  experiment.validate(c)
+  assert experiment.inits(c, "vit")[-1] == "supervised (published)"
+  assert "published weights: supervised (published) (vit, vit.npz)" in experiment.data_label(c)
+  study = experiment.Study(c, tmp_path, "vit")
+  got = study.transfer_init(net, "supervised (published)", None, seed=0)
+  fresh = study.transfer_init(net, experiment.SCRATCH, None, seed=0)
+  flat = lambda t: flax.traverse_util.flatten_dict(t, sep="/")  # noqa: E731
+  for path, value in flat(got).items():
+    want = flat(fresh if path.startswith("head/") else source)[path]
+    np.testing.assert_array_equal(value, want, err_msg=path)
+  for entries, message in (((f"vit:x={tmp_path / 'none.npz'}",), "is not a file"),
+                           (("x=/w.npz",), "must be 'backbone:name=path'"),
+                           (("resnet:x=/w.npz",), "unknown backbone")):
+    with pytest.raises(ConfigError, match=message):
+      experiment.validate(config_with(CONFIG, "transfer.weights", entries))

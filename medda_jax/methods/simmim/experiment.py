@@ -34,6 +34,7 @@ from medda_jax.engine.trainer import call_batches, fit
 from medda_jax.engine.writers import MetricWriter
 from medda_jax.errors import ConfigError, DataError
 from medda_jax.methods.simmim import figures, paper, report
+from medda_jax.models import convert
 from medda_jax.models import swin as swin_lib
 from medda_jax.models import vit as vit_lib
 
@@ -81,6 +82,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if start and start not in names:
       raise ConfigError(f"config.pretrain.runs entry {run!r} continues from {start!r}, which "
                         "is not an earlier run's name")
+    names.append(name)
+  for backbone, name, path in weight_entries(c):
+    if name == SCRATCH or name in names:
+      raise ConfigError(f"config.transfer.weights: the name {name!r} is "
+                        + ("reserved" if name == SCRATCH else "used twice"))
+    if not pathlib.Path(path).expanduser().is_file():
+      raise ConfigError(f"config.transfer.weights: {path!r} ({name}) is not a file")
     names.append(name)
   if not c.transfer.targets:
     raise ConfigError("config.transfer.targets must name at least one target dataset")
@@ -157,6 +165,22 @@ def _check_windows(c, image_size: int, window: int, stage: str) -> None:
     if side > window and side % window:
       raise ConfigError(f"config.model.swin window {window} ({stage}) does not divide the "
                         f"{side}x{side} token grid of stage {s} at image size {image_size}")
+
+
+def weight_entries(c) -> list[tuple[str, str, str]]:
+  """(backbone, name, path) of `transfer.weights` entries 'backbone:name=path'."""
+  out = []
+  for entry in c.transfer.weights:
+    head, sep, path = entry.partition("=")
+    backbone, colon, name = head.partition(":")
+    if not sep or not colon or not name.strip() or not path.strip():
+      raise ConfigError(f"config.transfer.weights entry {entry!r} must be "
+                        "'backbone:name=path', e.g. 'swin:supervised IN-1K=/w/swin_base.pth'")
+    if backbone not in paper.BACKBONES:
+      raise ConfigError(f"config.transfer.weights entry {entry!r}: unknown backbone "
+                        f"{backbone!r}; known: {list(paper.BACKBONES)}")
+    out.append((backbone, name.strip(), path.strip()))
+  return out
 
 
 def encoder_stride(c, backbone: str) -> int:
@@ -386,6 +410,11 @@ class Study:
     params = jax.device_get(jax.jit(net.init)(jax.random.PRNGKey(seed), x)["params"])
     if init == SCRATCH:
       return params
+    weights = {name: path for b, name, path in weight_entries(self.c) if b == self.backbone}
+    if init in weights:  # published weights: every tensor converted and checked by name
+      converted, _ = convert.load_pretrained(weights[init], self.backbone, params)
+      grafted, _ = graft(params, converted, skip=("mask_token",), where=weights[init])
+      return grafted
     grafted, _ = graft(params, pretrained, prefix="encoder", skip=("mask_token",),
                        resize=self._resize_rule, where=f"pre-training {init!r}")
     return grafted
@@ -478,8 +507,11 @@ def interpolate_position_embedding(value: np.ndarray, tokens: int) -> np.ndarray
 
 
 # --------------------------------------------------------------------------- driver
-def inits(c) -> list[str]:
-  return [SCRATCH, *(r[0] for r in c.pretrain.runs)]
+def inits(c, backbone: str | None = None) -> list[str]:
+  """Initialisations: scratch, each pre-training run, then the published weights (of
+  `backbone`, or of any backbone when None)."""
+  return [SCRATCH, *(r[0] for r in c.pretrain.runs),
+          *(name for b, name, _ in weight_entries(c) if backbone in (None, b))]
 
 
 def data_label(c) -> str:
@@ -492,7 +524,14 @@ def data_label(c) -> str:
   user = sorted(used & set(_user(c)))
   if user:
     parts.append("your datasets: " + ", ".join(user))
-  parts.append("every initialisation starts from random weights (no published weights loaded)")
+  weights = weight_entries(c)
+  if weights:
+    parts.append("published weights: " + ", ".join(f"{name} ({b}, {pathlib.Path(path).name})"
+                                                     for b, name, path in weights)
+                 + "; every other initialisation starts from random weights")
+  else:
+    parts.append("every initialisation starts from random weights (no published weights "
+                 "loaded)")
   return "; ".join(parts)
 
 
@@ -507,8 +546,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     print(f"data: {label}\nbackbones {list(c.backbones)}; pre-training "
           f"{[r[0] for r in c.pretrain.runs]}; targets {list(c.transfer.targets)}; seeds "
           f"{list(c.seeds)}", file=sys.stderr)
-  total = len(c.backbones) * (len(c.pretrain.runs) + len(inits(c)) * len(c.transfer.targets)
-                              * len(c.seeds))
+  total = sum(len(c.pretrain.runs) + len(inits(c, b)) * len(c.transfer.targets) * len(c.seeds)
+              for b in c.backbones)
   done = sum(runs.done(k) for k in runs.runs)
   rows_cache: dict[tuple, ImageRows] = {}
 
@@ -552,7 +591,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         train, val, test = split_rows(c, rows(target, study.fine_size))
         net = study.classifier(len(train.label_names))
         test_images = None
-        for init in inits(c):
+        for init in inits(c, backbone):
           for seed in c.seeds:
             key = report.finetune_key(backbone, init, target, seed)
             if runs.done(key):
@@ -571,7 +610,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             progress.update(1)
       study.writer.close()
 
-  table = report.summarise(runs.runs, c, inits(c))
+  table = report.summarise(runs.runs, c, {b: inits(c, b) for b in c.backbones})
   final = {f"auc/{backbone}/{init}/{target}": cell[0]
            for backbone, rows_ in table.items() for init, cols in rows_.items()
            for target, cell in cols.items()}

@@ -24,12 +24,12 @@ def finetune_key(backbone: str, init: str, target: str, seed: int) -> str:
   return f"{backbone}/{init}/{target}/seed{seed}"
 
 
-def summarise(runs: dict, c, inits: list[str]) -> dict:
+def summarise(runs: dict, c, inits: dict[str, list[str]]) -> dict:
   """{backbone: {init: {target: (mean, std, seeds)}}} of the test mean AUC (population
-  std over seeds)."""
+  std over seeds); `inits` lists each backbone's initialisations."""
   table: dict = {}
   for backbone in c.backbones:
-    for init in inits:
+    for init in inits[backbone]:
       for target in c.transfer.targets:
         aucs = [runs[finetune_key(backbone, init, target, s)]["test_auc"] for s in c.seeds]
         table.setdefault(backbone, {}).setdefault(init, {})[target] = (

@@ -375,3 +375,39 @@ def test_read_state_dict_safetensors(tmp_path):
   st.save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(tmp_path / "v.safetensors"))
   params, _ = convert.load_pretrained(tmp_path / "v.safetensors", "vit", _vit_like())
   _assert_same_tree(params, p)
+
+
+def test_real_torchvision_vit_and_timm_swin_give_the_same_outputs():
+  """With the torch peers installed (the `torch-peers` extra, timm too): random torchvision /
+  timm models converted into the Flax ones compute the same logits."""
+  torch = pytest.importorskip("torch")
+  torchvision = pytest.importorskip("torchvision")
+  timm = pytest.importorskip("timm")
+  torch.manual_seed(0)
+  x = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)
+  tx = torch.from_numpy(x.transpose(0, 3, 1, 2))
+  tv = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2,
+                                            num_heads=2, hidden_dim=16, mlp_dim=32,
+                                            num_classes=3).eval()
+  with torch.no_grad():  # torchvision's head starts at zero, which would hide everything
+    tv.heads.head.weight.normal_()
+    tv.heads.head.bias.normal_()
+  tm = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=32,
+                         patch_size=4, embed_dim=16, depths=(2, 2), num_heads=(1, 2),
+                         window_size=4, num_classes=3).eval()
+  with torch.no_grad():  # timm's head starts at std 0.02: logits of O(1) show more
+    tm.head.fc.weight.normal_()
+  flax_vit = vit.VisionTransformer(image_size=32, patch_size=8, width=16, depth=2,
+                                       num_heads=2, mlp_dim=32, dropout=0.0, num_classes=3)
+  flax_swin = swin.SwinTransformer(image_size=32, patch_size=4, embed_dim=16,
+                                       depths=(2, 2), num_heads=(1, 2), window_size=4,
+                                       drop_path_rate=0.0, num_classes=3)
+  for torch_model, flax_model, fn in ((tv, flax_vit, convert.vit_params_from_torchvision),
+                                      (tm, flax_swin, convert.swin_params_from_timm)):
+    sd = {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}
+    like = flax_model.init(jax.random.PRNGKey(0), jnp.asarray(x))["params"]
+    params, _ = fn(sd, like)
+    want = torch_model(tx).detach().numpy()
+    assert np.abs(want).max() > 0.1
+    np.testing.assert_allclose(np.asarray(flax_model.apply({"params": params}, jnp.asarray(x))),
+                               want, atol=1e-5, rtol=1e-5)

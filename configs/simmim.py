@@ -47,12 +47,15 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.backbones = ("swin", "vit")
 
   c.data = ml_collections.ConfigDict()
-  c.data.dirs = ml_collections.ConfigDict(dict(chestxray14="", chexpert=""))
+  # published layouts (data/chestxray.py); "" where you do not have the set
+  c.data.dirs = ml_collections.ConfigDict(dict(
+      chestxray14="", chexpert="", shenzhen="", vindr_cxr="", rsna_pneumonia=""))
   # Your datasets, 'name=path': a CSV manifest (path[,patient_id],<label>,...) or a
   # class-folder root (data/chestxray.py); usable as a pre-training corpus or a target.
   c.data.user = ()
   c.data.uncertain = "zeros"  # CheXpert's -1 labels: "zeros", "ones" or "ignore"
   c.data.frontal_only = True  # CheXpert: frontal views only
+  c.data.vindr_aggregate = "majority"  # VinDr-CXR's 3 radiologists: "majority" or "any"
   c.data.test_fraction = 0.2  # random patient-level splits (the paper: official where any)
   c.data.val_fraction = 0.1
   c.data.max_test_images = 0  # 0: the whole test split
@@ -73,7 +76,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
 
   c.pretrain = ml_collections.ConfigDict()
   # (name, corpus, name of the run it continues from or ""); corpora: chestxray14,
-  # chexpert, your data.user names, or the demo's "natural" / "in_domain"
+  # chexpert, shenzhen, vindr_cxr, rsna_pneumonia, your data.user names, or the demo's
+  # "natural" / "in_domain"
   c.pretrain.runs = (("SimMIM ChestX-ray14", "chestxray14", ""),)
   c.pretrain.image_size = ml_collections.ConfigDict(dict(swin=192, vit=224))
   c.pretrain.mask_patch = 32

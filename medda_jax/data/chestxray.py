@@ -1,4 +1,5 @@
-"""CheXpert and ChestX-ray14 as image / multi-label tables (chest X-ray transfer).
+"""CheXpert, ChestX-ray14, Shenzhen, VinDr-CXR and RSNA Pneumonia as image / multi-label tables
+(chest X-ray transfer).
 
 CheXpert (Irvin et al. 2019), as extracted from the release archive:
 
@@ -17,6 +18,30 @@ ChestX-ray14 (NIH, Wang et al. 2017):
   <root>/train_val_list.txt, <root>/test_list.txt   one image name a line
   <root>/images/00000001_000.png                    or the archives' folders
   <root>/images_001/images/00000001_000.png ... images_012/images/...
+
+Shenzhen (NIH, Jaeger et al. 2014), as extracted:
+
+  <root>/CXR_png/CHNCXR_0001_0.png    (or the images directly in <root>, or under
+                                        <root>/ChinaSet_AllFiles/CXR_png/)
+      the last digit is the label: 1 tuberculosis, 0 normal; the 4-digit number is the patient;
+      other files (ClinicalReadings/, masks, ...) are ignored
+
+VinDr-CXR (Nguyen et al. 2022), as downloaded from PhysioNet:
+
+  <root>/image_labels_train.csv   columns image_id, rad_id, then the label columns (0/1),
+                                  one row per radiologist (3 per training image)
+  <root>/image_labels_test.csv    columns image_id, then the label columns; one consensus row
+                                  per image (rad_id not needed)
+  <root>/train/<image_id>.dicom, <root>/test/<image_id>.dicom
+      (.png / .jpg / .jpeg with the same stem accepted, as many people convert them; the CSVs
+      may also be in <root>/annotations/, as PhysioNet ships them)
+
+RSNA Pneumonia Detection Challenge (2018), as downloaded from Kaggle:
+
+  <root>/stage_2_detailed_class_info.csv   columns patientId, class (Normal, Lung Opacity or
+                                           No Lung Opacity / Not Normal); a patient with several
+                                           boxes is listed on several rows with the same class
+  <root>/stage_2_train_images/<patientId>.dcm
 
 A user's own dataset (`load_user`, a config's `data.user` entry `name=path`) is either
 
@@ -40,6 +65,7 @@ import re
 from typing import Sequence
 
 import numpy as np
+
 
 from medda_jax.data import images
 from medda_jax.data.tables import read_csv_rows
@@ -265,6 +291,186 @@ def load_chestxray14(root: str | os.PathLike, split: str = "train_val") -> Image
   return ImageLabelTable(root=root, paths=tuple(index[n] for n in names), labels=labels,
                          label_names=CHESTXRAY14_LABELS,
                          patient_ids=tuple(entries[n][1] for n in names))
+
+
+SHENZHEN_LABELS = ("Tuberculosis",)
+VINDR_SPLITS = ("train", "test")
+VINDR_AGGREGATES = ("majority", "any")
+RSNA_PNEUMONIA_LABELS = ("Normal", "Lung Opacity", "No Lung Opacity / Not Normal")
+_SHENZHEN_NAME = re.compile(r"^CHNCXR_(\d{4})_([01])\.png$", re.IGNORECASE)
+_SHENZHEN_FOLDERS = ("CXR_png", "ChinaSet_AllFiles/CXR_png", ".")
+_VINDR_SUFFIXES = (".dicom", ".png", ".jpg", ".jpeg")
+
+_SHENZHEN_LAYOUT = """expected the Shenzhen release layout:
+  <root>/CXR_png/CHNCXR_0001_0.png  (last digit 1 tuberculosis, 0 normal; or the images in
+                                     <root> itself or <root>/ChinaSet_AllFiles/CXR_png/)"""
+
+
+def load_shenzhen(root: str | os.PathLike) -> ImageLabelTable:
+  """Reads the Shenzhen tuberculosis set from its file names.
+
+  Args:
+    root: the extracted folder; the images are looked for in `CXR_png/`, then
+      `ChinaSet_AllFiles/CXR_png/`, then root itself (the first that has any).
+
+  Returns:
+    A table with one label (`SHENZHEN_LABELS`, 1 tuberculosis) in file-name order; patient id
+    = the 4-digit number.
+  """
+  root = pathlib.Path(root)
+  if not root.is_dir():
+    raise DataError(f"Shenzhen root folder {root} does not exist\n{_SHENZHEN_LAYOUT}")
+  found: list[tuple[str, re.Match]] = []
+  for folder in _SHENZHEN_FOLDERS:
+    path = root / folder
+    if not path.is_dir():
+      continue
+    with os.scandir(path) as entries:
+      found = [(e.name, m) for e in entries
+               if e.is_file() and (m := _SHENZHEN_NAME.match(e.name)) is not None]
+    if found:
+      prefix = "" if folder == "." else f"{folder}/"
+      break
+  if not found:
+    raise DataError(f"no CHNCXR_NNNN_<0|1>.png image in {root}\n{_SHENZHEN_LAYOUT}")
+  found.sort(key=lambda item: item[0])
+  return ImageLabelTable(
+      root=root, paths=tuple(prefix + name for name, _ in found),
+      labels=np.asarray([[float(m.group(2))] for _, m in found], np.float32),
+      label_names=SHENZHEN_LABELS, patient_ids=tuple(m.group(1) for _, m in found))
+
+
+_VINDR_LAYOUT = """expected the VinDr-CXR release layout:
+  <root>/image_labels_train.csv  (columns image_id, rad_id, then the labels; a row per radiologist)
+  <root>/image_labels_test.csv   (columns image_id, then the labels; a row per image)
+  <root>/train/<image_id>.dicom, <root>/test/<image_id>.dicom  (or .png / .jpg)
+  (the CSVs may be in <root>/annotations/ instead)"""
+
+
+def _stem_index(folder: pathlib.Path, suffixes: Sequence[str]) -> dict[str, str]:
+  """File stem -> file name in `folder`, for the first of `suffixes` each stem has."""
+  rank = {s: k for k, s in enumerate(suffixes)}
+  best: dict[str, tuple[int, str]] = {}
+  if folder.is_dir():
+    with os.scandir(folder) as entries:
+      for entry in entries:
+        stem, suffix = os.path.splitext(entry.name)
+        k = rank.get(suffix.lower())
+        if k is not None and entry.is_file() and (stem not in best or k < best[stem][0]):
+          best[stem] = (k, entry.name)
+  return {stem: name for stem, (_, name) in best.items()}
+
+
+def load_vindr_cxr(root: str | os.PathLike, split: str = "train",
+                   aggregate: str = "majority") -> ImageLabelTable:
+  """Reads VinDr-CXR's image-level labels.
+
+  Args:
+    root: the release folder.
+    split: "train" (`image_labels_train.csv`, per-radiologist rows) or "test"
+      (`image_labels_test.csv`, one consensus row per image).
+    aggregate: how an image's radiologists combine: "majority" (positive when more than half
+      marked the label) or "any" (positive when one did). A single row is taken as is.
+
+  Returns:
+    A table with every label column of the CSV (all but image_id and rad_id, in file order),
+    one row per image in first-listed order; patient id = image_id.
+  """
+  if split not in VINDR_SPLITS:
+    raise DataError(f"VinDr-CXR split must be one of {VINDR_SPLITS}, got {split!r}")
+  if aggregate not in VINDR_AGGREGATES:
+    raise DataError(f"VinDr-CXR aggregate must be one of {VINDR_AGGREGATES}, got {aggregate!r}")
+  root = pathlib.Path(root)
+  if not root.is_dir():
+    raise DataError(f"VinDr-CXR root folder {root} does not exist\n{_VINDR_LAYOUT}")
+  csv_path = root / f"image_labels_{split}.csv"
+  if not csv_path.is_file() and (root / "annotations" / csv_path.name).is_file():
+    csv_path = root / "annotations" / csv_path.name
+  required = ("image_id", "rad_id") if split == "train" else ("image_id",)
+  rows = read_csv_rows(csv_path, required, _VINDR_LAYOUT)
+  if not rows:
+    raise DataError(f"{csv_path} lists no image\n{_VINDR_LAYOUT}")
+  label_names = tuple(k for k in rows[0] if k and k not in ("image_id", "rad_id"))
+  if not label_names:
+    raise DataError(f"{csv_path} has no label column besides image_id and rad_id\n"
+                    f"{_VINDR_LAYOUT}")
+  votes: dict[str, list[np.ndarray]] = {}
+  for line, row in enumerate(rows, start=2):
+    if not row["image_id"]:
+      raise DataError(f"{csv_path} line {line} has an empty image_id")
+    values = np.empty(len(label_names), np.float32)
+    for k, name in enumerate(label_names):
+      raw = row[name]
+      try:
+        value = float(raw)
+      except ValueError:
+        value = None
+      if value not in (0.0, 1.0):
+        raise DataError(f"{csv_path} line {line}: {name} is {raw!r}; expected 1 or 0")
+      values[k] = value
+    votes.setdefault(row["image_id"], []).append(values)
+  ids = list(votes)
+  marks = [np.stack(votes[i]) for i in ids]
+  if aggregate == "majority":
+    labels = [(m.sum(0) > m.shape[0] / 2) for m in marks]
+  else:
+    labels = [m.max(0) > 0 for m in marks]
+  index = _stem_index(root / split, _VINDR_SUFFIXES)
+  missing = [i for i in ids if i not in index]
+  if missing:
+    raise DataError(f"image file {root / split / missing[0]}.dicom listed in {csv_path} is "
+                    f"missing ({len(missing)} of {len(ids)} images missing; .png / .jpg "
+                    "accepted too)")
+  return ImageLabelTable(root=root, paths=tuple(f"{split}/{index[i]}" for i in ids),
+                         labels=np.asarray(labels, np.float32).reshape(-1, len(label_names)),
+                         label_names=label_names, patient_ids=tuple(ids))
+
+
+_RSNA_PNEUMONIA_LAYOUT = """expected the RSNA Pneumonia Detection Challenge layout:
+  <root>/stage_2_detailed_class_info.csv  (columns patientId, class: Normal, Lung Opacity or
+                                           No Lung Opacity / Not Normal)
+  <root>/stage_2_train_images/<patientId>.dcm"""
+
+
+def load_rsna_pneumonia(root: str | os.PathLike) -> ImageLabelTable:
+  """Reads the RSNA Pneumonia Detection Challenge's stage-2 training classes.
+
+  The task has three exclusive classes. The paper scores it by accuracy; SimMIM's table
+  reports the mean one-vs-rest AUC over the three one-hot labels, as for every target.
+
+  Args:
+    root: the competition folder.
+
+  Returns:
+    A table with the three classes one-hot (`RSNA_PNEUMONIA_LABELS`), one row per patient in
+    first-listed order (repeated rows, one per box, merged); patient id = patientId.
+  """
+  root = pathlib.Path(root)
+  if not root.is_dir():
+    raise DataError(f"RSNA Pneumonia root folder {root} does not exist\n"
+                    f"{_RSNA_PNEUMONIA_LAYOUT}")
+  csv_path = root / "stage_2_detailed_class_info.csv"
+  rows = read_csv_rows(csv_path, ("patientId", "class"), _RSNA_PNEUMONIA_LAYOUT)
+  position = {name: k for k, name in enumerate(RSNA_PNEUMONIA_LABELS)}
+  classes: dict[str, tuple[str, int]] = {}
+  for line, row in enumerate(rows, start=2):
+    patient, name = row["patientId"], row["class"]
+    if not patient:
+      raise DataError(f"{csv_path} line {line} has an empty patientId")
+    if name not in position:
+      raise DataError(f"{csv_path} line {line}: class {name!r} is not one of "
+                      f"{list(RSNA_PNEUMONIA_LABELS)}")
+    first = classes.setdefault(patient, (name, line))
+    if first[0] != name:
+      raise DataError(f"{csv_path} line {line}: patient {patient} has class {name!r} but "
+                      f"{first[0]!r} on line {first[1]}")
+  ids = list(classes)
+  paths = tuple(f"stage_2_train_images/{i}.dcm" for i in ids)
+  _check_files(root, paths, str(csv_path))
+  labels = np.eye(len(RSNA_PNEUMONIA_LABELS), dtype=np.float32)[
+      [position[classes[i][0]] for i in ids]].reshape(-1, len(RSNA_PNEUMONIA_LABELS))
+  return ImageLabelTable(root=root, paths=paths, labels=labels,
+                         label_names=RSNA_PNEUMONIA_LABELS, patient_ids=tuple(ids))
 
 
 def _read_gray(path: pathlib.Path, size: int) -> np.ndarray:

@@ -335,7 +335,7 @@ def read_image(path, size: int, channels: int, pad_square: bool = False) -> np.n
   longer side (mammograms, whose background is black)."""
   path = pathlib.Path(path)
   try:
-    if path.suffix.lower() == ".dcm":
+    if path.suffix.lower() in (".dcm", ".dicom"):  # VinDr-CXR ships `.dicom`
       pixels = _read_dicom(path)
       img = Image.fromarray(pixels if pixels.ndim == 2 else pixels[..., :3].mean(-1))
     else:

@@ -40,7 +40,7 @@ from medda_jax.models import vit as vit_lib
 
 RESULTS_FILE = "simmim_runs.json"
 SCRATCH = "scratch"
-PUBLISHED = ("chestxray14", "chexpert")
+PUBLISHED = ("chestxray14", "chexpert", "shenzhen", "vindr_cxr", "rsna_pneumonia")
 DEMO = "demo"
 
 
@@ -65,6 +65,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if name in (*demo_radiographs.CORPORA, DEMO):
       raise ConfigError(f"config.data.user: the name {name!r} is taken by the embedded demo "
                         "data; choose another")
+    if name in PUBLISHED:
+      raise ConfigError(f"config.data.user: the name {name!r} is taken by a published dataset "
+                        "(config.data.dirs); choose another")
   datasets = known_datasets(c)
   names = []
   for run in c.pretrain.runs:
@@ -106,6 +109,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not pathlib.Path(folder).expanduser().is_dir():
       raise ConfigError(f"config.data.dirs.{name}={folder!r} does not exist")
   cu.check_choice(c, "data.uncertain", chestxray.UNCERTAIN_POLICIES)
+  cu.check_choice(c, "data.vindr_aggregate", chestxray.VINDR_AGGREGATES)
   for field in ("test_fraction", "val_fraction"):
     cu.check_range(c, f"data.{field}", 0.0, 0.9, low_inclusive=False)
   cu.check_range(c, "data.max_test_images", 0, integer=True)
@@ -273,9 +277,44 @@ def load_rows(c, name: str, size: int) -> ImageRows:
     n = c.data.demo_train_images + c.data.demo_val_images + c.data.demo_test_images
     images, labels = demo_radiographs.findings_task(n, size, c.data.split_seed)
     return ImageRows(name, images, labels=labels, label_names=demo_radiographs.FINDINGS)
-  from medda_jax.methods.gradient_transfer.classification import load_dataset
-  table = load_dataset(c, name)
+  if name in PUBLISHED[2:]:
+    table = _load_published(c, name)
+  else:
+    from medda_jax.methods.gradient_transfer.classification import load_dataset
+    table = load_dataset(c, name)
   return ImageRows(name, table=table, labels=table.labels, label_names=table.label_names)
+
+
+def _load_published(c, name: str) -> chestxray.ImageLabelTable:
+  """Shenzhen, VinDr-CXR (train + test CSVs, radiologists by `data.vindr_aggregate`) or RSNA
+  Pneumonia from `data.dirs.<name>`, in their published layouts (data/chestxray.py)."""
+  root = pathlib.Path(c.data.dirs[name]).expanduser()
+  if name == "shenzhen":
+    table = chestxray.load_shenzhen(root)
+  elif name == "rsna_pneumonia":
+    table = chestxray.load_rsna_pneumonia(root)
+  else:
+    tables = [chestxray.load_vindr_cxr(root, s, aggregate=c.data.vindr_aggregate)
+              for s in chestxray.VINDR_SPLITS]
+    # The test CSV's columns are matched to the train CSV's by name, ignoring case and a
+    # plural s (the release spells "Other diseases" / "Other disease").
+    key = lambda name: name.lower().rstrip("s")  # noqa: E731
+    test_at = {key(n): k for k, n in enumerate(tables[1].label_names)}
+    names = tables[0].label_names
+    if sorted(test_at) != sorted(key(n) for n in names):
+      raise DataError(f"VinDr-CXR folder {root}: image_labels_train.csv and "
+                      f"image_labels_test.csv have different label columns "
+                      f"({list(names)} vs {list(tables[1].label_names)})")
+    tables[1] = dataclasses.replace(
+        tables[1], label_names=names,
+        labels=tables[1].labels[:, [test_at[key(n)] for n in names]])
+    table = dataclasses.replace(
+        tables[0], paths=sum((t.paths for t in tables), ()),
+        labels=np.concatenate([t.labels for t in tables]),
+        patient_ids=sum((t.patient_ids for t in tables), ()))
+  if len(table) == 0:
+    raise DataError(f"{name} folder {root} lists no images (config.data.dirs.{name})")
+  return table
 
 
 def split_rows(c, rows: ImageRows) -> tuple[ImageRows, ImageRows, ImageRows]:

@@ -61,7 +61,8 @@ import numpy as np
 
 from medda_jax.models.conv import Conv
 from medda_jax.models.dense import Dense
-from medda_jax.models.resnet import gray_to_rgb, linear_bias_init
+from medda_jax.models.resnet import linear_bias_init
+from medda_jax.models.vit import prepare_images, replace_masked_tokens
 
 # timm trunc_normal_(std=.02): its bounds +-2 are absolute (100 std), so a plain normal.
 _TRUNC_NORMAL = nn.initializers.normal(stddev=0.02)
@@ -332,22 +333,11 @@ class SwinTransformer(nn.Module):
     """
     if len(self.depths) != len(self.num_heads):
       raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} differ in length")
-    x = gray_to_rgb(x)
-    n, h, w, c = x.shape
-    if self.image_size is not None and (h, w) != (self.image_size, self.image_size):
-      x = jax.image.resize(x.astype(jnp.float32), (n, self.image_size, self.image_size, c),
-                           "bilinear")
-      h = w = self.image_size
-    if h % self.patch_size or w % self.patch_size:
-      raise ValueError(f"image size {h}x{w} is not a multiple of patch_size {self.patch_size}")
+    x = prepare_images(x, self.image_size, self.patch_size)
     x = PatchEmbed(self.patch_size, self.embed_dim, self.dtype,
                    name="patch_embed")(x.astype(self.dtype))
     if mask is not None:
-      if mask.shape != x.shape[:3]:
-        raise ValueError(f"mask shape {mask.shape} is not the patch grid {x.shape[:3]}")
-      token = self.param("mask_token", _TRUNC_NORMAL, (1, 1, self.embed_dim), jnp.float32)
-      m = mask.astype(self.dtype)[..., None]
-      x = x * (1 - m) + token.astype(self.dtype) * m
+      x = replace_masked_tokens(self, x, mask, _TRUNC_NORMAL)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
     start = 0

@@ -140,6 +140,31 @@ def prepend_class_token(module: nn.Module, tokens: jax.Array) -> jax.Array:
   return jnp.concatenate([cls, tokens], axis=1)
 
 
+def prepare_images(x, image_size: int | None, patch_size: int):
+  """NHWC images as a patch-embedding model takes them (ViT, Swin): one channel replicated to
+  three, resized (bilinear) to `image_size` x `image_size` when it differs (None: kept); the
+  side must be a multiple of `patch_size`."""
+  x = gray_to_rgb(x)
+  n, h, w, c = x.shape
+  if image_size is not None and (h, w) != (image_size, image_size):
+    x = jax.image.resize(x.astype(jnp.float32), (n, image_size, image_size, c), "bilinear")
+    h = w = image_size
+  if h % patch_size or w % patch_size:
+    raise ValueError(f"image size {h}x{w} is not a multiple of patch_size {patch_size}")
+  return x
+
+
+def replace_masked_tokens(module: nn.Module, tokens, mask, init):
+  """SimMIM: the patch tokens [N, gh, gw, D] where `mask` [N, gh, gw] is set (bool or 0/1)
+  become `module`'s learned "mask_token" (1, 1, D), drawn from `init`; the parameter exists
+  only in a model called with a mask."""
+  if mask.shape != tokens.shape[:3]:
+    raise ValueError(f"mask shape {mask.shape} is not the patch grid {tokens.shape[:3]}")
+  token = module.param("mask_token", init, (1, 1, tokens.shape[-1]), jnp.float32)
+  weight = mask.astype(tokens.dtype)[..., None]
+  return tokens * (1 - weight) + token.astype(tokens.dtype) * weight
+
+
 class VisionTransformer(nn.Module):
   """ViT classifier in the torchvision layout.
 
@@ -185,27 +210,14 @@ class VisionTransformer(nn.Module):
     Returns:
       float32 logits [N, num_classes], or the feature map.
     """
-    x = gray_to_rgb(x)
-    n, h, w, c = x.shape
-    if self.image_size is not None and (h, w) != (self.image_size, self.image_size):
-      x = jax.image.resize(x.astype(jnp.float32), (n, self.image_size, self.image_size, c),
-                           "bilinear")
-      h = w = self.image_size
-    if h % self.patch_size or w % self.patch_size:
-      raise ValueError(f"image size {h}x{w} is not a multiple of patch_size {self.patch_size}")
-    x = x.astype(self.dtype)
+    x = prepare_images(x, self.image_size, self.patch_size).astype(self.dtype)
     x = Conv(self.width, (self.patch_size, self.patch_size),
                 strides=(self.patch_size, self.patch_size), padding="VALID",
                 kernel_init=_PATCH_INIT, dtype=self.dtype, name="conv_proj")(x)
-    gh, gw = h // self.patch_size, w // self.patch_size
-    x = x.reshape(n, -1, self.width)
+    n, gh, gw, _ = x.shape
     if mask is not None:
-      if mask.shape != (n, gh, gw):
-        raise ValueError(f"mask of shape {mask.shape} does not cover the {gh}x{gw} patch grid")
-      token = self.param("mask_token", nn.initializers.truncated_normal(0.02), (1, 1, self.width),
-                         jnp.float32)
-      weight = mask.reshape(n, -1, 1).astype(x.dtype)
-      x = x * (1 - weight) + token.astype(x.dtype) * weight
+      x = replace_masked_tokens(self, x, mask, nn.initializers.truncated_normal(0.02))
+    x = x.reshape(n, -1, self.width)
     x = prepend_class_token(self, x)
     x = Encoder(self.depth, self.num_heads, self.mlp_dim, self.dropout, self.attention_dropout,
                 self.dtype, name="encoder")(x, train)

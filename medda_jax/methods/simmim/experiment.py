@@ -25,6 +25,7 @@ from medda_jax import files, parallel
 from medda_jax import metrics as metrics_lib
 from medda_jax.data import chestxray, cxr_sites, demo_radiographs
 from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.graft import graft, pretrained_params
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
@@ -524,7 +525,6 @@ class Study:
     return self._chunks[key]
 
   def predictor(self, net):
-    from medda_jax.engine.evaluate import batch_predictor
     key = ("predict", id(net))
     if key not in self._chunks:
       self._chunks[key] = batch_predictor(
@@ -535,7 +535,10 @@ class Study:
 
 def interpolate_position_embedding(value: np.ndarray, tokens: int) -> np.ndarray:
   """ViT position embeddings (1, 1 + g^2, D) -> (1, tokens, D): the class token's kept, the
-  g x g grid resized bicubically (timm's resize_pos_embed)."""
+  g x g grid resized bicubically, as timm's resize_pos_embed does, but with
+  `jax.image.resize`'s cubic kernel (a = -0.5), not torch's `F.interpolate` (a = -0.75) that
+  Swin's tables use (`swin.interpolate_relative_position_bias`), so the values differ a little
+  from timm's."""
   g_old = math.isqrt(value.shape[1] - 1)
   g_new = math.isqrt(tokens - 1)
   if g_old ** 2 + 1 != value.shape[1] or g_new ** 2 + 1 != tokens:

@@ -199,3 +199,14 @@ def test_bad_input(fn, shape):
   with pytest.raises(DataError) as info:
     fn(np.zeros(shape, np.float32), np.random.default_rng(0))
   assert "\n" not in str(info.value) and str(shape) in str(info.value)
+
+
+def test_curve_sort_shortcut_equals_numpy_sort_for_monotone_and_other_curves():
+  rng = np.random.default_rng(0)
+  controls = [rng.random(4) for _ in range(50)] + [np.array([0.01, 0.5, 0.99, 0.5])]
+  for r in controls:
+    xs, ys = mg.bezier_curve([[0, 0], [r[0], r[1]], [r[2], r[3]], [1, 1]], 1000)
+    for values in (xs, ys):
+      np.testing.assert_array_equal(mg._sort(values), np.sort(values))
+  bumpy = np.array([1.0, 0.2, 0.6, 0.0])  # not monotone: must really be sorted
+  np.testing.assert_array_equal(mg._sort(bumpy), np.sort(bumpy))

@@ -24,6 +24,7 @@ the reference would raise or draw empty boxes. The reference's random numbers (P
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -54,11 +55,17 @@ def bezier_curve(points, n: int = 1000) -> tuple[np.ndarray, np.ndarray]:
   As in the reference, the Bernstein term of point i is comb(k, i) t^(k-i) (1-t)^i, the usual
   one with t -> 1 - t: the same curve, walked from the last control point to the first."""
   points = np.asarray(points, np.float64)
-  k = len(points) - 1
+  xs, ys = points.T @ _bernstein_basis(len(points) - 1, n)
+  return xs, ys
+
+
+@functools.lru_cache(maxsize=4)
+def _bernstein_basis(k: int, n: int) -> np.ndarray:
+  """[k + 1, n], the same for every curve of k + 1 points (kept: 100000 points take 10 ms)."""
   t = np.linspace(0.0, 1.0, n)
   basis = np.stack([math.comb(k, i) * t ** (k - i) * (1 - t) ** i for i in range(k + 1)])
-  xs, ys = points.T @ basis
-  return xs, ys
+  basis.flags.writeable = False
+  return basis
 
 
 def nonlinear_intensity(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -71,10 +78,17 @@ def nonlinear_intensity(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   # from (1, 1) to (0, 0). Sorting xs alone pairs ascending xs with descending ys: a
   # decreasing map; sorting both gives the increasing one.
   if rng.random() < 0.5:
-    xs = np.sort(xs)
+    xs = _sort(xs)
   else:
-    xs, ys = np.sort(xs), np.sort(ys)
+    xs, ys = _sort(xs), _sort(ys)
   return np.interp(x, xs, ys).astype(np.float32)
+
+
+def _sort(values: np.ndarray) -> np.ndarray:
+  """np.sort(values) for a curve coordinate, which usually runs monotonically from 1 to 0:
+  then reversing it gives the same array without the sort's 5 ms at 100000 points."""
+  reverse = values[::-1]
+  return reverse if np.all(reverse[1:] >= reverse[:-1]) else np.sort(values)
 
 
 def local_pixel_shuffle(x: np.ndarray, rng: np.random.Generator,

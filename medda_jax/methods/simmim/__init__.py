@@ -28,7 +28,7 @@ Layout: `paper.py` is the method (masking, SimMIM head and loss, optimisers), `e
 runs it, `report.py` makes its tables and `figures.py` its figures.
 """
 
-from medda_jax.methods.simmim.experiment import (RESULTS_FILE, SCRATCH, Study,
+from medda_jax.methods.simmim.experiment import (RESULTS_FILE, SCRATCH, SimMIMPretext, Study,
                                                  interpolate_position_embedding,
                                                  random_resized_crop, train_and_evaluate,
                                                  validate)

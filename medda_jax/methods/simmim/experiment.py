@@ -56,8 +56,9 @@ def known_datasets(c) -> tuple[str, ...]:
   return (*PUBLISHED, *_user(c), *demo_radiographs.CORPORA, DEMO)
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the first wrong field and what is allowed."""
+def validate(c: ml_collections.ConfigDict, tasks: tuple[str, ...] = ("simmim",)) -> None:
+  """Raises ConfigError naming the first wrong field and what is allowed; `tasks` are the
+  pretext tasks a pre-training run may name (SimMIM's config: SimMIM only)."""
   cu.check_subset(c, "backbones", paper.BACKBONES)
   if len(c.seeds) < 1:
     raise ConfigError("config.seeds must list at least one seed")
@@ -70,13 +71,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.data.user: the name {name!r} is taken by a published dataset "
                         "(config.data.dirs); choose another")
   datasets = known_datasets(c)
-  names = []
+  names, task_of = [], {}
   for run in c.pretrain.runs:
-    if len(run) != 3 or not all(isinstance(x, str) for x in run) or not run[0]:
+    if (len(run) not in (3, 4) or not all(isinstance(x, str) for x in run) or not run[0]
+        or (len(run) == 3 and c.method not in tasks)):
       raise ConfigError(f"config.pretrain.runs entry {run!r} must be (name, corpus, continue "
-                        "from: '' or an earlier run's name), e.g. ('SimMIM CXR14', "
-                        "'chestxray14', '')")
-    name, corpus, start = run
+                        "from: '' or an earlier run's name" + (", task)" if len(tasks) > 1
+                                                              else ")")
+                        + f", e.g. ('{c.method} CXR14', 'chestxray14', '')")
+    name, corpus, start = run[:3]
+    task = run_task(c, run)
+    if task not in tasks:
+      raise ConfigError(f"config.pretrain.runs entry {run!r}: unknown task {task!r}; known: "
+                        f"{list(tasks)}")
     if name == SCRATCH or name in names:
       raise ConfigError(f"config.pretrain.runs: the name {name!r} is "
                         + ("reserved" if name == SCRATCH else "used twice"))
@@ -86,7 +93,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if start and start not in names:
       raise ConfigError(f"config.pretrain.runs entry {run!r} continues from {start!r}, which "
                         "is not an earlier run's name")
+    if start and task_of[start] != task:
+      raise ConfigError(f"config.pretrain.runs entry {run!r} continues {start!r}, a "
+                        f"{task_of[start]} run, with {task}: a run continues its own task")
     names.append(name)
+    task_of[name] = task
   for backbone, name, path in weight_entries(c):
     if name == SCRATCH or name in names:
       raise ConfigError(f"config.transfer.weights: the name {name!r} is "
@@ -194,8 +205,9 @@ def encoder_stride(c, backbone: str) -> int:
   return c.model.swin.patch * 2 ** (len(c.model.swin.depths) - 1)
 
 
-def build_encoder(c, backbone: str, image_size: int, stage: str):
-  """The backbone as configured; `stage` "pretrain" uses Swin's pre-training window."""
+def build_encoder(c, backbone: str, image_size: int, stage: str, window: int | None = None):
+  """The backbone as configured; `stage` "pretrain" uses Swin's pre-training window unless
+  `window` is given."""
   m = c.model[backbone]
   dtype = cu.compute_dtype(c)
   if backbone == "vit":
@@ -205,7 +217,7 @@ def build_encoder(c, backbone: str, image_size: int, stage: str):
   return swin_lib.SwinTransformer(
       image_size=image_size, patch_size=m.patch, embed_dim=m.embed_dim, depths=tuple(m.depths),
       num_heads=tuple(m.heads),
-      window_size=m.pretrain_window if stage == "pretrain" else m.window,
+      window_size=window or (m.pretrain_window if stage == "pretrain" else m.window),
       drop_path_rate=m.drop_path if stage == "transfer" else m.pretrain_drop_path,
       num_classes=1, dtype=dtype)
 
@@ -343,52 +355,115 @@ def split_rows(c, rows: ImageRows) -> tuple[ImageRows, ImageRows, ImageRows]:
   return out[0], out[1], test
 
 
+# --------------------------------------------------------------------------- pretexts
+def run_task(c, run) -> str:
+  """A pre-training run's pretext task: its fourth entry, or the method's own."""
+  return run[3] if len(run) == 4 else c.method
+
+
+class SimMIMPretext:
+  """SimMIM pre-training of one backbone (settings in `config.pretrain`): random resized
+  crops and flips, masks per (seed, sample), masked L1, AdamW."""
+
+  label = "SimMIM"
+
+  def __init__(self, c, backbone: str):
+    self.c, self.backbone, self.settings = c, backbone, c.pretrain
+    self.size = c.pretrain.image_size[backbone]
+    self.epochs, self.batch_size = c.pretrain.epochs, c.pretrain.batch_size
+    self.patch = c.model[backbone].patch
+    self.model = paper.SimMIM(build_encoder(c, backbone, self.size, "pretrain"),
+                              stride=encoder_stride(c, backbone), channels=1)
+
+  def init(self, seed: int):
+    x = jnp.zeros((1, self.size, self.size, 1))
+    g = self.size // self.patch
+    return jax.jit(lambda k: self.model.init(k, x, jnp.zeros((1, g, g), bool)))(
+        jax.random.PRNGKey(seed))["params"]
+
+  def optimizer(self, total_steps: int, steps_per_epoch: int):
+    """(cache key, optimiser factory)."""
+    p = self.settings
+    settings = dict(learning_rate=paper.scaled_lr(p.base_lr, p.batch_size, p.lr_batch),
+                    total_steps=total_steps, warmup_steps=p.warmup_epochs * steps_per_epoch,
+                    weight_decay=p.weight_decay, b1=p.b1, b2=p.b2, clip_norm=p.clip_norm,
+                    min_lr=p.min_lr)
+    return ("simmim", *sorted(settings.items())), lambda: paper.pretrain_optimizer(**settings)
+
+  def loss(self):
+    return paper.pretrain_loss(self.model, self.patch)
+
+  def batch(self, images: np.ndarray, sample_ids: np.ndarray, seed: int) -> dict:
+    """The pre-training inputs of [n, S, S, 1] corpus images, each a function of
+    (seed, sample id) alone."""
+    size = self.size
+    crops = np.stack([random_resized_crop(x[..., 0], size, np.random.default_rng([seed, int(j)]))
+                      for x, j in zip(images, sample_ids)])[..., None]
+    masks = paper.batch_masks(seed, sample_ids, size, self.settings.mask_patch, self.patch,
+                              self.settings.mask_ratio)
+    return {"image": crops.astype(np.float32), "mask": masks}
+
+  def reconstruct(self, params, images: np.ndarray, seed: int = 0):
+    """(masked inputs, reconstructions) of float32 [n, S, S, 1] images at pre-training size."""
+    p = self.settings
+    masks = paper.batch_masks(seed, np.arange(len(images)), self.size, p.mask_patch,
+                              self.patch, p.mask_ratio)
+    rec = jax.jit(lambda v, x, m: self.model.apply(v, x, m))({"params": params}, images, masks)
+    pixel = paper.upsample_mask(masks, self.patch)[..., None]
+    return images * ~pixel, np.where(pixel, np.clip(np.asarray(rec), 0, 1), images)
+
+  def figure_rows(self, name: str, params, images: np.ndarray) -> dict[str, np.ndarray]:
+    masked, rec = self.reconstruct(params, images)
+    return {f"{name}: masked": masked, f"{name}: reconstruction": rec}
+
+
 # --------------------------------------------------------------------------- study
 class Study:
-  """Data, networks and compiled steps shared by the runs of one backbone."""
+  """Data, networks and compiled steps shared by the runs of one backbone.
 
-  def __init__(self, c, workdir: pathlib.Path, backbone: str):
+  `pretexts` maps each pretext task a run may name to its class (`SimMIMPretext` and,
+  from methods/popar, POPAR's); each is built once, when a run first uses it."""
+
+  def __init__(self, c, workdir: pathlib.Path, backbone: str, pretexts: dict | None = None):
     self.c, self.workdir, self.backbone = c, workdir, backbone
     self.mesh = parallel.data_mesh()
     self.inner_loop = cu.inner_loop(c)
     self.writer = MetricWriter(workdir)
-    self.pre_size = c.pretrain.image_size[backbone]
     self.fine_size = c.transfer.image_size[backbone]
-    self.stride = encoder_stride(c, backbone)
-    self.simmim = paper.SimMIM(build_encoder(c, backbone, self.pre_size, "pretrain"),
-                               stride=self.stride, channels=1)
-    self.patch = c.model[backbone].patch
+    self._pretext_classes = pretexts or {"simmim": SimMIMPretext}
+    self._pretexts: dict[str, object] = {}
     self._chunks: dict[tuple, object] = {}  # compiled steps and predictors
 
   # ------------------------------------------------------------------ pre-training
-  def pretrain_init(self, seed: int):
-    x = jnp.zeros((1, self.pre_size, self.pre_size, 1))
-    g = self.pre_size // self.patch
-    return jax.jit(lambda k: self.simmim.init(k, x, jnp.zeros((1, g, g), bool)))(
-        jax.random.PRNGKey(seed))["params"]
+  def pretext(self, task: str):
+    if task not in self._pretexts:
+      self._pretexts[task] = self._pretext_classes[task](self.c, self.backbone)
+    return self._pretexts[task]
+
+  def run_pretext(self, name: str):
+    """The pretext of the pre-training run called `name`."""
+    run = next(r for r in self.c.pretrain.runs if r[0] == name)
+    return self.pretext(run_task(self.c, run))
 
   def pretrain_dir(self, name: str) -> pathlib.Path:
     return self.workdir / "pretrain" / f"{self.backbone}_{slug(name)}"
 
   def pretrain(self, name: str, corpus: ImageRows, start_params, seed: int):
-    """One SimMIM run over `corpus` from `start_params` (None: random init); its checkpoint
-    directory is the product. Returns (params, loss curve)."""
-    c, p = self.c, self.c.pretrain
-    batch = p.batch_size
+    """One pre-training run over `corpus` from `start_params` (None: random init); its
+    checkpoint directory is the product. Returns (params, loss curve)."""
+    c = self.c
+    task = run_task(c, next(r for r in c.pretrain.runs if r[0] == name))
+    pretext = self.pretext(task)
+    batch = pretext.batch_size
     steps_per_epoch = max(1, len(corpus) // batch)
     spc = c.engine.steps_per_call
-    total_calls = max(1, p.epochs * steps_per_epoch // spc)
-    lr = paper.scaled_lr(p.base_lr, batch, p.lr_batch)
-    settings = dict(learning_rate=lr, total_steps=total_calls * spc,
-                    warmup_steps=p.warmup_epochs * steps_per_epoch, weight_decay=p.weight_decay,
-                    b1=p.b1, b2=p.b2, clip_norm=p.clip_norm, min_lr=p.min_lr)
-    tx, chunk = self._chunk(("pretrain", *sorted(settings.items())),
-                            lambda: paper.pretrain_optimizer(**settings),
-                            lambda tx: paper.pretrain_loss(self.simmim, self.patch))
-    params = self.pretrain_init(seed) if start_params is None else start_params
+    total_calls = max(1, pretext.epochs * steps_per_epoch // spc)
+    key, make_tx = pretext.optimizer(total_calls * spc, steps_per_epoch)
+    # tasks may share an optimiser but not a loss: one compiled step per (task, optimiser)
+    tx, chunk = self._chunk((task, *key), make_tx, lambda tx: pretext.loss())
+    params = pretext.init(seed) if start_params is None else start_params
     state = parallel.replicate(TrainState.create(params, tx, rng=jax.random.PRNGKey(seed + 1)),
                                self.mesh)
-    size, mask_patch = self.pre_size, p.mask_patch
 
     @functools.lru_cache(maxsize=2)
     def order(epoch):
@@ -399,43 +474,28 @@ class Study:
       for s in range(k * spc, (k + 1) * spc):
         e, i = divmod(s, steps_per_epoch)
         ids.append(order(e)[i * batch:(i + 1) * batch])
-      ids = np.stack(ids)
-      sample = np.arange(k * spc * batch, (k + 1) * spc * batch).reshape(spc, batch)
-      raw = corpus.read(ids.reshape(-1), size)
-      images = np.stack([random_resized_crop(x[..., 0], size, np.random.default_rng([seed, int(j)]))
-                         for x, j in zip(raw, sample.reshape(-1))])[..., None]
-      masks = paper.batch_masks(seed, sample.reshape(-1), size, mask_patch, self.patch,
-                                p.mask_ratio)
-      return {"image": images.reshape(spc, batch, size, size, 1).astype(np.float32),
-              "mask": masks.reshape(spc, batch, *masks.shape[1:])}
+      sample = np.arange(k * spc * batch, (k + 1) * spc * batch)
+      inputs = pretext.batch(corpus.read(np.concatenate(ids), pretext.size), sample, seed)
+      return {k: v.reshape(spc, batch, *v.shape[1:]) for k, v in inputs.items()}
 
     ckpt = Checkpointer(self.pretrain_dir(name))
     try:
       result = run_loop(
-          f"pretrain/{self.backbone}/{slug(name)}", state, chunk, call_batches(total_calls, make_batch),
-          total_calls=total_calls, steps_per_call=spc, checkpointer=ckpt, writer=self.writer,
-          checkpoint_every=c.engine.checkpoint_every,
+          f"pretrain/{self.backbone}/{slug(name)}", state, chunk,
+          call_batches(total_calls, make_batch), total_calls=total_calls, steps_per_call=spc,
+          checkpointer=ckpt, writer=self.writer, checkpoint_every=c.engine.checkpoint_every,
           prepare=lambda b: parallel.global_batch(b, self.mesh, "data", batch_dim=1,
                                                   process_local=False),
-          description=f"SimMIM {self.backbone} on {corpus.name} ({name})")
+          description=f"{pretext.label} {self.backbone} on {corpus.name} ({name})")
     finally:
       ckpt.close()
     return jax.device_get(result.state.params), result.curve
 
   def saved_pretraining(self, name: str):
     """The finished pre-training run's parameters, read back from its checkpoint."""
-    like = self.pretrain_init(0)
+    like = self.run_pretext(name).init(0)
     return pretrained_params(self.pretrain_dir(name), like,
                              hint=f" (pre-training {name!r} of {self.backbone})")
-
-  def reconstruct(self, params, images: np.ndarray, seed: int = 0):
-    """(masked inputs, reconstructions) of float32 [n, S, S, 1] images at pre-training size."""
-    n = len(images)
-    masks = paper.batch_masks(seed, np.arange(n), self.pre_size, self.c.pretrain.mask_patch,
-                              self.patch, self.c.pretrain.mask_ratio)
-    rec = jax.jit(lambda v, x, m: self.simmim.apply(v, x, m))({"params": params}, images, masks)
-    pixel = paper.upsample_mask(masks, self.patch)[..., None]
-    return images * ~pixel, np.where(pixel, np.clip(np.asarray(rec), 0, 1), images)
 
   # ------------------------------------------------------------------ fine-tuning
   def classifier(self, num_labels: int):
@@ -579,7 +639,14 @@ def data_label(c) -> str:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   validate(config)
-  c = config
+  return run_study(config, workdir, {"simmim": SimMIMPretext}, report.SIMMIM)
+
+
+def run_study(c: ml_collections.ConfigDict, workdir, pretexts: dict, paper_ref: report.Paper
+              ) -> dict:
+  """Every pre-training run, then every initialisation fine-tuned on every target, for each
+  backbone; `pretexts` maps task names to pretext classes (a validated config's runs name
+  only those). Writes the tables and figures; returns the table's means by key."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   runs = RunTable(workdir / RESULTS_FILE)
@@ -606,14 +673,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   recon = {}
   with Progress("runs", total, done) as progress:
     for backbone in c.backbones:
-      study = Study(c, workdir, backbone)
+      study = Study(c, workdir, backbone, pretexts)
       pretrained = {}
-      for name, corpus, start in c.pretrain.runs:
+      for name, corpus, start, *_ in c.pretrain.runs:
         key = report.pretrain_key(backbone, name)
         if runs.done(key):
           pretrained[name] = study.saved_pretraining(name)
           continue
-        images = rows(corpus, study.pre_size)
+        images = rows(corpus, study.run_pretext(name).size)
         if corpus in c.transfer.targets:  # no pre-training on a target's test images
           images = split_rows(c, images)[0]
         params, curve = study.pretrain(name, images, pretrained[start] if start else None,
@@ -622,13 +689,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         runs.record(key, {"corpus": corpus, "continued_from": start, "curve": curve,
                           "final_loss": curve[-1]})
         progress.update(1)
-      if pretrained:
-        probe = _probe_images(c, rows, study.pre_size)
-        recon[backbone] = {"input": probe}
+      recon[backbone] = {}
       for name in pretrained:
-        masked, rec = study.reconstruct(pretrained[name], probe)
-        recon[backbone][f"{name}: masked"] = masked
-        recon[backbone][f"{name}: reconstruction"] = rec
+        pretext = study.run_pretext(name)
+        probe = _probe_images(c, rows, pretext.size)
+        recon[backbone].setdefault(f"input ({pretext.size} px)", probe)
+        recon[backbone].update(pretext.figure_rows(name, pretrained[name], probe))
       for target in c.transfer.targets:
         train, val, test = split_rows(c, rows(target, study.fine_size))
         net = study.classifier(len(train.label_names))
@@ -657,16 +723,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
            for backbone, rows_ in table.items() for init, cols in rows_.items()
            for target, cell in cols.items()}
   if parallel.is_main_process():
-    files.write_text(workdir / "results.md", report.tables_markdown(table, c, label))
+    labels = {task: cls.label for task, cls in pretexts.items()}
+    files.write_text(workdir / "results.md",
+                     report.tables_markdown(table, c, label, paper_ref, labels))
     files.write_text(workdir / "results.json", json.dumps(
         {"label": label, "variant": c.variant, "metric": "mean AUC over labels (test split)",
-         "backbones": list(c.backbones), "pretraining": [list(r) for r in c.pretrain.runs],
+         "backbones": list(c.backbones),
+         "pretraining": [[*r[:3], run_task(c, r)] for r in c.pretrain.runs],
          "targets": list(c.transfer.targets), "seeds": list(c.seeds), "table": table},
         indent=1))
     demo = " (demo data)" if "DEMO DATA" in label else ""
     for backbone, images in recon.items():
-      figures.reconstructions(workdir / f"reconstructions_{backbone}.png", images,
-                              f"SimMIM {backbone}: masked inputs and reconstructions{demo}")
+      if images:
+        figures.reconstructions(
+            workdir / f"reconstructions_{backbone}.png", images,
+            f"{paper_ref.method} {backbone}: pretext inputs and reconstructions{demo}")
     figures.transfer_bars(workdir / "transfer.png", table,
                           f"fine-tuned mean AUC, mean ± std over seeds{demo}")
   return final

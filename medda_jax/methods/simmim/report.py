@@ -5,7 +5,19 @@ fine-tuning seeds.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Paper:
+  """The method a study's tables belong to, and which of its paper's tables they mirror."""
+  method: str
+  tables: str
+
+
+SIMMIM = Paper("SimMIM", "paper Tables 1-2 shape")
 
 # Ma et al., Table 1 (AUC %, mean of 10 runs), for the reader's comparison only.
 PAPER_TABLE_1 = {
@@ -37,14 +49,20 @@ def summarise(runs: dict, c, inits: dict[str, list[str]]) -> dict:
   return table
 
 
-def tables_markdown(table: dict, c, label: str) -> str:
+def tables_markdown(table: dict, c, label: str, paper: Paper = SIMMIM,
+                    task_labels: dict[str, str] | None = None) -> str:
   targets = list(c.transfer.targets)
+  task_labels = task_labels or {}
+
+  def run_text(run) -> str:
+    name, corpus, start = run[:3]
+    task = run[3] if len(run) == 4 else c.method
+    return (f"{name} = {task_labels.get(task, task)} on corpus {corpus}"
+            + (f", continued from {start}" if start else ", from random weights"))
+
   out = [f"**{label}**", "",
-         "Pre-training runs (SimMIM): " + "; ".join(
-             f"{name} = corpus {corpus}" + (f", continued from {start}" if start else
-                                            ", from random weights")
-             for name, corpus, start in c.pretrain.runs) + ".", "",
-         "### Test mean AUC over labels (paper Tables 1-2 shape)", "",
+         "Pre-training runs: " + "; ".join(run_text(r) for r in c.pretrain.runs) + ".", "",
+         f"### Test mean AUC over labels ({paper.tables})", "",
          f"mean ± std over {len(c.seeds)} fine-tuning seeds; every layer fine-tuned under a new "
          f"head. {label}", "",
          "| initialisation | backbone | " + " | ".join(targets) + " |",

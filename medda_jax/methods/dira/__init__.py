@@ -4,8 +4,10 @@ pseudo-label head, decoder, adversary) trained stage by stage, D -> (D)+R -> ((D
 stage initialised from the previous stage's checkpoint.
 
 Layout: `paper.py` is the method (Rotation and Jigsaw pretext transforms, the Models Genesis
-restorative pair, the losses of eq. (1)-(4), stage grafting and the adversarial stage's two losses for the
-engine's GAN step).
+restorative pair, the losses of eq. (1)-(4), stage grafting, and the adversarial stage's two
+losses for the engine's GAN step); `pretrain.py` runs the stages, each a resumable engine
+run with its own checkpoint; `volumes.py` streams corpora of whole volumes (LUNA16, yours).
+Not a runnable method yet: its transfer and driver (`configs/dira.py`) are still to come.
 """
 
 from medda_jax.methods.dira.paper import (ROTATIONS, STAGES, TASKS, LossWeights,

@@ -1,0 +1,180 @@
+"""Stepwise incremental pre-training runs (spec section c): every stage of every strategy is
+a resumable engine run with its own orbax checkpoint, initialised from the checkpoint of the
+stage before it (`paper.graft_stage`).
+
+Strategies and their chains of stages:
+  D           D
+  (D)+R       D -> DR
+  ((D)+R)+A   D -> DR -> DRA
+  D+R+A       DRA from scratch (the paper's end-to-end baseline)
+A chain's prefix is shared: `(D)+R` and `((D)+R)+A` grow from the same D run, and
+`((D)+R)+A` from the same DR run, as the paper adds one ingredient at a time.
+
+D and DR train on the engine's supervised chunk; DRA on its GAN chunk (adversary first,
+then encoder + head + decoder). Samples are functions of (seed, sample index) and the
+corpus, so a killed stage resumes where it stopped and redraws the same batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from medda_jax import parallel
+from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.gan import GANState, build_gan_chunk, shard_batches
+from medda_jax.engine.graft import pretrained_params
+from medda_jax.engine.loop import run_loop
+from medda_jax.engine.supervised import TrainState, build_train_chunk
+from medda_jax.engine.trainer import call_batches
+from medda_jax.methods.dira import paper
+from medda_jax.models.united3d import Adversary3D, United
+
+CHAINS = {"D": ("D",), "(D)+R": ("D", "DR"), "((D)+R)+A": ("D", "DR", "DRA"),
+          "D+R+A": ("DRA",)}
+
+
+def stage_runs(strategies) -> list[tuple[str, ...]]:
+  """The stage runs the strategies need, each a chain prefix, every prefix once, parents
+  before children."""
+  runs: list[tuple[str, ...]] = []
+  for strategy in strategies:
+    chain = CHAINS[strategy]
+    for k in range(1, len(chain) + 1):
+      if chain[:k] not in runs:
+        runs.append(chain[:k])
+  return runs
+
+
+def run_name(task: str, chain: tuple[str, ...]) -> str:
+  """e.g. rotation_D-DR-DRA; the end-to-end baseline is rotation_DRA."""
+  return f"{task}_{'-'.join(chain)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  features: int
+  levels: int
+  size: int  # cube side in voxels
+  batch_size: int
+  steps: int  # updates per stage
+  learning_rate: float
+  weights: paper.LossWeights
+  permutations: int  # Jigsaw's permutation table
+  seed: int = 0
+  steps_per_call: int = 1
+  checkpoint_every: int = 100  # calls
+  inner_loop: str = "scan"
+
+
+class Pretrainer:
+  """The stage runs of one corpus: `corpus(sample_ids) -> float32 [n, S, S, S]` cubes in
+  [0, 1], each a function of its sample id."""
+
+  def __init__(self, settings: Settings, corpus: Callable[[np.ndarray], np.ndarray],
+               corpus_name: str, workdir: pathlib.Path, writer=None):
+    self.s, self.corpus, self.corpus_name = settings, corpus, corpus_name
+    self.workdir, self.writer = pathlib.Path(workdir), writer
+    self.mesh = parallel.data_mesh()
+    # fixed per run and stored with its checkpoints (pitfall 2 of the spec)
+    self.table = paper.permutation_table(settings.permutations, seed=settings.seed)
+
+  def classes(self, task: str) -> int:
+    return len(paper.ROTATIONS) if task == "rotation" else len(self.table)
+
+  def model(self, task: str, stage: str) -> United:
+    return United(self.s.features, self.s.levels, self.classes(task),
+                  restore=paper.stage_restores(stage))
+
+  def adversary(self) -> Adversary3D:
+    return Adversary3D(self.s.features, levels=min(self.s.levels, 4))
+
+  def directory(self, task: str, chain: tuple[str, ...]) -> pathlib.Path:
+    return self.workdir / "pretrain" / run_name(task, chain)
+
+  def _cube(self):
+    return jnp.zeros((1, self.s.size, self.s.size, self.s.size, 1))
+
+  def init(self, task: str, chain: tuple[str, ...], seed: int):
+    """Fresh parameters of the chain's last stage: the United model's, and for DRA
+    {"g": United's, "d": the adversary's}."""
+    key = jax.random.PRNGKey(seed)
+    x = self._cube()
+    params = jax.jit(self.model(task, chain[-1]).init)(key, x)["params"]
+    if chain[-1] != "DRA":
+      return params
+    d = jax.jit(self.adversary().init)(jax.random.fold_in(key, 1), x, x)["params"]
+    return {"g": params, "d": d}
+
+  def batches(self, task: str, total_calls: int, gan: bool):
+    s = self.s
+    spc, batch = s.steps_per_call, s.batch_size
+
+    def make_batch(k):
+      ids = np.arange(k * spc * batch, (k + 1) * spc * batch)
+      out = paper.make_batch(self.corpus(ids), task, s.seed, ids, self.table)
+      shape = (spc, 1, batch) if gan else (spc, batch)
+      return {name: v.reshape(*shape, *v.shape[1:]) for name, v in out.items()}
+
+    return call_batches(total_calls, make_batch)
+
+  def run(self, task: str, chain: tuple[str, ...], previous) -> dict:
+    """One stage run from `previous` (the parent stage's United parameters, or None);
+    returns its United parameters (the generator side for DRA)."""
+    s, stage = self.s, chain[-1]
+    params = self.init(task, chain, s.seed)
+    if previous is not None:
+      where = f"stage run {run_name(task, chain[:-1])}"
+      if stage == "DRA":
+        params = {"g": paper.graft_stage(previous, params["g"], where), "d": params["d"]}
+      else:
+        params = paper.graft_stage(previous, params, where)
+    total_calls = max(1, s.steps // s.steps_per_call)
+    model = self.model(task, stage)
+    if stage == "DRA":
+      tx_g, tx_d = optax.adam(s.learning_rate), optax.adam(s.learning_rate)
+      state = GANState.create(params, {"g": {}, "d": {}}, tx_g, tx_d,
+                              jax.random.PRNGKey(s.seed + 1))
+      chunk = build_gan_chunk(paper.critic_loss(model, self.adversary()),
+                              paper.generator_loss(model, self.adversary(), s.weights),
+                              tx_g, tx_d, inner_loop=s.inner_loop, mesh=self.mesh)
+      prepare, loss_key = (lambda b: shard_batches(b, self.mesh)), "g_gen_loss"
+    else:
+      tx = optax.adam(s.learning_rate)
+      state = TrainState.create(params, tx, rng=jax.random.PRNGKey(s.seed + 1))
+      chunk = build_train_chunk(paper.stage_loss_fn(model, stage, s.weights), tx,
+                                s.inner_loop, mesh=self.mesh)
+      loss_key = "loss"
+
+      def prepare(b):
+        return parallel.global_batch(b, self.mesh, "data", batch_dim=1, process_local=False)
+    state = parallel.replicate(state, self.mesh)
+    directory = self.directory(task, chain)
+    directory.mkdir(parents=True, exist_ok=True)
+    np.save(directory / "permutations.npy", self.table)
+    ckpt = Checkpointer(directory)
+    try:
+      result = run_loop(
+          f"pretrain/{run_name(task, chain)}", state, chunk,
+          self.batches(task, total_calls, stage == "DRA"), total_calls=total_calls,
+          steps_per_call=s.steps_per_call, checkpointer=ckpt, writer=self.writer,
+          checkpoint_every=s.checkpoint_every, loss_key=loss_key,
+          prepare=prepare,
+          description=f"{task} {'→'.join(chain)} on {self.corpus_name}")
+    finally:
+      ckpt.close()
+    params = jax.device_get(result.state.params)
+    return (params["g"] if stage == "DRA" else params), result.curve
+
+  def saved(self, task: str, chain: tuple[str, ...]) -> dict:
+    """A finished stage run's United parameters, read back from its checkpoint."""
+    like = self.init(task, chain, 0)
+    params = pretrained_params(self.directory(task, chain), like,
+                               hint=f" (stage run {run_name(task, chain)})")
+    return params["g"] if chain[-1] == "DRA" else params

@@ -13,8 +13,7 @@ scale and shift) instead, so the networks carry no batch statistics: a train sta
 parameters only, the adversary's real and fake passes cannot leak statistics into each
 other, and a stage's checkpoint holds everything the next stage needs. Not instance norm:
 it zeroes every channel's spatial mean, so the head's global average pool of the bottleneck
-would see almost nothing of the input (a Rotation head stayed at chance, ln 10, for 200
-steps).
+would see only the shape of each channel's distribution.
 """
 
 from __future__ import annotations

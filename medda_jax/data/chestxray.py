@@ -129,12 +129,29 @@ class ImageLabelTable:
   def __len__(self) -> int:
     return len(self.paths)
 
+  @staticmethod
+  def concatenate(tables: Sequence["ImageLabelTable"]) -> "ImageLabelTable":
+    """The rows of every table in order, under the first table's root and label names (the
+    splits of one published set, e.g. its train and test CSVs)."""
+    return dataclasses.replace(
+        tables[0], paths=sum((t.paths for t in tables), ()),
+        labels=np.concatenate([t.labels for t in tables]),
+        patient_ids=sum((t.patient_ids for t in tables), ()))
+
   def subset(self, indices) -> "ImageLabelTable":
     """The rows `indices` (in that order)."""
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     return dataclasses.replace(self, paths=tuple(self.paths[i] for i in idx),
                                labels=self.labels[idx],
                                patient_ids=tuple(self.patient_ids[i] for i in idx))
+
+
+def _root_folder(root, dataset: str, layout: str) -> pathlib.Path:
+  """`root` as a path, or a DataError naming the dataset and showing its layout."""
+  root = pathlib.Path(root)
+  if not root.is_dir():
+    raise DataError(f"{dataset} root folder {root} does not exist\n{layout}")
+  return root
 
 
 def _check_files(root: pathlib.Path, paths: Sequence[str], source: str) -> None:
@@ -177,9 +194,7 @@ def load_chexpert(root: str | os.PathLike, split: str = "train", uncertain: str 
     raise DataError(f"CheXpert split must be one of {CHEXPERT_SPLITS}, got {split!r}")
   if uncertain not in UNCERTAIN_POLICIES:
     raise DataError(f"uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
-  root = pathlib.Path(root)
-  if not root.is_dir():
-    raise DataError(f"CheXpert root folder {root} does not exist\n{_CHEXPERT_LAYOUT}")
+  root = _root_folder(root, "CheXpert", _CHEXPERT_LAYOUT)
   csv_path = root / f"{split}.csv"
   rows = read_csv_rows(csv_path, _CHEXPERT_COLUMNS, _CHEXPERT_LAYOUT)
   uncertain_value = {"zeros": 0.0, "ones": 1.0, "ignore": np.nan}[uncertain]
@@ -256,9 +271,7 @@ def load_chestxray14(root: str | os.PathLike, split: str = "train_val") -> Image
   """
   if split not in CHESTXRAY14_SPLITS:
     raise DataError(f"ChestX-ray14 split must be one of {CHESTXRAY14_SPLITS}, got {split!r}")
-  root = pathlib.Path(root)
-  if not root.is_dir():
-    raise DataError(f"ChestX-ray14 root folder {root} does not exist\n{_CXR14_LAYOUT}")
+  root = _root_folder(root, "ChestX-ray14", _CXR14_LAYOUT)
   csv_path = next((root / n for n in _CXR14_TABLES if (root / n).is_file()),
                   root / _CXR14_TABLES[0])
   rows = read_csv_rows(csv_path, _CXR14_COLUMNS, _CXR14_LAYOUT)
@@ -317,9 +330,7 @@ def load_shenzhen(root: str | os.PathLike) -> ImageLabelTable:
     A table with one label (`SHENZHEN_LABELS`, 1 tuberculosis) in file-name order; patient id
     = the 4-digit number.
   """
-  root = pathlib.Path(root)
-  if not root.is_dir():
-    raise DataError(f"Shenzhen root folder {root} does not exist\n{_SHENZHEN_LAYOUT}")
+  root = _root_folder(root, "Shenzhen", _SHENZHEN_LAYOUT)
   found: list[tuple[str, re.Match]] = []
   for folder in _SHENZHEN_FOLDERS:
     path = root / folder
@@ -380,9 +391,7 @@ def load_vindr_cxr(root: str | os.PathLike, split: str = "train",
     raise DataError(f"VinDr-CXR split must be one of {VINDR_SPLITS}, got {split!r}")
   if aggregate not in VINDR_AGGREGATES:
     raise DataError(f"VinDr-CXR aggregate must be one of {VINDR_AGGREGATES}, got {aggregate!r}")
-  root = pathlib.Path(root)
-  if not root.is_dir():
-    raise DataError(f"VinDr-CXR root folder {root} does not exist\n{_VINDR_LAYOUT}")
+  root = _root_folder(root, "VinDr-CXR", _VINDR_LAYOUT)
   csv_path = root / f"image_labels_{split}.csv"
   if not csv_path.is_file() and (root / "annotations" / csv_path.name).is_file():
     csv_path = root / "annotations" / csv_path.name
@@ -445,10 +454,7 @@ def load_rsna_pneumonia(root: str | os.PathLike) -> ImageLabelTable:
     A table with the three classes one-hot (`RSNA_PNEUMONIA_LABELS`), one row per patient in
     first-listed order (repeated rows, one per box, merged); patient id = patientId.
   """
-  root = pathlib.Path(root)
-  if not root.is_dir():
-    raise DataError(f"RSNA Pneumonia root folder {root} does not exist\n"
-                    f"{_RSNA_PNEUMONIA_LAYOUT}")
+  root = _root_folder(root, "RSNA Pneumonia", _RSNA_PNEUMONIA_LAYOUT)
   csv_path = root / "stage_2_detailed_class_info.csv"
   rows = read_csv_rows(csv_path, ("patientId", "class"), _RSNA_PNEUMONIA_LAYOUT)
   position = {name: k for k, name in enumerate(RSNA_PNEUMONIA_LABELS)}

@@ -178,10 +178,7 @@ def load_dataset(c, name: str) -> chestxray.ImageLabelTable:
     tables = [chestxray.load_chexpert(root, s, uncertain=c.data.uncertain,
                                       frontal_only=c.data.frontal_only)
               for s in chestxray.CHEXPERT_SPLITS]
-  table = dataclasses.replace(
-      tables[0], paths=sum((t.paths for t in tables), ()),
-      labels=np.concatenate([t.labels for t in tables]),
-      patient_ids=sum((t.patient_ids for t in tables), ()))
+  table = chestxray.ImageLabelTable.concatenate(tables)
   if len(table) == 0:
     raise DataError(f"{name} folder {root} lists no images (config.data.dirs.{name})")
   return table

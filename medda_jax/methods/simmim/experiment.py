@@ -321,10 +321,7 @@ def _load_published(c, name: str) -> chestxray.ImageLabelTable:
     tables[1] = dataclasses.replace(
         tables[1], label_names=names,
         labels=tables[1].labels[:, [test_at[key(n)] for n in names]])
-    table = dataclasses.replace(
-        tables[0], paths=sum((t.paths for t in tables), ()),
-        labels=np.concatenate([t.labels for t in tables]),
-        patient_ids=sum((t.patient_ids for t in tables), ()))
+    table = chestxray.ImageLabelTable.concatenate(tables)
   if len(table) == 0:
     raise DataError(f"{name} folder {root} lists no images (config.data.dirs.{name})")
   return table
@@ -440,10 +437,13 @@ class Study:
       self._pretexts[task] = self._pretext_classes[task](self.c, self.backbone)
     return self._pretexts[task]
 
+  def run_task(self, name: str) -> str:
+    """The task of the pre-training run called `name`."""
+    return run_task(self.c, next(r for r in self.c.pretrain.runs if r[0] == name))
+
   def run_pretext(self, name: str):
     """The pretext of the pre-training run called `name`."""
-    run = next(r for r in self.c.pretrain.runs if r[0] == name)
-    return self.pretext(run_task(self.c, run))
+    return self.pretext(self.run_task(name))
 
   def pretrain_dir(self, name: str) -> pathlib.Path:
     return self.workdir / "pretrain" / f"{self.backbone}_{slug(name)}"
@@ -452,7 +452,7 @@ class Study:
     """One pre-training run over `corpus` from `start_params` (None: random init); its
     checkpoint directory is the product. Returns (params, loss curve)."""
     c = self.c
-    task = run_task(c, next(r for r in c.pretrain.runs if r[0] == name))
+    task = self.run_task(name)
     pretext = self.pretext(task)
     batch = pretext.batch_size
     steps_per_epoch = max(1, len(corpus) // batch)

@@ -246,7 +246,7 @@ def candidate_crop(volume: np.ndarray, spacing, origin, coord_xyz,
 # NIfTI helpers
 
 
-def _nifti_zyx(path: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+def read_nifti_zyx(path: str) -> tuple[np.ndarray, tuple[float, float, float]]:
   """`read_nifti`'s (i, j, k) array and voxel size reversed to (k, j, i) = (z, y, x)."""
   data, zooms = read_nifti(path, squeeze_trailing=True)
   return (np.ascontiguousarray(data.transpose(2, 1, 0)),
@@ -254,7 +254,7 @@ def _nifti_zyx(path: str) -> tuple[np.ndarray, tuple[float, float, float]]:
 
 
 def _labels(path: str, allowed: tuple[int, ...]) -> tuple[np.ndarray, tuple[float, ...]]:
-  data, spacing = _nifti_zyx(path)
+  data, spacing = read_nifti_zyx(path)
   ok = np.zeros(data.shape, bool)
   for value in allowed:  # a pass per value: cheaper than np.unique on a whole CT volume
     ok |= data == value
@@ -328,7 +328,7 @@ def read_lits_case(case: LitsCase
                    ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
   """(volume [Z, Y, X] float32 HU, labels [Z, Y, X] uint8 (0 background, 1 liver,
   2 tumour), spacing (z, y, x) mm) of one case."""
-  volume, spacing = _nifti_zyx(case.volume)
+  volume, spacing = read_nifti_zyx(case.volume)
   labels, _ = _labels(case.segmentation, LITS_LABELS)
   if labels.shape != volume.shape:
     raise DataError(f"LiTS case {case.id}: volume shape {volume.shape} and segmentation "
@@ -432,7 +432,7 @@ def read_brats_case(case: BratsCase
   [Z, Y, X] uint8 in {0, 1, 2, 4}, spacing (z, y, x) mm of the first modality)."""
   channels, spacing = [], None
   for path in case.images:
-    data, zooms = _nifti_zyx(path)
+    data, zooms = read_nifti_zyx(path)
     if channels and data.shape != channels[0].shape:
       raise DataError(f"BraTS case {case.id}: {path} has shape {data.shape} (z, y, x), "
                       f"{case.images[0]} {channels[0].shape}")

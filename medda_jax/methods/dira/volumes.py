@@ -17,7 +17,6 @@ import pathlib
 import numpy as np
 
 from medda_jax.data import ct_sets, metaimage
-from medda_jax.data.volumes import read_nifti
 from medda_jax.errors import DataError
 
 SUFFIXES = (".nii", ".nii.gz", ".mhd")
@@ -60,7 +59,7 @@ def read_volume(path: str) -> np.ndarray:
   data/ct_sets.py reads them)."""
   if path.endswith(".mhd"):
     return np.asarray(metaimage.read_mhd(path)[0], np.float32)
-  return np.ascontiguousarray(read_nifti(path, squeeze_trailing=True)[0].transpose(2, 1, 0))
+  return ct_sets.read_nifti_zyx(path)[0]
 
 
 def normalise(volume: np.ndarray, intensity: str) -> np.ndarray:

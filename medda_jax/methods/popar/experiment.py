@@ -55,8 +55,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
 class PopARPretext:
   """One POPAR task (`paper.TASKS`) for one backbone; settings in `config.popar`."""
 
-  label = "POPAR"
-
   def __init__(self, c, backbone: str, task: str = "popar"):
     p = c.popar
     self.c, self.backbone, self.settings = c, backbone, p
@@ -105,7 +103,7 @@ class PopARPretext:
   def figure_rows(self, name: str, params, images: np.ndarray) -> dict[str, np.ndarray]:
     """Per distortion the task trains on: its inputs, the order restored by the predicted
     positions (shuffled inputs) and the recovered appearance (where the task trains it)."""
-    apply = jax.jit(functools.partial(self.model.apply, {"params": params}))
+    apply = jax.jit(self.model.apply)  # the parameters as an argument, not as constants
     grid = (self.size // self.patch,) * 2
     rows = {}
     for kind, probability in (("shuffled", 1.0), ("Models Genesis", 0.0)):
@@ -114,7 +112,7 @@ class PopARPretext:
       if not probability and self.shuffle_probability == 1.0:
         continue
       shown, _, _ = self.distort(images, np.arange(len(images)), 0, probability)
-      logits, appearance = (np.asarray(a) for a in apply(shown))
+      logits, appearance = (np.asarray(a) for a in apply({"params": params}, shown))
       rows[f"{name}: {kind}"] = shown
       if probability:
         rows[f"{name}: order restored"] = np.stack(

@@ -212,6 +212,35 @@ def kill_after_checkpoint(child, directory, timeout: float = 400) -> int:
   return max(checkpoint_steps(directory))
 
 
+def check_grafted_classifier(study, init: str, saved) -> int:
+  """Grafts the pre-training run `init` (its parameters `saved`) into a fresh 3-label
+  classifier of the pre-train-then-transfer `study` and checks every parameter: the same
+  names as a random classifier, the head the random one's, each encoder parameter the saved
+  one or, where the grids differ, the study's resize rule applied to it. Returns how many
+  were resized."""
+  import flax
+  import numpy as np
+
+  from medda_jax.methods.simmim.experiment import SCRATCH
+  net = study.classifier(3)
+  fresh = study.transfer_init(net, SCRATCH, None, seed=0)
+  grafted = study.transfer_init(net, init, saved, seed=0)
+  flat = lambda t: flax.traverse_util.flatten_dict(t, sep="/")  # noqa: E731
+  src, new, random = flat(saved["encoder"]), flat(grafted), flat(fresh)
+  assert set(new) == set(random)
+  resized = 0
+  for path, value in new.items():
+    if path.startswith("head/"):
+      np.testing.assert_array_equal(value, random[path])
+    elif src[path].shape == value.shape:
+      np.testing.assert_array_equal(value, src[path], err_msg=path)
+    else:
+      resized += 1
+      want = study._resize_rule(path, np.asarray(src[path]), value.shape)
+      np.testing.assert_allclose(value, want, err_msg=path)
+  return resized
+
+
 def abstract_variables(model, shape, dtype=None):
   """The variables `model.init(..., train=False)` would make for an input of `shape`, as
   shapes only (jax.eval_shape: nothing is allocated or compiled)."""

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import config_with, shared_run
+from conftest import check_grafted_classifier, config_with, shared_run
 from medda_jax.config_utils import load_config
 from medda_jax.errors import ConfigError
 from medda_jax.methods.popar import experiment, paper
@@ -181,19 +180,7 @@ def test_grafted_classifier_holds_exactly_the_saved_popar_encoder(popar_run, bac
   assert set(saved) == {"encoder", "order_head", "appearance_head"}
   assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(saved),
                                                       jax.tree.leaves(continued)))
-  net = study.classifier(3)
-  fresh = study.transfer_init(net, study_lib.SCRATCH, None, seed=0)
-  grafted = study.transfer_init(net, "POPAR in-domain", saved, seed=0)
-  flat = lambda t: flax.traverse_util.flatten_dict(t, sep="/")  # noqa: E731
-  src, new, init = flat(saved["encoder"]), flat(grafted), flat(fresh)
-  for path, value in new.items():
-    if path.startswith("head/"):
-      np.testing.assert_array_equal(value, init[path])
-    elif src[path].shape == value.shape:
-      np.testing.assert_array_equal(value, src[path], err_msg=path)
-    else:
-      want = study._resize_rule(path, np.asarray(src[path]), value.shape)
-      np.testing.assert_allclose(value, want, err_msg=path)
+  check_grafted_classifier(study, "POPAR in-domain", saved)
 
 
 def test_each_run_trains_its_own_tasks_loss(popar_run):

@@ -16,7 +16,8 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import config_with, kill_after_checkpoint, run_train, shared_run
+from conftest import (check_grafted_classifier, config_with, kill_after_checkpoint,
+                      run_train, shared_run)
 from medda_jax.config_utils import load_config
 from medda_jax.errors import ConfigError, DataError
 from medda_jax.methods.simmim import experiment, paper
@@ -267,22 +268,7 @@ def test_grafted_classifier_holds_exactly_the_saved_encoder(simmim_run, backbone
   continued = study.saved_pretraining("SimMIM continued")
   assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(saved),
                                                       jax.tree.leaves(continued)))
-  net = study.classifier(3)
-  fresh = study.transfer_init(net, experiment.SCRATCH, None, seed=0)
-  grafted = study.transfer_init(net, "SimMIM in-domain", saved, seed=0)
-  flat = lambda t: flax.traverse_util.flatten_dict(t, sep="/")  # noqa: E731
-  src, new, init = flat(saved["encoder"]), flat(grafted), flat(fresh)
-  assert set(new) == set(init)
-  resized = 0
-  for path, value in new.items():
-    if path.startswith("head/"):
-      np.testing.assert_array_equal(value, init[path])
-    elif src[path].shape == value.shape:
-      np.testing.assert_array_equal(value, src[path], err_msg=path)
-    else:
-      resized += 1
-      want = study._resize_rule(path, np.asarray(src[path]), value.shape)
-      np.testing.assert_allclose(value, want, err_msg=path)
+  resized = check_grafted_classifier(study, "SimMIM in-domain", saved)
   assert resized >= 1  # pre-training 24 px, fine-tuning 32 px: tables / embeddings resized
 
 

@@ -280,3 +280,23 @@ def test_segmenting_united_gives_the_logits_of_the_restoring_one():
   _, logits = segmenting.apply({"params": params}, x)
   np.testing.assert_allclose(jax.nn.sigmoid(logits), probability, rtol=1e-5, atol=1e-6)
   assert not np.allclose(logits, probability)
+
+
+@pytest.mark.parametrize("pool", ["mean", "flatten"])
+def test_head_pools_the_bottleneck_as_a_loop_says(pool):
+  """"mean": each channel's average over space; "flatten": every (voxel, channel) value in
+  row-major order; then one linear layer."""
+  from medda_jax.models.united3d import DiscriminativeHead
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 2, 3, 2, 4))
+  head = DiscriminativeHead(5, pool)
+  params = head.init(jax.random.PRNGKey(1), x)["params"]
+  got = np.asarray(head.apply({"params": params}, x))
+  xs = np.asarray(x)
+  kernel, bias = np.asarray(params["dense"]["kernel"]), np.asarray(params["dense"]["bias"])
+  for n in range(2):
+    if pool == "mean":
+      feats = [xs[n, ..., c].mean() for c in range(4)]
+    else:
+      feats = [xs[n, d, h, w, c] for d in range(2) for h in range(3) for w in range(2)
+               for c in range(4)]
+    np.testing.assert_allclose(got[n], np.asarray(feats) @ kernel + bias, rtol=1e-5, atol=1e-6)

@@ -84,17 +84,21 @@ class Decoder3D(nn.Module):
 
 
 class DiscriminativeHead(nn.Module):
-  """Global average pool of the bottleneck + one linear layer per head.
+  """Global average pool (`pool="mean"`) or the whole flattened bottleneck
+  (`pool="flatten"`: keeps where each feature is, which Jigsaw's arrangement classes need on
+  small inputs) + one linear layer per head.
 
   `num_classes` an int: logits float32 [N, num_classes]. A tuple (several pseudo-label
   tasks on one input, e.g. Rubik's Cube ordering + per-cube rotations): a tuple of logits,
   one [N, classes] per head."""
 
   num_classes: int | tuple[int, ...] = 10
+  pool: str = "mean"  # or "flatten"
 
   @nn.compact
   def __call__(self, x):
-    pooled = x.astype(jnp.float32).mean(axis=(1, 2, 3))
+    x = x.astype(jnp.float32)
+    pooled = x.mean(axis=(1, 2, 3)) if self.pool == "mean" else x.reshape(x.shape[0], -1)
     if isinstance(self.num_classes, int):
       return Dense(self.num_classes, name="dense")(pooled)
     return tuple(Dense(k, name=f"dense{i}")(pooled) for i, k in enumerate(self.num_classes))
@@ -114,10 +118,11 @@ class United(nn.Module):
   out_channels: int = 1
   dtype: Any = jnp.float32
   segment: bool = False  # the decoder gives logits (a segmentation network; head unused)
+  head_pool: str = "mean"
 
   def setup(self):
     self.encoder = Encoder3D(self.features, self.levels, self.dtype)
-    self.head = DiscriminativeHead(self.num_classes)
+    self.head = DiscriminativeHead(self.num_classes, self.head_pool)
     if self.restore:
       self.decoder = Decoder3D(self.features, self.levels, self.out_channels, self.dtype,
                                logits=self.segment)

@@ -71,6 +71,7 @@ class Settings:
   steps_per_call: int = 1
   checkpoint_every: int = 100  # calls
   inner_loop: str = "scan"
+  head_pool: str = "mean"  # the pretext head: "mean" (global average) or "flatten"
 
 
 class Pretrainer:
@@ -90,7 +91,7 @@ class Pretrainer:
 
   def model(self, task: str, stage: str) -> United:
     return United(self.s.features, self.s.levels, self.classes(task),
-                  restore=paper.stage_restores(stage))
+                  restore=paper.stage_restores(stage), head_pool=self.s.head_pool)
 
   def adversary(self) -> Adversary3D:
     return Adversary3D(self.s.features, levels=min(self.s.levels, 4))

@@ -61,3 +61,16 @@ def test_warped_subjects_differ_from_the_real_one_and_keep_its_atlas_size():
   assert real.image.shape == warped.image.shape
   assert not np.allclose(real.image, warped.image)
   assert abs(int(warped.target.sum()) - int(real.target.sum())) < 0.2 * real.target.sum()
+
+
+def test_coarsened_subjects_are_block_means_any_and_majority_of_the_fine_ones():
+  fine, coarse = dsv.subjects(2, 0)[1], dsv.subjects(2, 0, coarsen=2)[1]
+  assert coarse.image.shape == tuple(n // 2 for n in fine.image.shape)
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    x, y, z = (int(rng.integers(n)) for n in coarse.image.shape)
+    block = np.s_[2 * x:2 * x + 2, 2 * y:2 * y + 2, 2 * z:2 * z + 2]
+    np.testing.assert_allclose(coarse.image[x, y, z], fine.image[block].mean(), rtol=1e-5)
+    assert coarse.brain[x, y, z] == fine.brain[block].any()
+    assert coarse.target[x, y, z] == (fine.target[block].sum() >= 4)
+  assert coarse.target.any() and coarse.brain.sum() > fine.brain.sum() / 8

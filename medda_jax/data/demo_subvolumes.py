@@ -4,8 +4,9 @@ Colin27 T1 with its real AAL atlas, `DEMO_BRAIN_CARD.md`), with synthetic subjec
 smooth random warps (`styles.random_subject`). It stands in for the paper's CT corpora
 (LUNA16), which cannot be installed offline; the scale is tiny (2 mm voxels, 32-voxel cubes).
 
-- `subjects(per_anatomy, seed)`: the subject pool; subject 0 of each anatomy is the real
-  volume itself, the others warps of it. Splits are by subject, so no test crop shares a
+- `subjects(per_anatomy, seed, coarsen)`: the subject pool; subject 0 of each anatomy is the
+  real volume itself, the others warps of it; `coarsen` = 2 gives 4 mm voxels (2x2x2 means
+  of the image, the brain where any voxel of the block is, the target where most are). Splits are by subject, so no test crop shares a
   subject with a training crop.
 - `corpus(count, size, seed, subject_ids)`: unlabelled crops inside the head, float32
   [count, S, S, S] in [0, 1] (the pre-training corpus).
@@ -50,8 +51,18 @@ class Crops:
   subject_ids: np.ndarray  # int [N]
 
 
-@functools.lru_cache(maxsize=2)
-def subjects(per_anatomy: int = 4, seed: int = 0) -> tuple[Subject, ...]:
+def _coarsen(volume: np.ndarray, factor: int, reduce) -> np.ndarray:
+  """Blocks of factor^3 voxels reduced to one (the trailing partial blocks dropped)."""
+  if factor == 1:
+    return volume
+  x, y, z = (d // factor for d in volume.shape)
+  blocks = volume[:x * factor, :y * factor, :z * factor].reshape(
+      x, factor, y, factor, z, factor)
+  return reduce(blocks, axis=(1, 3, 5))
+
+
+@functools.lru_cache(maxsize=4)
+def subjects(per_anatomy: int = 4, seed: int = 0, coarsen: int = 1) -> tuple[Subject, ...]:
   """Subjects of both anatomies, [anatomy 0: real, warp 1, ...; anatomy 1: ...]."""
   pool = []
   streams = np.random.SeedSequence([seed, 71]).spawn(len(ANATOMIES))
@@ -69,8 +80,11 @@ def subjects(per_anatomy: int = 4, seed: int = 0) -> tuple[Subject, ...]:
       else:
         warped, c = styles.random_subject([image, code], np.random.default_rng(sub),
                                           max_displacement_mm=4.0, voxel_mm=demo_brain.VOXEL_MM)
-      pool.append(Subject(f"{anatomy}_s{k}", np.asarray(warped, np.float32),
-                          (c % 2).astype(bool), (c // 2).astype(bool)))
+      brain_k, target_k = (c % 2).astype(bool), (c // 2).astype(bool)
+      pool.append(Subject(f"{anatomy}_s{k}",
+                          _coarsen(np.asarray(warped, np.float32), coarsen, np.mean),
+                          _coarsen(brain_k, coarsen, np.any),
+                          _coarsen(target_k.astype(np.float32), coarsen, np.mean) >= 0.5))
   return tuple(pool)
 
 
@@ -79,8 +93,8 @@ def _crop(volume: np.ndarray, corner: np.ndarray, size: int) -> np.ndarray:
 
 
 def _crops(count: int, size: int, seed: int, subject_ids, per_anatomy: int, pool_seed: int,
-           centres_near_target: bool, min_voxels: int) -> Crops:
-  pool = subjects(per_anatomy, pool_seed)
+           centres_near_target: bool, min_voxels: int, coarsen: int) -> Crops:
+  pool = subjects(per_anatomy, pool_seed, coarsen)
   ids = np.asarray(subject_ids)
   images, masks, labels, corners, chosen = [], [], [], [], []
   for i in range(count):
@@ -107,13 +121,15 @@ def _crops(count: int, size: int, seed: int, subject_ids, per_anatomy: int, pool
 
 
 def corpus(count: int, size: int, seed: int, subject_ids, per_anatomy: int = 4,
-           pool_seed: int = 0) -> np.ndarray:
+           pool_seed: int = 0, coarsen: int = 1) -> np.ndarray:
   """Unlabelled crops centred on random brain voxels: float32 [count, S, S, S]."""
-  return _crops(count, size, seed, subject_ids, per_anatomy, pool_seed, False, 1).images
+  return _crops(count, size, seed, subject_ids, per_anatomy, pool_seed, False, 1,
+                coarsen).images
 
 
 def hippocampus_task(count: int, size: int, seed: int, subject_ids, per_anatomy: int = 4,
-                     pool_seed: int = 0, min_voxels: int = 20) -> Crops:
+                     pool_seed: int = 0, min_voxels: int = 20, coarsen: int = 1) -> Crops:
   """Crops with the hippocampus mask and label: even crops centred within size/4 voxels of
   a hippocampus voxel, odd crops on brain voxels holding fewer than `min_voxels` of it."""
-  return _crops(count, size, seed, subject_ids, per_anatomy, pool_seed, True, min_voxels)
+  return _crops(count, size, seed, subject_ids, per_anatomy, pool_seed, True, min_voxels,
+                coarsen)

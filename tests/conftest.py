@@ -67,6 +67,7 @@ COSTLY_FIRST = (
     "cyclegan_run",  # 105 s
     "simmim_run",  # about 100 s with its kill / resume and NaN runs
     "popar_run",  # about 80 s
+    "dira_run",  # about 65 s with its kill / resume run
     "catenorm_run",  # 104 s
     "fda_run",  # 75 s
     "odex_run",  # 71 s

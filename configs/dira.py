@@ -7,7 +7,7 @@ added one stage at a time (Guo, Islam, Gotway, Liang; DART 2022).
   python -m medda_jax.train --config=configs/dira.py:demo --workdir=runs/dira_demo
   python -m medda_jax.train --config=configs/dira.py:smoke --workdir=runs/dira_smoke
 
-For each pretext task (Rotation, Jigsaw: the two of the paper's five implemented here), the
+For each pretext task (Rotation, Jigsaw, Rubik's Cube: three of the paper's five), the
 stage runs of every strategy: D (encoder + head on the pseudo-labels), (D)+R (then a decoder
 restoring the undistorted cube), ((D)+R)+A (then an adversary judging restorations), and the
 end-to-end baseline D+R+A; every stage its own checkpoint, grafted into the next. Every
@@ -18,7 +18,7 @@ paper's Table 1 (mean ± std over seeds).
 United model (32 -> 512 features, 4 down-samplings), the paper's targets that install from
 their publishers: NCC (LUNA16 candidates, AUC), LCS (LiTS liver, IoU), BMS (BraTS whole
 tumour, IoU); PE-CAD and LIDC-IDRI are not read. Where the paper is silent the spec's
-recommendations stand (lambda_d = lambda_r = 1, lambda_a = 1e-3; 100 Jigsaw permutations),
+recommendations stand (lambda_d = lambda_r = 1, lambda_a = 1e-3; 100 permutations),
 and these assumptions: Adam 1e-3, batch 16, 10,000 updates per stage; fine-tuning with Adam,
 early stopping on validation, 10 seeds. `demo` runs on cubes of the two real brain volumes
 of the brain demo with the real AAL hippocampus as the targets' label (classification: does
@@ -78,7 +78,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.pretrain.steps = 160  # updates per stage run
   c.pretrain.batch_size = 8
   c.pretrain.learning_rate = 1e-3
-  c.pretrain.permutations = 100  # Jigsaw's maximal-Hamming permutation table
+  c.pretrain.permutations = 100  # maximal-Hamming permutation table (Jigsaw, Rubik's Cube)
   c.pretrain.lambda_d, c.pretrain.lambda_r, c.pretrain.lambda_a = 1.0, 1.0, 1e-3
 
   c.transfer = ml_collections.ConfigDict()
@@ -95,6 +95,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   common.add_shared(c, seed=None, steps_per_call=5, eval_batch_size=40)
   if variant in (None, "paper"):
     c.seeds = tuple(range(10))
+    c.tasks = ("rotation", "jigsaw", "rubik")
     c.targets = ("ncc", "lcs", "bms")
     c.data.corpus = "luna16"
     c.model.features, c.model.levels = 32, 5

@@ -115,6 +115,30 @@ def test_jigsaw_moves_sub_cubes_as_a_loop_says():
     paper.jigsaw(np.zeros((4, 4, 5)), table, 0)
 
 
+def test_rubik_moves_then_turns_sub_cubes_as_a_loop_says():
+  x = _cube(3, side=6)
+  table = paper.permutation_table(5, seed=1)
+  rng = np.random.default_rng(0)
+  for order in range(5):
+    turns = rng.integers(4, size=8)
+    y = paper.rubik(x, table, order, turns)
+    for p, (i, j, l) in enumerate(itertools.product(range(2), repeat=3)):
+      k = table[order][p]
+      si, sj, sl = k // 4, (k // 2) % 2, k % 2
+      part = x[3 * si:3 * si + 3, 3 * sj:3 * sj + 3, 3 * sl:3 * sl + 3]
+      want = np.empty_like(part)  # 180 degrees about an axis: the other two run backwards
+      for a, b, c in itertools.product(range(3), repeat=3):
+        flip = {0: (a, b, c), 1: (a, 2 - b, 2 - c), 2: (2 - a, b, 2 - c),
+                3: (2 - a, 2 - b, c)}[int(turns[p])]
+        want[a, b, c] = part[flip]
+      np.testing.assert_array_equal(y[3 * i:3 * i + 3, 3 * j:3 * j + 3, 3 * l:3 * l + 3],
+                                    want, err_msg=f"order {order} position {p}")
+    np.testing.assert_array_equal(paper.unrubik(y, table, order, turns), x)
+  assert paper.classes("rubik", 5) == (5,) + (4,) * 8
+  with pytest.raises(DataError, match="8 turn labels"):
+    paper.rubik(x, table, 0, [0] * 7)
+
+
 def test_make_sample_and_batch():
   x = _cube(2, side=8)
   table = paper.permutation_table(4, seed=0)
@@ -122,8 +146,11 @@ def test_make_sample_and_batch():
     s = paper.make_sample(x, task, np.random.default_rng(5), table)
     assert s["image"].shape == s["target"].shape == (8, 8, 8, 1)
     np.testing.assert_array_equal(s["target"][..., 0], x)
-    undo = paper.unrotate if task == "rotation" else (lambda v, k: paper.unjigsaw(v, table, k))
+    undo = {"rotation": paper.unrotate,
+            "jigsaw": lambda v, k: paper.unjigsaw(v, table, k),
+            "rubik": lambda v, k: paper.unrubik(v, table, k[0], k[1:])}[task]
     np.testing.assert_array_equal(undo(s["image"][..., 0], s["label"]), x)
+    assert np.shape(s["label"]) == np.shape(paper.classes(task, 4))
   b1 = paper.make_batch([x, x], "rotation", 7, [0, 1])
   b2 = paper.make_batch([x, x], "rotation", 7, [0, 1])
   assert b1["image"].shape == (2, 8, 8, 8, 1) and b1["label"].shape == (2,)

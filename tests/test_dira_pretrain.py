@@ -143,3 +143,20 @@ def test_mr_scaling_and_bad_corpora_are_one_line_errors(tmp_path):
   (tmp_path / "gone.csv").write_text("path\nmissing.nii\n")
   with pytest.raises(DataError, match="missing"):
     volumes.list_volumes(tmp_path / "gone.csv")
+
+
+def test_rubik_stage_trains_one_head_per_label_and_reads_back(tmp_path):
+  """Rubik's Cube: the arrangement head and eight turn heads, all trained on [B, 9] labels
+  (each head's kernel moves), and the saved run reads back as it ended."""
+  pre = Pretrainer(_settings(), _corpus, "noise", tmp_path)
+  start = _flat(pre.init("rubik", ("D",), 0))
+  params, curve = pre.run("rubik", ("D",), None)
+  assert np.all(np.isfinite(curve))
+  heads = sorted(k for k in _flat(params) if k.startswith("head/") and k.endswith("/kernel"))
+  assert heads == sorted(f"head/dense{i}/kernel" for i in range(9))
+  assert _flat(params)["head/dense0/kernel"].shape[-1] == 6
+  for key in heads:
+    assert _flat(params)[key].shape[-1] == (6 if key == "head/dense0/kernel" else 4)
+    assert not np.allclose(_flat(params)[key], start[key]), key
+  for key, value in _flat(pre.saved("rubik", ("D",))).items():
+    np.testing.assert_array_equal(value, _flat(params)[key], err_msg=key)

@@ -51,7 +51,7 @@ from medda_jax.engine.graft import graft
 from medda_jax.errors import ConfigError, DataError
 
 STAGES = ("D", "DR", "DRA")
-TASKS = ("rotation", "jigsaw")
+TASKS = ("rotation", "jigsaw", "rubik")
 
 # ---------------------------------------------------------------------------------- rotation
 # (axes of np.rot90, quarter turns): identity, then 90/180/270 degrees about axis 0 (the
@@ -166,6 +166,47 @@ def unjigsaw(x, table, label: int) -> np.ndarray:
   return _join(parts[np.argsort(_perm(table, label))], size)
 
 
+# ---------------------------------------------------------------------------------- rubik
+# Rubik's Cube (Zhuang et al., MICCAI 2019): the 2x2x2 sub-cubes are permuted as in Jigsaw
+# and each is then turned, predicted by one head for the arrangement (a row of the
+# permutation table) and one head per position for its turn. The turns here: none, or
+# 180 degrees about one of the three axes (axes of np.rot90 with k = 2, its own inverse).
+CUBE_TURNS: tuple[tuple[int, int] | None, ...] = (None, (1, 2), (0, 2), (0, 1))
+
+
+def _turned(parts: np.ndarray, turns) -> np.ndarray:
+  turns = np.asarray(turns)
+  if turns.shape != (8,) or turns.min() < 0 or turns.max() >= len(CUBE_TURNS):
+    raise DataError(f"rubik needs 8 turn labels in [0, {len(CUBE_TURNS)}), got {turns}")
+  return np.stack([p if t == 0 else np.rot90(p, 2, CUBE_TURNS[t])
+                   for p, t in zip(parts, turns)])
+
+
+def rubik(x, table, order: int, turns) -> np.ndarray:
+  """x's sub-cubes arranged as `jigsaw(x, table, order)`, then the sub-cube at position p
+  turned by CUBE_TURNS[turns[p]]."""
+  parts, size = _sub_cubes(x)
+  return _join(_turned(parts[_perm(table, order)], turns), size)
+
+
+def unrubik(x, table, order: int, turns) -> np.ndarray:
+  """The inverse of `rubik(., table, order, turns)`."""
+  parts, size = _sub_cubes(x)
+  return _join(_turned(parts, turns)[np.argsort(_perm(table, order))], size)
+
+
+def classes(task: str, permutations: int) -> int | tuple[int, ...]:
+  """The head's classes: 10 rotations, the table's rows, or (rows, then 4 turns for each
+  of the 8 positions) for Rubik's Cube."""
+  if task == "rotation":
+    return len(ROTATIONS)
+  if task == "jigsaw":
+    return permutations
+  if task == "rubik":
+    return (permutations,) + (len(CUBE_TURNS),) * 8
+  raise ConfigError(f"task must be one of {TASKS}, got {task!r}")
+
+
 # ---------------------------------------------------------------------------------- samples
 def genesis_pair(x, rng: np.random.Generator, **distort_kwargs) -> tuple[np.ndarray, np.ndarray]:
   """(Models Genesis distortion of x, x), both float32 [D, H, W]: the restorative pair of
@@ -179,23 +220,30 @@ def make_sample(x, task: str, rng: np.random.Generator,
                 table: np.ndarray | None = None) -> dict[str, Any]:
   """One pretext sample of cube x [D, H, W] in [0, 1]: dict(image = T(x), label = y,
   target = x), image and target float32 [D, H, W, 1] (a channel axis added, ready to stack
-  into NDHWC batches), label an int32 scalar drawn uniformly from the task's classes.
+  into NDHWC batches), label int32 drawn uniformly from the task's classes: a scalar, or
+  for "rubik" [9] (the table row, then the turn of each of the 8 positions).
 
-  For both tasks the transform that makes the pseudo-label is the restorative distortion T
+  For every task the transform that makes the pseudo-label is the restorative distortion T
   as well (spec section b): the decoder restores the unrotated cube ("rotation", labels
-  `ROTATIONS`) or the original arrangement ("jigsaw", labels the rows of `table`)."""
+  `ROTATIONS`) or the original arrangement ("jigsaw", labels the rows of `table`; "rubik",
+  the rows and `CUBE_TURNS`)."""
   x = _volume(x, "make_sample")
+  if task in ("jigsaw", "rubik") and table is None:
+    raise ConfigError(f"make_sample: the {task} task needs a permutation table")
   if task == "rotation":
-    label = int(rng.integers(len(ROTATIONS)))
-    image = rotate(x, label)
+    label = np.int32(rng.integers(len(ROTATIONS)))
+    image = rotate(x, int(label))
   elif task == "jigsaw":
-    if table is None:
-      raise ConfigError("make_sample: the jigsaw task needs a permutation table")
-    label = int(rng.integers(len(table)))
-    image = jigsaw(x, table, label)
+    label = np.int32(rng.integers(len(table)))
+    image = jigsaw(x, table, int(label))
+  elif task == "rubik":
+    order = int(rng.integers(len(table)))
+    turns = rng.integers(len(CUBE_TURNS), size=8)
+    label = np.array([order, *turns], np.int32)
+    image = rubik(x, table, order, turns)
   else:
     raise ConfigError(f"make_sample: task must be one of {TASKS}, got {task!r}")
-  return {"image": image[..., None], "label": np.int32(label), "target": x[..., None].copy()}
+  return {"image": image[..., None], "label": label, "target": x[..., None].copy()}
 
 
 def make_batch(cubes, task: str, seed: int, sample_ids,

@@ -66,7 +66,7 @@ class Settings:
   steps: int  # updates per stage
   learning_rate: float
   weights: paper.LossWeights
-  permutations: int  # Jigsaw's permutation table
+  permutations: int  # the permutation table of Jigsaw and Rubik's Cube
   seed: int = 0
   steps_per_call: int = 1
   checkpoint_every: int = 100  # calls
@@ -86,8 +86,8 @@ class Pretrainer:
     # fixed per run and stored with its checkpoints (pitfall 2 of the spec)
     self.table = paper.permutation_table(settings.permutations, seed=settings.seed)
 
-  def classes(self, task: str) -> int:
-    return len(paper.ROTATIONS) if task == "rotation" else len(self.table)
+  def classes(self, task: str) -> int | tuple[int, ...]:
+    return paper.classes(task, len(self.table))
 
   def model(self, task: str, stage: str) -> United:
     return United(self.s.features, self.s.levels, self.classes(task),

@@ -7,12 +7,12 @@ added one stage at a time (Guo, Islam, Gotway, Liang; DART 2022).
   python -m medda_jax.train --config=configs/dira.py:demo --workdir=runs/dira_demo
   python -m medda_jax.train --config=configs/dira.py:smoke --workdir=runs/dira_smoke
 
-For each pretext task (Rotation, Jigsaw, Rubik's Cube: three of the paper's five), the
-stage runs of every strategy: D (encoder + head on the pseudo-labels), (D)+R (then a decoder
-restoring the undistorted cube), ((D)+R)+A (then an adversary judging restorations), and the
-end-to-end baseline D+R+A; every stage its own checkpoint, grafted into the next. Every
-strategy's model and random weights are then fine-tuned on every target; tables as the
-paper's Table 1 (mean ± std over seeds).
+For each pretext task (Rotation, Jigsaw, Rubik's Cube, Deep Clustering: four of the paper's
+five), the stage runs of every strategy: D (encoder + head on the pseudo-labels), (D)+R
+(then a decoder restoring the undistorted cube), ((D)+R)+A (then an adversary judging
+restorations), and the end-to-end baseline D+R+A; every stage its own checkpoint, grafted
+into the next. Every strategy's model and random weights are then fine-tuned on every
+target; tables as the paper's Table 1 (mean ± std over seeds).
 
 `paper` (the default): LUNA16's scans as the corpus (64-voxel cubes), a Models Genesis-size
 United model (32 -> 512 features, 4 down-samplings), the paper's targets that install from
@@ -79,6 +79,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.pretrain.batch_size = 8
   c.pretrain.learning_rate = 1e-3
   c.pretrain.permutations = 100  # maximal-Hamming permutation table (Jigsaw, Rubik's Cube)
+  # Deep Clustering: k-means into `clusters` of the encoder's features of `cluster_pool`
+  # cubes (its epoch), again after every epoch
+  c.pretrain.clusters = 100
+  c.pretrain.cluster_pool = 1000
   c.pretrain.lambda_d, c.pretrain.lambda_r, c.pretrain.lambda_a = 1.0, 1.0, 1e-3
 
   c.transfer = ml_collections.ConfigDict()
@@ -95,7 +99,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   common.add_shared(c, seed=None, steps_per_call=5, eval_batch_size=40)
   if variant in (None, "paper"):
     c.seeds = tuple(range(10))
-    c.tasks = ("rotation", "jigsaw", "rubik")
+    c.tasks = ("rotation", "jigsaw", "rubik", "deep_clustering")
     c.targets = ("ncc", "lcs", "bms")
     c.data.corpus = "luna16"
     c.model.features, c.model.levels = 32, 5
@@ -120,6 +124,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.pretrain.size = 16
     c.pretrain.steps, c.pretrain.batch_size = 4, 2
     c.pretrain.permutations = 10
+    c.pretrain.clusters, c.pretrain.cluster_pool = 4, 16
     c.transfer.batch_size = 4
     c.transfer.classification.epochs = c.transfer.segmentation.epochs = 2
     c.engine.steps_per_call = 2

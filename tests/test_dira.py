@@ -111,7 +111,7 @@ def test_killed_run_resumes_to_the_same_results(dira_run, tmp_path):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("tasks", ("deep_clustering",), "unknown entries"),
+    ("tasks", ("transvw",), "unknown entries"),
     ("strategies", ("R",), "unknown entries"),
     ("targets", ("liver",), "unknown entries"),
     ("pretrain.size", 18, "must be a multiple of"),

@@ -146,6 +146,12 @@ def test_make_sample_and_batch():
     s = paper.make_sample(x, task, np.random.default_rng(5), table)
     assert s["image"].shape == s["target"].shape == (8, 8, 8, 1)
     np.testing.assert_array_equal(s["target"][..., 0], x)
+    if task == "deep_clustering":  # Models Genesis input; the run looks the label up
+      from medda_jax.data import models_genesis
+      want = models_genesis.distort(x, np.random.default_rng(5))
+      np.testing.assert_array_equal(s["image"][..., 0], want)
+      assert s["label"] == paper.UNASSIGNED
+      continue
     undo = {"rotation": paper.unrotate,
             "jigsaw": lambda v, k: paper.unjigsaw(v, table, k),
             "rubik": lambda v, k: paper.unrubik(v, table, k[0], k[1:])}[task]

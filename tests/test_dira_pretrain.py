@@ -160,3 +160,56 @@ def test_rubik_stage_trains_one_head_per_label_and_reads_back(tmp_path):
     assert not np.allclose(_flat(params)[key], start[key]), key
   for key, value in _flat(pre.saved("rubik", ("D",))).items():
     np.testing.assert_array_equal(value, _flat(params)[key], err_msg=key)
+
+
+def test_cluster_labels_partition_by_direction():
+  """k-means of L2-normalised rows: two directions give two clusters whatever the rows'
+  lengths, and the labels are a function of the seed."""
+  rng = np.random.default_rng(0)
+  a = np.array([1.0, 0.0, 0.0]) + 0.01 * rng.normal(size=(10, 3))
+  b = np.array([0.0, 1.0, 0.0]) + 0.01 * rng.normal(size=(10, 3))
+  x = np.concatenate([a * rng.uniform(0.1, 10, (10, 1)), b * rng.uniform(0.1, 10, (10, 1))])
+  labels = paper.cluster_labels(x, 2, seed=3)
+  assert labels.dtype == np.int32 and len(set(labels[:10])) == len(set(labels[10:])) == 1
+  assert labels[0] != labels[10]
+  np.testing.assert_array_equal(labels, paper.cluster_labels(x, 2, seed=3))
+  with pytest.raises(Exception, match="clusters"):
+    paper.cluster_labels(x, 21, seed=0)
+
+
+def test_deep_clustering_labels_are_kmeans_of_the_encoders_features_and_the_head_is_redrawn(
+    tmp_path):
+  """The clustering of a stage run, against plain code: each pool cube's pooled encoder
+  features one by one, `cluster_labels` of them; the encoder is untouched, the head new;
+  batches get each sample's cluster. Then a short run through two clusterings."""
+  import optax
+
+  from medda_jax.engine.supervised import TrainState
+  from medda_jax.methods.dira.pretrain import Reclustering
+  s = _settings(clusters=3, cluster_pool=8, steps=8)
+  pre = Pretrainer(s, _corpus, "noise", tmp_path)
+  model = pre.model("deep_clustering", "D")
+  params = pre.init("deep_clustering", ("D",), 5)
+  state = TrainState.create(params, optax.adam(1e-3))
+  hook = Reclustering(pre, model, False, total_calls=8)
+  new = hook.recluster(state, epoch=0)
+  feats = []
+  for i in range(8):
+    cube = _corpus([i])[..., None]
+    bottleneck, _ = model.apply({"params": params}, cube,
+                                method=lambda m, v: m.encoder(v))
+    feats.append(np.asarray(bottleneck).mean(axis=(1, 2, 3))[0])
+  want = paper.cluster_labels(np.stack(feats), 3, seed=0)
+  np.testing.assert_array_equal(hook.labels, want)
+  for key, value in _flat(new.params).items():
+    if key.startswith("encoder/"):
+      np.testing.assert_array_equal(value, _flat(params)[key], err_msg=key)
+  assert not np.allclose(new.params["head"]["dense"]["kernel"],
+                         params["head"]["dense"]["kernel"])
+  batch = {"sample": np.array([[7, 2]]), "image": np.zeros(1)}
+  assert hook.labelled(lambda b: b)(batch)["label"].tolist() == [[want[7], want[2]]]
+  assert hook.calls_per_epoch == 4
+  out, curve = pre.run("deep_clustering", ("D",), None)
+  assert len(curve) == 8 and np.all(np.isfinite(curve))
+  assert out["head"]["dense"]["kernel"].shape[-1] == 3
+

@@ -96,6 +96,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cu.check_range(c, "pretrain.batch_size", 1, integer=True)
   cu.check_range(c, "pretrain.learning_rate", 0.0, low_inclusive=False)
   cu.check_range(c, "pretrain.permutations", 2, 40320, integer=True)
+  cu.check_range(c, "pretrain.clusters", 2, integer=True)
+  cu.check_range(c, "pretrain.cluster_pool", c.pretrain.clusters, integer=True)
   for field in ("lambda_d", "lambda_r", "lambda_a"):
     cu.check_range(c, f"pretrain.{field}", 0.0)
   cu.check_range(c, "transfer.batch_size", 1, integer=True)
@@ -119,7 +121,8 @@ def settings(c) -> Settings:
       weights=paper.LossWeights(p.lambda_d, p.lambda_r, p.lambda_a),
       permutations=p.permutations, seed=0, steps_per_call=c.engine.steps_per_call,
       checkpoint_every=c.engine.checkpoint_every, inner_loop=cu.inner_loop(c),
-      head_pool=c.model.head_pool)
+      head_pool=c.model.head_pool, clusters=c.pretrain.clusters,
+      cluster_pool=c.pretrain.cluster_pool)
 
 
 # --------------------------------------------------------------------------- data

@@ -51,7 +51,8 @@ from medda_jax.engine.graft import graft
 from medda_jax.errors import ConfigError, DataError
 
 STAGES = ("D", "DR", "DRA")
-TASKS = ("rotation", "jigsaw", "rubik")
+TASKS = ("rotation", "jigsaw", "rubik", "deep_clustering")
+UNASSIGNED = -1  # a Deep Clustering label before the current clustering is looked up
 
 # ---------------------------------------------------------------------------------- rotation
 # (axes of np.rot90, quarter turns): identity, then 90/180/270 degrees about axis 0 (the
@@ -195,9 +196,28 @@ def unrubik(x, table, order: int, turns) -> np.ndarray:
   return _join(_turned(parts, turns)[np.argsort(_perm(table, order))], size)
 
 
-def classes(task: str, permutations: int) -> int | tuple[int, ...]:
-  """The head's classes: 10 rotations, the table's rows, or (rows, then 4 turns for each
-  of the 8 positions) for Rubik's Cube."""
+# ---------------------------------------------------------------------------------- deep clustering
+# Deep Clustering (Caron et al., ECCV 2018) as DiRA uses it: a cube's pseudo-label is its
+# cluster among the k-means clusters of the encoder's pooled features of a fixed pool of
+# cubes, clustered again every epoch; the restorative distortion is Models Genesis's
+# (spec section b). The stage runs do the clustering (`pretrain.Reclustering`).
+def cluster_labels(features, k: int, seed: int) -> np.ndarray:
+  """k-means (scikit-learn, k-means++ seeding, one start) of the L2-normalised rows of
+  `features` [N, F]: the cluster of each row, int32 [N]."""
+  from sklearn.cluster import KMeans
+
+  x = np.asarray(features, np.float64)
+  if x.ndim != 2 or not 1 <= k <= len(x):
+    raise ConfigError(f"cluster_labels: k={k} clusters of features shaped {x.shape}")
+  x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  return KMeans(k, n_init=1, random_state=seed).fit_predict(x).astype(np.int32)
+
+
+def classes(task: str, permutations: int, clusters: int = 100) -> int | tuple[int, ...]:
+  """The head's classes: 10 rotations, the table's rows, (rows, then 4 turns for each of
+  the 8 positions) for Rubik's Cube, or the clusters of Deep Clustering."""
+  if task == "deep_clustering":
+    return clusters
   if task == "rotation":
     return len(ROTATIONS)
   if task == "jigsaw":
@@ -221,7 +241,9 @@ def make_sample(x, task: str, rng: np.random.Generator,
   """One pretext sample of cube x [D, H, W] in [0, 1]: dict(image = T(x), label = y,
   target = x), image and target float32 [D, H, W, 1] (a channel axis added, ready to stack
   into NDHWC batches), label int32 drawn uniformly from the task's classes: a scalar, or
-  for "rubik" [9] (the table row, then the turn of each of the 8 positions).
+  for "rubik" [9] (the table row, then the turn of each of the 8 positions); for
+  "deep_clustering" UNASSIGNED, the stage run looks the sample's cluster up (T(x) is the
+  Models Genesis distortion).
 
   For every task the transform that makes the pseudo-label is the restorative distortion T
   as well (spec section b): the decoder restores the unrotated cube ("rotation", labels
@@ -236,6 +258,9 @@ def make_sample(x, task: str, rng: np.random.Generator,
   elif task == "jigsaw":
     label = np.int32(rng.integers(len(table)))
     image = jigsaw(x, table, int(label))
+  elif task == "deep_clustering":
+    label = np.int32(UNASSIGNED)
+    image = models_genesis.distort(x, rng)
   elif task == "rubik":
     order = int(rng.integers(len(table)))
     turns = rng.integers(len(CUBE_TURNS), size=8)

@@ -72,6 +72,8 @@ class Settings:
   checkpoint_every: int = 100  # calls
   inner_loop: str = "scan"
   head_pool: str = "mean"  # the pretext head: "mean" (global average) or "flatten"
+  clusters: int = 100  # Deep Clustering's k
+  cluster_pool: int = 1000  # Deep Clustering's cubes (sample ids 0 .. pool - 1), one epoch
 
 
 class Pretrainer:
@@ -87,7 +89,7 @@ class Pretrainer:
     self.table = paper.permutation_table(settings.permutations, seed=settings.seed)
 
   def classes(self, task: str) -> int | tuple[int, ...]:
-    return paper.classes(task, len(self.table))
+    return paper.classes(task, len(self.table), self.s.clusters)
 
   def model(self, task: str, stage: str) -> United:
     return United(self.s.features, self.s.levels, self.classes(task),
@@ -119,7 +121,11 @@ class Pretrainer:
 
     def make_batch(k):
       ids = np.arange(k * spc * batch, (k + 1) * spc * batch)
+      if task == "deep_clustering":  # epochs over the clustered pool
+        ids = ids % s.cluster_pool
       out = paper.make_batch(self.corpus(ids), task, s.seed, ids, self.table)
+      if task == "deep_clustering":
+        out["sample"] = ids
       shape = (spc, 1, batch) if gan else (spc, batch)
       return {name: v.reshape(*shape, *v.shape[1:]) for name, v in out.items()}
 
@@ -155,18 +161,24 @@ class Pretrainer:
 
       def prepare(b):
         return parallel.global_batch(b, self.mesh, "data", batch_dim=1, process_local=False)
-    state = parallel.replicate(state, self.mesh)
     directory = self.directory(task, chain)
     directory.mkdir(parents=True, exist_ok=True)
     np.save(directory / "permutations.npy", self.table)
     ckpt = Checkpointer(directory)
+    hook = None
+    if task == "deep_clustering":
+      hook = Reclustering(self, model, stage == "DRA", total_calls)
+      if ckpt.latest_step() is None:  # a resumed run gets its labels back from the checkpoint
+        state = hook.recluster(state, epoch=0)
+      prepare = hook.labelled(prepare)
+    state = parallel.replicate(state, self.mesh)
     try:
       result = run_loop(
           f"pretrain/{run_name(task, chain)}", state, chunk,
           self.batches(task, total_calls, stage == "DRA"), total_calls=total_calls,
           steps_per_call=s.steps_per_call, checkpointer=ckpt, writer=self.writer,
           checkpoint_every=s.checkpoint_every, loss_key=loss_key,
-          prepare=prepare,
+          prepare=prepare, hook=hook,
           description=f"{task} {'→'.join(chain)} on {self.corpus_name}")
     finally:
       ckpt.close()
@@ -179,3 +191,64 @@ class Pretrainer:
     params = pretrained_params(self.directory(task, chain), like,
                                hint=f" (stage run {run_name(task, chain)})")
     return params["g"] if chain[-1] == "DRA" else params
+
+
+class Reclustering:
+  """Deep Clustering's pseudo-labels for one stage run: k-means of the encoder's pooled
+  features of the pool's clean cubes (`paper.cluster_labels`), before the first update and
+  after every epoch (`cluster_pool` samples); each time the head's parameters are drawn
+  afresh (cluster ids carry no order from one clustering to the next; its optimiser moments
+  are kept). The labels are checkpointed with the loop (`get_state`), so a resumed run
+  trains on the clustering it stopped in. Batches carry sample ids, `labelled` swaps them
+  for their clusters just before the step."""
+
+  def __init__(self, pre: Pretrainer, model: United, gan: bool, total_calls: int):
+    s = pre.s
+    self.pre, self.model, self.gan, self.total_calls = pre, model, gan, total_calls
+    self.calls_per_epoch = max(1, -(-s.cluster_pool // (s.batch_size * s.steps_per_call)))
+    self.labels = np.zeros(s.cluster_pool, np.int32)
+    self.epoch = 0
+
+    def pooled(params, x):
+      return model.apply({"params": params}, x,
+                         method=lambda m, v: m.encoder(v)[0].mean(axis=(1, 2, 3)))
+    self._features = jax.jit(pooled)
+
+  def _united(self, params):
+    return params["g"] if self.gan else params
+
+  def recluster(self, state, epoch: int):
+    s = self.pre.s
+    params = jax.device_get(self._united(state.params))
+    features = []
+    for start in range(0, s.cluster_pool, 64):
+      ids = np.arange(start, min(start + 64, s.cluster_pool))
+      cubes = self.pre.corpus(ids)[..., None]
+      features.append(np.asarray(self._features(params, cubes)))
+    self.labels = paper.cluster_labels(np.concatenate(features), s.clusters,
+                                       seed=s.seed * 1000 + epoch)
+    self.epoch = epoch
+    fresh = self.pre.init("deep_clustering", ("D",), seed=s.seed * 1000 + epoch + 1)["head"]
+    united = {**params, "head": fresh}
+    params = {**jax.device_get(state.params), "g": united} if self.gan else united
+    return dataclasses.replace(state, params=params)
+
+  def labelled(self, prepare):
+    def fn(batch):
+      batch = dict(batch)
+      batch["label"] = self.labels[np.asarray(batch.pop("sample"))]
+      return prepare(batch)
+    return fn
+
+  def after_call(self, state, calls: int):
+    if calls % self.calls_per_epoch == 0 and calls < self.total_calls:
+      state = parallel.replicate(self.recluster(state, calls // self.calls_per_epoch),
+                                 self.pre.mesh)
+    return state, False
+
+  def get_state(self) -> dict:
+    return {"labels": self.labels.tolist(), "epoch": self.epoch}
+
+  def set_state(self, saved: dict) -> None:
+    self.labels = np.asarray(saved["labels"], np.int32)
+    self.epoch = int(saved["epoch"])

@@ -1,6 +1,7 @@
-"""DiRA's study end to end on its smoke config (one shared run): the stage runs and their
-order, each stage started from its parent's checkpoint, transfer grafting by strategy,
-tables and figures, kill -9 and rerun, config mistakes."""
+"""DiRA's study end to end on its smoke config (one shared run): each stage started from its
+parent's checkpoint, transfer grafting by strategy, tables and figures, kill -9 and rerun,
+config mistakes, your corpus and your targets. The stage runs' order and the reading of
+your volumes are tested once, in test_dira_pretrain.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from conftest import config_with, kill_after_checkpoint, run_train, shared_run
 from medda_jax.config_utils import load_config
 from medda_jax.errors import ConfigError
 from medda_jax.methods.dira import experiment
-from medda_jax.methods.dira.pretrain import CHAINS, Pretrainer, run_name, stage_runs
+from medda_jax.methods.dira.pretrain import Pretrainer, run_name, stage_runs
+from test_dira_pretrain import _write_volumes  # the same three volumes (NIfTI and .mhd)
 
 CONFIG = "configs/dira.py:smoke"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -24,12 +26,6 @@ dira_run = shared_run(CONFIG, name="dira_run")
 
 def _flat(tree):
   return flax.traverse_util.flatten_dict(tree, sep="/")
-
-
-def test_stage_runs_share_prefixes_and_come_parent_first():
-  assert stage_runs(tuple(CHAINS)) == [("D",), ("D", "DR"), ("D", "DR", "DRA"), ("DRA",)]
-  assert stage_runs(("((D)+R)+A",)) == [("D",), ("D", "DR"), ("D", "DR", "DRA")]
-  assert run_name("jigsaw", ("D", "DR")) == "jigsaw_D-DR"
 
 
 def test_smoke_writes_tables_and_figures_labelled_as_demo(dira_run):
@@ -135,47 +131,6 @@ def test_the_jigsaw_table_is_stored_with_the_run(dira_run):
 
 
 # --------------------------------------------------------------------------- your volumes
-def _write_volumes(folder):
-  import nibabel as nib
-
-  from medda_jax.data import metaimage
-  folder.mkdir()
-  rng = np.random.default_rng(0)
-  arrays = {}
-  for name, shape in (("a.nii.gz", (20, 18, 16)), ("b.nii", (10, 12, 14))):
-    data = rng.normal(0, 300, shape).astype(np.float32)
-    nib.save(nib.Nifti1Image(data, np.eye(4)), str(folder / name))
-    arrays[name] = data.transpose(2, 1, 0)  # read back in (z, y, x)
-  data = rng.normal(0, 300, (16, 16, 16)).astype(np.float32)
-  (folder / "sub").mkdir()
-  metaimage.write_mhd(str(folder / "sub" / "c.mhd"), data, (1.0, 1.0, 1.0))
-  arrays["sub/c.mhd"] = data
-  return arrays
-
-
-def test_your_volumes_are_listed_read_and_cropped_as_plain_code_says(tmp_path):
-  from medda_jax.methods.dira import volumes
-  arrays = _write_volumes(tmp_path / "vols")
-  paths = volumes.list_volumes(tmp_path / "vols")
-  assert [p.split("vols/")[1] for p in paths] == ["a.nii.gz", "b.nii", "sub/c.mhd"]
-  (tmp_path / "list.csv").write_text("path\nvols/b.nii\nvols/sub/c.mhd\n")
-  assert volumes.list_volumes(tmp_path / "list.csv") == paths[1:]
-  corpus = volumes.VolumeCorpus(paths, 12, "ct", crops_per_volume=2, seed=0)
-  cubes = corpus(np.arange(6))
-  for i in range(6):
-    index = corpus._volume_of(i)
-    assert corpus._volume_of(i - i % 2) == index  # consecutive pairs share a volume
-    v = arrays[paths[index].split("vols/")[1]]
-    v = (np.clip(v, -1000, 1000) + 1000) / 2000
-    rng = np.random.default_rng([0, 89, i])
-    corner = [int(rng.integers(0, max(n - 12, 0) + 1)) for n in v.shape]
-    want = np.full((12, 12, 12), v.min(), np.float32)
-    part = v[corner[0]:corner[0] + 12, corner[1]:corner[1] + 12, corner[2]:corner[2] + 12]
-    want[:part.shape[0], :part.shape[1], :part.shape[2]] = part
-    np.testing.assert_allclose(cubes[i], want, rtol=1e-6, err_msg=str(i))
-  assert {corpus._volume_of(2 * k) for k in range(3)} == {0, 1, 2}  # one pass visits all
-
-
 def test_your_corpus_is_named_and_bad_paths_are_one_line_errors(tmp_path):
   from medda_jax.errors import DataError
   from medda_jax.methods.dira import volumes

@@ -7,8 +7,8 @@ added one stage at a time (Guo, Islam, Gotway, Liang; DART 2022).
   python -m medda_jax.train --config=configs/dira.py:demo --workdir=runs/dira_demo
   python -m medda_jax.train --config=configs/dira.py:smoke --workdir=runs/dira_smoke
 
-For each pretext task (Rotation, Jigsaw, Rubik's Cube, Deep Clustering: four of the paper's
-five), the stage runs of every strategy: D (encoder + head on the pseudo-labels), (D)+R
+For each pretext task (the paper's five: Rotation, Jigsaw, Rubik's Cube, Deep Clustering,
+TransVW), the stage runs of every strategy: D (encoder + head on the pseudo-labels), (D)+R
 (then a decoder restoring the undistorted cube), ((D)+R)+A (then an adversary judging
 restorations), and the end-to-end baseline D+R+A; every stage its own checkpoint, grafted
 into the next. Every strategy's model and random weights are then fine-tuned on every
@@ -83,6 +83,15 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # cubes (its epoch), again after every epoch
   c.pretrain.clusters = 100
   c.pretrain.cluster_pool = 1000
+  # TransVW (methods/dira/visual_words.py): `words` visual words, each the cube at one
+  # coordinate of a reference patient and of its `instances` - 1 nearest patients (codes:
+  # each volume resampled to grid^3, its first `dims` principal components); a coordinate is
+  # kept where at least `min_tissue` of the reference's cube is at or above `tissue_level`
+  # (0.425: -150 HU in the CT window), `border` of each axis left clear. The published
+  # pattern generator's defaults: 200 words of 200 instances.
+  c.pretrain.transvw = ml_collections.ConfigDict(dict(
+      words=200, instances=200, grid=16, dims=32, border=0.1, tissue_level=0.425,
+      min_tissue=0.5))
   c.pretrain.lambda_d, c.pretrain.lambda_r, c.pretrain.lambda_a = 1.0, 1.0, 1e-3
 
   c.transfer = ml_collections.ConfigDict()
@@ -99,7 +108,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   common.add_shared(c, seed=None, steps_per_call=5, eval_batch_size=40)
   if variant in (None, "paper"):
     c.seeds = tuple(range(10))
-    c.tasks = ("rotation", "jigsaw", "rubik", "deep_clustering")
+    c.tasks = ("rotation", "jigsaw", "rubik", "deep_clustering", "transvw")
     c.targets = ("ncc", "lcs", "bms")
     c.data.corpus = "luna16"
     c.model.features, c.model.levels = 32, 5
@@ -111,10 +120,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
                                    loss="bce+dice")
     c.engine.checkpoint_every = 100
     c.engine.eval_batch_size = 16
-  if variant in (None, "demo"):
+  if variant == "demo":
     # Rotation only: Jigsaw's stage runs and fine-tunings would double the demo's 2-core
     # time (it runs in the smoke config and takes your data like Rotation)
     c.tasks = ("rotation",)
+    # six patients (the training and validation subjects) for `tasks` with transvw
+    c.pretrain.transvw.update(words=6, instances=3, tissue_level=0.2)
   if variant == "smoke":
     c.seeds = (0,)
     c.strategies = ("(D)+R", "((D)+R)+A", "D+R+A")
@@ -125,6 +136,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.pretrain.steps, c.pretrain.batch_size = 4, 2
     c.pretrain.permutations = 10
     c.pretrain.clusters, c.pretrain.cluster_pool = 4, 16
+    c.pretrain.transvw.update(words=3, instances=2, grid=8, dims=4, tissue_level=0.2)
     c.transfer.batch_size = 4
     c.transfer.classification.epochs = c.transfer.segmentation.epochs = 2
     c.engine.steps_per_call = 2

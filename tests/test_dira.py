@@ -107,7 +107,9 @@ def test_killed_run_resumes_to_the_same_results(dira_run, tmp_path):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("tasks", ("transvw",), "unknown entries"),
+    ("tasks", ("simclr",), "unknown entries"),
+    ("pretrain.transvw.border", 0.5, "out of range"),
+    ("pretrain.transvw.instances", 0, "out of range"),
     ("strategies", ("R",), "unknown entries"),
     ("targets", ("liver",), "unknown entries"),
     ("pretrain.size", 18, "must be a multiple of"),

@@ -146,11 +146,17 @@ def test_make_sample_and_batch():
     s = paper.make_sample(x, task, np.random.default_rng(5), table)
     assert s["image"].shape == s["target"].shape == (8, 8, 8, 1)
     np.testing.assert_array_equal(s["target"][..., 0], x)
-    if task == "deep_clustering":  # Models Genesis input; the run looks the label up
-      from medda_jax.data import models_genesis
+    if task in ("deep_clustering", "transvw"):  # Models Genesis input; the label looked up
+      from medda_jax.data import models_genesis       # (clusters) or given (visual words)
       want = models_genesis.distort(x, np.random.default_rng(5))
       np.testing.assert_array_equal(s["image"][..., 0], want)
       assert s["label"] == paper.UNASSIGNED
+      if task == "transvw":
+        given = paper.make_sample(x, task, np.random.default_rng(5), table, label=3)
+        np.testing.assert_array_equal(given["image"], s["image"])
+        assert given["label"] == 3 and given["label"].dtype == np.int32
+        batch = paper.make_batch([x, x], task, 7, [0, 1], labels=[4, 1])
+        assert batch["label"].tolist() == [4, 1]
       continue
     undo = {"rotation": paper.unrotate,
             "jigsaw": lambda v, k: paper.unjigsaw(v, table, k),

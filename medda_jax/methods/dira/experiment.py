@@ -39,6 +39,7 @@ from medda_jax.errors import ConfigError
 from medda_jax.methods.dira import figures, paper, report, targets, volumes
 from medda_jax.methods.dira.targets import Split
 from medda_jax.methods.dira.pretrain import CHAINS, Pretrainer, Settings, stage_runs
+from medda_jax.methods.dira.visual_words import VisualWords
 from medda_jax.models.united3d import United
 
 RESULTS_FILE = "dira_runs.json"
@@ -98,6 +99,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cu.check_range(c, "pretrain.permutations", 2, 40320, integer=True)
   cu.check_range(c, "pretrain.clusters", 2, integer=True)
   cu.check_range(c, "pretrain.cluster_pool", c.pretrain.clusters, integer=True)
+  vw = "pretrain.transvw"
+  for field in ("words", "instances", "grid", "dims"):
+    cu.check_range(c, f"{vw}.{field}", 1 if field != "grid" else 2, integer=True)
+  cu.check_range(c, f"{vw}.border", 0.0, 0.45)
+  cu.check_range(c, f"{vw}.tissue_level", 0.0, 1.0)
+  cu.check_range(c, f"{vw}.min_tissue", 0.0, 1.0)
   for field in ("lambda_d", "lambda_r", "lambda_a"):
     cu.check_range(c, f"pretrain.{field}", 0.0)
   cu.check_range(c, "transfer.batch_size", 1, integer=True)
@@ -122,7 +129,7 @@ def settings(c) -> Settings:
       permutations=p.permutations, seed=0, steps_per_call=c.engine.steps_per_call,
       checkpoint_every=c.engine.checkpoint_every, inner_loop=cu.inner_loop(c),
       head_pool=c.model.head_pool, clusters=c.pretrain.clusters,
-      cluster_pool=c.pretrain.cluster_pool)
+      cluster_pool=c.pretrain.cluster_pool, words=c.pretrain.transvw.words)
 
 
 # --------------------------------------------------------------------------- data
@@ -180,6 +187,37 @@ def demo_corpus(c):
                                  subject_ids=DEMO_SPLITS["train"] + DEMO_SPLITS["val"],
                                  coarsen=c.data.demo_coarsen)
   return lambda ids: cubes[np.asarray(ids) % len(cubes)]
+
+
+def patients(c):
+  """(volume(p) in [0, 1], count) of the corpus's whole volumes: the demo's training and
+  validation subjects, or LUNA16's / your volumes read one at a time."""
+  if c.data.corpus == DEMO:
+    pool = demo_subvolumes.subjects(coarsen=c.data.demo_coarsen)
+    chosen = [pool[i].image for i in DEMO_SPLITS["train"] + DEMO_SPLITS["val"]]
+    return (lambda p: chosen[p]), len(chosen)
+  stream, _ = corpus(c)
+  return stream.volume, len(stream.paths)
+
+
+def visual_words(c, workdir: pathlib.Path) -> VisualWords:
+  """TransVW's visual words of the corpus (`visual_words.py`). The patients' codes, one read
+  of every volume, are kept in workdir/pretrain/transvw_codes.npy for a rerun."""
+  volume, count = patients(c)
+  vw = c.pretrain.transvw
+  path = workdir / "pretrain" / "transvw_codes.npy"
+  codes = np.load(path) if path.is_file() else None
+  if codes is not None and len(codes) != count:
+    codes = None  # another corpus
+  words = VisualWords(volume, count, size=c.pretrain.size, words=vw.words,
+                      instances=vw.instances, grid=vw.grid, dims=vw.dims, border=vw.border,
+                      tissue_level=vw.tissue_level, min_tissue=vw.min_tissue,
+                      crops_per_volume=c.data.crops_per_volume, codes=codes)
+  if codes is None and parallel.is_main_process():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with files.atomic_path(path) as tmp:
+      np.save(tmp, words.codes)
+  return words
 
 
 def target_splits(c, target: str, workdir: pathlib.Path) -> dict[str, Split]:
@@ -376,7 +414,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   total = len(c.tasks) * len(chains) + len(inits(c)) * len(c.targets) * len(c.seeds)
   writer = MetricWriter(workdir)
   cubes, corpus_name = corpus(c)
-  pre = Pretrainer(settings(c), cubes, corpus_name, workdir, writer)
+  words = visual_words(c, workdir) if "transvw" in c.tasks else None
+  pre = Pretrainer(settings(c), cubes, corpus_name, workdir, writer, words)
   transfer = Transfer(c)
   pretrained: dict[tuple, dict] = {}
   with Progress("runs", total, sum(runs.done(k) for k in runs.runs)) as progress:

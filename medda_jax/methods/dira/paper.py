@@ -51,8 +51,10 @@ from medda_jax.engine.graft import graft
 from medda_jax.errors import ConfigError, DataError
 
 STAGES = ("D", "DR", "DRA")
-TASKS = ("rotation", "jigsaw", "rubik", "deep_clustering")
-UNASSIGNED = -1  # a Deep Clustering label before the current clustering is looked up
+TASKS = ("rotation", "jigsaw", "rubik", "deep_clustering", "transvw")
+# a Deep Clustering label before the current clustering is looked up (and a TransVW label
+# where none is given: the figures' pretext inputs)
+UNASSIGNED = -1
 
 # ---------------------------------------------------------------------------------- rotation
 # (axes of np.rot90, quarter turns): identity, then 90/180/270 degrees about axis 0 (the
@@ -213,11 +215,15 @@ def cluster_labels(features, k: int, seed: int) -> np.ndarray:
   return KMeans(k, n_init=1, random_state=seed).fit_predict(x).astype(np.int32)
 
 
-def classes(task: str, permutations: int, clusters: int = 100) -> int | tuple[int, ...]:
+def classes(task: str, permutations: int, clusters: int = 100,
+            words: int = 200) -> int | tuple[int, ...]:
   """The head's classes: 10 rotations, the table's rows, (rows, then 4 turns for each of
-  the 8 positions) for Rubik's Cube, or the clusters of Deep Clustering."""
+  the 8 positions) for Rubik's Cube, the clusters of Deep Clustering, or TransVW's visual
+  words (`visual_words.py`)."""
   if task == "deep_clustering":
     return clusters
+  if task == "transvw":
+    return words
   if task == "rotation":
     return len(ROTATIONS)
   if task == "jigsaw":
@@ -237,13 +243,14 @@ def genesis_pair(x, rng: np.random.Generator, **distort_kwargs) -> tuple[np.ndar
 
 
 def make_sample(x, task: str, rng: np.random.Generator,
-                table: np.ndarray | None = None) -> dict[str, Any]:
+                table: np.ndarray | None = None, label: int | None = None) -> dict[str, Any]:
   """One pretext sample of cube x [D, H, W] in [0, 1]: dict(image = T(x), label = y,
   target = x), image and target float32 [D, H, W, 1] (a channel axis added, ready to stack
   into NDHWC batches), label int32 drawn uniformly from the task's classes: a scalar, or
   for "rubik" [9] (the table row, then the turn of each of the 8 positions); for
-  "deep_clustering" UNASSIGNED, the stage run looks the sample's cluster up (T(x) is the
-  Models Genesis distortion).
+  "deep_clustering" UNASSIGNED, the stage run looks the sample's cluster up; for "transvw"
+  `label`, the cube's visual word (UNASSIGNED when not given). Both restore from the Models
+  Genesis distortion T(x).
 
   For every task the transform that makes the pseudo-label is the restorative distortion T
   as well (spec section b): the decoder restores the unrotated cube ("rotation", labels
@@ -258,8 +265,9 @@ def make_sample(x, task: str, rng: np.random.Generator,
   elif task == "jigsaw":
     label = np.int32(rng.integers(len(table)))
     image = jigsaw(x, table, int(label))
-  elif task == "deep_clustering":
-    label = np.int32(UNASSIGNED)
+  elif task in ("deep_clustering", "transvw"):
+    given = label if task == "transvw" and label is not None else UNASSIGNED
+    label = np.int32(given)
     image = models_genesis.distort(x, rng)
   elif task == "rubik":
     order = int(rng.integers(len(table)))
@@ -271,12 +279,14 @@ def make_sample(x, task: str, rng: np.random.Generator,
   return {"image": image[..., None], "label": label, "target": x[..., None].copy()}
 
 
-def make_batch(cubes, task: str, seed: int, sample_ids,
-               table: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def make_batch(cubes, task: str, seed: int, sample_ids, table: np.ndarray | None = None,
+               labels=None) -> dict[str, np.ndarray]:
   """`make_sample` of each cube stacked, sample i drawn with the generator of (seed,
-  sample_ids[i]) alone, so a resumed run redraws the same pseudo-labels."""
-  samples = [make_sample(c, task, np.random.default_rng([seed, int(i)]), table)
-             for c, i in zip(cubes, sample_ids)]
+  sample_ids[i]) alone, so a resumed run redraws the same pseudo-labels; `labels`: TransVW's
+  visual words of the cubes."""
+  labels = [None] * len(cubes) if labels is None else [int(v) for v in labels]
+  samples = [make_sample(c, task, np.random.default_rng([seed, int(i)]), table, label)
+             for c, i, label in zip(cubes, sample_ids, labels)]
   return {k: np.stack([s[k] for s in samples]) for k in ("image", "label", "target")}
 
 

@@ -33,6 +33,7 @@ from medda_jax.engine.graft import pretrained_params
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.supervised import TrainState, build_train_chunk
 from medda_jax.engine.trainer import call_batches
+from medda_jax.errors import ConfigError
 from medda_jax.methods.dira import paper
 from medda_jax.models.united3d import Adversary3D, United
 
@@ -74,22 +75,25 @@ class Settings:
   head_pool: str = "mean"  # the pretext head: "mean" (global average) or "flatten"
   clusters: int = 100  # Deep Clustering's k
   cluster_pool: int = 1000  # Deep Clustering's cubes (sample ids 0 .. pool - 1), one epoch
+  words: int = 200  # TransVW's visual words
 
 
 class Pretrainer:
   """The stage runs of one corpus: `corpus(sample_ids) -> float32 [n, S, S, S]` cubes in
-  [0, 1], each a function of its sample id."""
+  [0, 1], each a function of its sample id; TransVW's runs draw theirs and their labels
+  from `words` (a `visual_words.VisualWords` of the same corpus's patients)."""
 
   def __init__(self, settings: Settings, corpus: Callable[[np.ndarray], np.ndarray],
-               corpus_name: str, workdir: pathlib.Path, writer=None):
+               corpus_name: str, workdir: pathlib.Path, writer=None, words=None):
     self.s, self.corpus, self.corpus_name = settings, corpus, corpus_name
+    self.words = words
     self.workdir, self.writer = pathlib.Path(workdir), writer
     self.mesh = parallel.data_mesh()
     # fixed per run and stored with its checkpoints (pitfall 2 of the spec)
     self.table = paper.permutation_table(settings.permutations, seed=settings.seed)
 
   def classes(self, task: str) -> int | tuple[int, ...]:
-    return paper.classes(task, len(self.table), self.s.clusters)
+    return paper.classes(task, len(self.table), self.s.clusters, self.s.words)
 
   def model(self, task: str, stage: str) -> United:
     return United(self.s.features, self.s.levels, self.classes(task),
@@ -123,7 +127,11 @@ class Pretrainer:
       ids = np.arange(k * spc * batch, (k + 1) * spc * batch)
       if task == "deep_clustering":  # epochs over the clustered pool
         ids = ids % s.cluster_pool
-      out = paper.make_batch(self.corpus(ids), task, s.seed, ids, self.table)
+      if task == "transvw":
+        out = paper.make_batch(self.words(ids), task, s.seed, ids, self.table,
+                               labels=self.words.labels(ids))
+      else:
+        out = paper.make_batch(self.corpus(ids), task, s.seed, ids, self.table)
       if task == "deep_clustering":
         out["sample"] = ids
       shape = (spc, 1, batch) if gan else (spc, batch)
@@ -135,6 +143,8 @@ class Pretrainer:
     """One stage run from `previous` (the parent stage's United parameters, or None);
     returns its United parameters (the generator side for DRA)."""
     s, stage = self.s, chain[-1]
+    if task == "transvw" and (self.words is None or len(self.words) != s.words):
+      raise ConfigError(f"TransVW's stage runs need the corpus's {s.words} visual words")
     params = self.init(task, chain, s.seed)
     if previous is not None:
       where = f"stage run {run_name(task, chain[:-1])}"

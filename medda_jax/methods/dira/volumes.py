@@ -72,6 +72,15 @@ def normalise(volume: np.ndarray, intensity: str) -> np.ndarray:
   return np.clip((volume - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
 
 
+def crop(volume: np.ndarray, first, size: int) -> np.ndarray:
+  """The cube [size]^3 from voxel `first`, padded with the volume's minimum past its end."""
+  cube = volume[tuple(slice(int(c), int(c) + size) for c in first)]
+  pad = [(0, size - n) for n in cube.shape]
+  if any(p[1] for p in pad):
+    cube = np.pad(cube, pad, constant_values=float(volume.min()))
+  return cube
+
+
 class VolumeCorpus:
   """`corpus(sample_ids) -> float32 [n, S, S, S]`: cube i from volume
   order[(i // crops_per_volume) % len(paths)] (a fresh seeded order every pass), at a corner
@@ -99,8 +108,5 @@ class VolumeCorpus:
       v = self.volume(self._volume_of(int(i)))
       rng = np.random.default_rng([self.seed, 89, int(i)])
       corner = [int(rng.integers(0, max(n - self.size, 0) + 1)) for n in v.shape]
-      cube = v[tuple(slice(c, c + self.size) for c in corner)]
-      pad = [(0, self.size - n) for n in cube.shape]
-      out.append(np.pad(cube, pad, constant_values=float(v.min())) if any(p[1] for p in pad)
-                 else cube)
+      out.append(crop(v, corner, self.size))
     return np.stack(out).astype(np.float32)

@@ -24,6 +24,7 @@ import optax
 
 from medda_jax import files, metrics, parallel
 from medda_jax.data.images import ImageSet
+from medda_jax.engine.compile import compile_init
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.supervised import TrainState, build_train_chunk, epoch_indices
 from medda_jax.engine.trainer import fit
@@ -85,7 +86,7 @@ class ClassifierTrainer:
 
     self.chunk = build_train_chunk(loss_fn, tx, inner_loop, mesh=mesh)
     x = jnp.zeros((1, *input_shape))
-    self._init = jax.jit(lambda k: net.init(k, x, train=False))
+    self._init = compile_init(lambda k: net.init(k, x, train=False))
     self._probs = batch_predictor(
         lambda v, images: jax.nn.softmax(net.apply(v, images, train=False)),
         schedule.eval_batch_size, mesh)

@@ -25,6 +25,7 @@ from medda_jax import files, metrics as metrics_lib
 from medda_jax.data import mixed, prepared, user_seg
 from medda_jax.data.volumes import Volume
 from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.compile import compile_init
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.runtable import RunTable
@@ -212,7 +213,7 @@ class Experiment:
                                       dtype=cu.compute_dtype(c))
     self.writer = MetricWriter(workdir)
     example = jnp.zeros((1, c.data.crop, c.data.crop, 1))
-    self._init = jax.jit(lambda k: self.model.init(k, example, train=False))
+    self._init = compile_init(lambda k: self.model.init(k, example, train=False))
     self._predict = batch_predictor(lambda v, x: self.model.apply(v, x, train=False),
                                     c.engine.eval_batch_size)
     self._bns = jax.jit(lambda v, x, train: paper.apply_with_bns(self.model, v, x, train)[1:],

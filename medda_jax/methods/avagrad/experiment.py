@@ -22,6 +22,7 @@ from medda_jax import metrics as metrics_lib
 from medda_jax.data import mixed, prepared, user_seg
 from medda_jax.data.volumes import DomainVolumes, Volume, split_ids
 from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.compile import compile_init
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
@@ -182,7 +183,7 @@ class Study:
     self.writer = MetricWriter(workdir)
     self._steps: dict[tuple, object] = {}
     example = jnp.zeros((1, c.data.patch, c.data.patch, 1))
-    self._init = jax.jit(lambda k: self.model.init(k, example))
+    self._init = compile_init(lambda k: self.model.init(k, example))
     self._predict = batch_predictor(
         lambda v, x: jnp.argmax(self.model.apply(v, x)[0], axis=-1).astype(jnp.uint8),
         c.engine.eval_batch_size, self.mesh)

@@ -21,7 +21,7 @@ from medda_jax.data import user_seg
 from medda_jax.data.prostate import context_channels
 from medda_jax.data.volumes import Volume, split_ids
 from medda_jax.engine.checkpoint import Checkpointer
-from medda_jax.engine.compile import compile_step
+from medda_jax.engine.compile import compile_init, compile_step
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
@@ -288,7 +288,7 @@ class Experiment:
     if arch not in self._compiled:
       model = self.model(method)
       size = self.c.data.image_size
-      init = jax.jit(lambda key: dn.init_variables(model, key, size))
+      init = compile_init(lambda key: dn.init_variables(model, key, size))
       step = paper.build_train_step(model, catenorm=is_catenorm(method),
                                     dice_weight=self.c.loss.dice_weight,
                                     clip_value=self.c.train.clip_value,

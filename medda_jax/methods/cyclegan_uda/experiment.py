@@ -28,6 +28,7 @@ from medda_jax.data.images import ImageSet, LazyImages
 from medda_jax.engine import gan
 from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.classifier import ClassifierTrainer, Schedule, adam_l2
+from medda_jax.engine.compile import compile_init
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
@@ -283,7 +284,7 @@ class CycleGAN:
                                      n_critic=1, inner_loop=inner_loop, generator_first=True,
                                      mesh=mesh)
     x = jnp.zeros((1, g.crop_size, g.crop_size, 1))
-    self._init = jax.jit(lambda k: (
+    self._init = compile_init(lambda k: (
         {w: self.generator.init(jax.random.fold_in(k, i), x)["params"]
          for i, w in enumerate("ab")},
         {w: self.critic.init(jax.random.fold_in(k, 2 + i), x)["params"]

@@ -28,6 +28,7 @@ from medda_jax import config_utils as cu
 from medda_jax import files, losses, parallel
 from medda_jax import metrics as metrics_lib
 from medda_jax.data import demo_subvolumes
+from medda_jax.engine.compile import compile_init
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.graft import graft
 from medda_jax.engine.progress import Progress
@@ -273,7 +274,7 @@ def transfer_init(c, net: United, kind: str, pretrained: dict | None, decoder: b
   """Random parameters, or the pre-trained encoder (and decoder, when `decoder`) grafted
   under a new head / output layer."""
   x = jnp.zeros((1,) + (c.pretrain.size,) * 3 + (1,))
-  params = jax.device_get(jax.jit(net.init)(jax.random.PRNGKey(seed), x)["params"])
+  params = jax.device_get(compile_init(net.init)(jax.random.PRNGKey(seed), x)["params"])
   if pretrained is None:
     return params
   source = {"encoder": pretrained["encoder"]}  # the pretext head is dropped

@@ -28,6 +28,7 @@ import optax
 
 from medda_jax import parallel
 from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.compile import compile_init
 from medda_jax.engine.gan import GANState, build_gan_chunk, shard_batches
 from medda_jax.engine.graft import pretrained_params
 from medda_jax.engine.loop import run_loop
@@ -113,10 +114,10 @@ class Pretrainer:
     {"g": United's, "d": the adversary's}."""
     key = jax.random.PRNGKey(seed)
     x = self._cube()
-    params = jax.jit(self.model(task, chain[-1]).init)(key, x)["params"]
+    params = compile_init(self.model(task, chain[-1]).init)(key, x)["params"]
     if chain[-1] != "DRA":
       return params
-    d = jax.jit(self.adversary().init)(jax.random.fold_in(key, 1), x, x)["params"]
+    d = compile_init(self.adversary().init)(jax.random.fold_in(key, 1), x, x)["params"]
     return {"g": params, "d": d}
 
   def batches(self, task: str, total_calls: int, gan: bool):

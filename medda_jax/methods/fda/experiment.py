@@ -11,7 +11,6 @@ import pathlib
 import sys
 import zlib
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -21,6 +20,7 @@ from medda_jax import files, losses, parallel
 from medda_jax import metrics as metrics_lib
 from medda_jax.data import prepared, user_seg
 from medda_jax.data.volumes import Volume, split_ids
+from medda_jax.engine.compile import compile_init
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.progress import Progress
 from medda_jax.engine.runtable import RunTable
@@ -182,7 +182,7 @@ class FdaExperiment(gt.Experiment):
     self._source_opt_states = {}
     self._source_models = {}
     example = jnp.zeros((1, c.data.crop, c.data.crop, self.channels))
-    self._init_model = jax.jit(lambda k: self.model.init(k, example, train=False))
+    self._init_model = compile_init(lambda k: self.model.init(k, example, train=False))
     self._predict = batch_predictor(lambda v, x: self.model.apply(v, x, train=False),
                                     c.engine.eval_batch_size, self.mesh)
     self._banks: dict = {}

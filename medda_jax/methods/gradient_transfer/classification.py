@@ -54,6 +54,7 @@ from medda_jax import metrics as metrics_lib
 from medda_jax.data import chestxray, cxr_sites, images, mixed
 from medda_jax.data.mixed import target_count
 from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.compile import compile_init
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
@@ -391,7 +392,7 @@ class Experiment:
     key = tuple(model.heads)
     if key not in self._inits:
       size = self.c.data.image_size
-      self._inits[key] = jax.jit(
+      self._inits[key] = compile_init(
           lambda k: model.init(k, jnp.zeros((1, size, size, 1)), train=False))
     return self._inits[key](jax.random.PRNGKey(seed))
 

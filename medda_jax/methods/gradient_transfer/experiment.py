@@ -25,6 +25,7 @@ from medda_jax import files, parallel, plots
 from medda_jax.data import mixed, prepared, user_seg
 from medda_jax.data.volumes import DomainVolumes, Volume, split_ids
 from medda_jax.engine.checkpoint import Checkpointer, check_params
+from medda_jax.engine.compile import compile_init
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
@@ -262,8 +263,8 @@ class Experiment:
     self.pretrain_dir: dict[tuple[str, str, int], pathlib.Path] = {}
     example = jnp.zeros((1, c.data.crop, c.data.crop, self.channels))
     # jitted once: op-by-op initialisation compiles every random draw separately
-    self._init_model = jax.jit(lambda k: self.model.init(k, example, train=False))
-    self._init_policy = jax.jit(lambda k: self.policy.init(k, example))
+    self._init_model = compile_init(lambda k: self.model.init(k, example, train=False))
+    self._init_policy = compile_init(lambda k: self.policy.init(k, example))
     self._source_opt_states: dict[pathlib.Path, object] = {}
     self._predict = batch_predictor(lambda v, x: self.model.apply(v, x, train=False),
                                     c.engine.eval_batch_size, self.mesh)

@@ -28,6 +28,7 @@ from medda_jax import config_utils as cu
 from medda_jax import files, metrics as metrics_lib
 from medda_jax.data import images as images_lib
 from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.compile import compile_init
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.meta import all_finite, run_steps
 from medda_jax.engine.runtable import RunTable
@@ -250,7 +251,7 @@ class Experiment:
                                    cu.compute_dtype(c))
     self.weights = paper.class_weights(split.bias, split.classes)
     self.writer = MetricWriter(workdir)
-    self._init = jax.jit(lambda k: self.net.init(k, c.data.image_size))
+    self._init = compile_init(lambda k: self.net.init(k, c.data.image_size))
     self._chunks: dict = {}
 
     def predict(variables, x):

@@ -26,6 +26,7 @@ from medda_jax.data import demo_brain, msd, prepared, tasks, user_seg
 from medda_jax.data.collection import SliceCollection, split_volumes
 from medda_jax.engine.adapt import AdaptConfig, adapt, adapt_chunked
 from medda_jax.engine.checkpoint import Checkpointer, restore_params
+from medda_jax.engine.compile import compile_init
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.meta import MetaState, build_meta_step
@@ -337,7 +338,7 @@ class Experiment:
     self.writer = MetricWriter(self.workdir)
     size = c.data.image_size
     # jitted: op-by-op initialisation compiles every random draw separately
-    self.init_params = jax.jit(self.model.init)(jax.random.PRNGKey(c.seed),
+    self.init_params = compile_init(self.model.init)(jax.random.PRNGKey(c.seed),
                                                 jnp.zeros((1, size, size, 1)))
     self.curves: dict[str, list[float]] = {}
     # Fine-tuning runs are dealt out per process: each predicts with its own parameters

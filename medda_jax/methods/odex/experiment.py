@@ -26,6 +26,7 @@ import optax
 from medda_jax import config_utils as cu
 from medda_jax import files, metrics as metrics_lib
 from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.compile import compile_init
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.runtable import RunTable
@@ -142,7 +143,7 @@ class Experiment:
                         dtype=cu.compute_dtype(c))
     self.writer = MetricWriter(workdir)
     example = jnp.zeros((1, *c.data.crop, 1))
-    self._init = jax.jit(lambda k: self.model.init(k, example))
+    self._init = compile_init(lambda k: self.model.init(k, example))
 
     def forward(params, x):
       logits, inter = self.model.apply({"params": params}, x, mutable=["intermediates"])

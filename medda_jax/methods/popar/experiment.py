@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 
 from medda_jax import config_utils as cu
+from medda_jax.engine.compile import compile_init
 from medda_jax.errors import ConfigError
 from medda_jax.methods.popar import paper
 from medda_jax.methods.simmim import experiment as study_lib
@@ -73,7 +74,7 @@ class PopARPretext:
 
   def init(self, seed: int):
     x = jnp.zeros((1, self.size, self.size, 1))
-    return jax.jit(lambda k: self.model.init(k, x))(jax.random.PRNGKey(seed))["params"]
+    return compile_init(lambda k: self.model.init(k, x))(jax.random.PRNGKey(seed))["params"]
 
   def optimizer(self, total_steps: int, steps_per_epoch: int):
     """(cache key, optimiser factory)."""

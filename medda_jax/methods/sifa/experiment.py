@@ -24,6 +24,7 @@ from medda_jax import config_utils as cu
 from medda_jax import files, metrics, parallel
 from medda_jax.engine import gan
 from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.compile import compile_init
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
@@ -340,7 +341,7 @@ class Sifa:
                                      n_critic=1, inner_loop=inner_loop,
                                      side_updates=side_updates, generator_first=True,
                                      mesh=mesh)
-    self._init = jax.jit(self._init_variables)
+    self._init = compile_init(self._init_variables)
     self._predict = batch_predictor(self._segment, c.engine.eval_batch_size,
                                     parallel.data_mesh(jax.local_devices()))
 

@@ -25,6 +25,7 @@ from medda_jax import files, parallel
 from medda_jax import metrics as metrics_lib
 from medda_jax.data import chestxray, cxr_sites, demo_radiographs
 from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.compile import compile_init
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.graft import graft, pretrained_params
 from medda_jax.engine.loop import run_loop
@@ -375,7 +376,7 @@ class SimMIMPretext:
   def init(self, seed: int):
     x = jnp.zeros((1, self.size, self.size, 1))
     g = self.size // self.patch
-    return jax.jit(lambda k: self.model.init(k, x, jnp.zeros((1, g, g), bool)))(
+    return compile_init(lambda k: self.model.init(k, x, jnp.zeros((1, g, g), bool)))(
         jax.random.PRNGKey(seed))["params"]
 
   def optimizer(self, total_steps: int, steps_per_epoch: int):
@@ -507,7 +508,7 @@ class Study:
     (mask token and decoder dropped; Swin's relative-position tables and ViT's position
     embeddings interpolated when the fine-tuning grid differs)."""
     x = jnp.zeros((1, self.fine_size, self.fine_size, 1))
-    params = jax.device_get(jax.jit(net.init)(jax.random.PRNGKey(seed), x)["params"])
+    params = jax.device_get(compile_init(net.init)(jax.random.PRNGKey(seed), x)["params"])
     if init == SCRATCH:
       return params
     weights = {name: path for b, name, path in weight_entries(self.c) if b == self.backbone}

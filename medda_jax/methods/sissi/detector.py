@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from medda_jax.engine.compile import compile_init
 from medda_jax.engine.supervised import TrainState, build_train_chunk
 from medda_jax.methods.sissi import paper
 from medda_jax.models.resnet import ResNetStage, bn, conv
@@ -130,7 +131,7 @@ class Detector:
     self.tx, self.size = tx, image_size
     self.max_dets, self.score_min, self.nms_iou = max_dets, score_min, nms_iou
     self.train_step = build_train_chunk(self._loss, tx, inner_loop)
-    self._init = jax.jit(lambda k: self.model.init(
+    self._init = compile_init(lambda k: self.model.init(
         k, jnp.zeros((1, image_size, image_size, 3), jnp.uint8), train=False))
     self._predict = jax.jit(lambda v, x: decode(self.model.apply(v, x, train=False),
                                                 self.max_dets))

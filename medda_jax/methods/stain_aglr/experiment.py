@@ -21,6 +21,7 @@ from medda_jax import files, metrics as metrics_lib
 from medda_jax.data.images import parse_domain
 from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.classifier import balanced_indices
+from medda_jax.engine.compile import compile_init
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.runtable import RunTable
@@ -145,7 +146,7 @@ class Experiment:
     self.net = paper.StainAgLrNet(tuple(c.model.features), tuple(c.model.decoder),
                                   c.model.hidden, c.model.gen_skips, cu.compute_dtype(c))
     example = jnp.zeros((1, c.data.patch, c.data.patch, 3))
-    self._init = jax.jit(lambda k: self.net.init(k, example, example, False,
+    self._init = compile_init(lambda k: self.net.init(k, example, example, False,
                                                  method=paper.StainAgLrNet.train_outputs))
     self.tx = paper.adam(c.train.learning_rate)
     self.chunk = build_train_chunk(

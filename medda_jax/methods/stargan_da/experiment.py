@@ -28,6 +28,7 @@ from medda_jax.engine import gan
 from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.classifier import (ClassifierTrainer, Schedule, adam_l2,
                                          balanced_indices, saved_classifier)
+from medda_jax.engine.compile import compile_init
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
@@ -344,7 +345,7 @@ class PairGAN:
     self.train_fs = s.train_fs
     x = jnp.zeros((2, c.data.size, c.data.size, 3))
     dom = jnp.zeros((2,), jnp.int32)
-    self._init = jax.jit(lambda k: (self.generator.init(k, x, dom)["params"],
+    self._init = compile_init(lambda k: (self.generator.init(k, x, dom)["params"],
                                     self.critic.init(jax.random.fold_in(k, 1), x)["params"]))
     # (generator parameters, domain) -> translated images; the domain is traced, so both
     # directions share one compiled function. On this process's devices: process 0 alone

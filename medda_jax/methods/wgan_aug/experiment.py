@@ -24,6 +24,7 @@ from medda_jax.data import images as user_images
 from medda_jax.data.images import ImageSet
 from medda_jax.engine import gan
 from medda_jax.engine.checkpoint import Checkpointer
+from medda_jax.engine.compile import compile_init
 from medda_jax.engine.evaluate import batch_predictor
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.progress import Progress
@@ -331,7 +332,7 @@ class ClassGAN:
                                      inner_loop=inner_loop, mesh=mesh)
     z = jnp.zeros((g.batch_size, g.latent_dim))
     x = jnp.zeros((g.batch_size, size, size, channels))
-    self._init = jax.jit(lambda k: (self.generator.init(k, z),
+    self._init = compile_init(lambda k: (self.generator.init(k, z),
                                     self.critic.init(jax.random.fold_in(k, 1), x,
                                                      update_stats=True)))
     self._sample = jax.jit(lambda v, k: self.generator.apply(
@@ -449,7 +450,7 @@ class Classifiers:
           lambda v, images, model=model, prepare=prepare: jnp.argmax(
               model.apply(v, prepare(images), train=False), -1),
           c.engine.eval_batch_size, mesh)
-      self.inits[name] = jax.jit(lambda k, model=model: model.init(k, x, train=False))
+      self.inits[name] = compile_init(lambda k, model=model: model.init(k, x, train=False))
 
   def initial_variables(self, name: str, seed: int) -> dict:
     """Fresh variables of classifier `name`, the backbone from its weights file if any."""

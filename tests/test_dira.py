@@ -117,6 +117,8 @@ def test_killed_run_resumes_to_the_same_results(dira_run, tmp_path):
     ("model.head_pool", "max", "is not allowed"),
     ("transfer.segmentation.loss", "focal", "is not allowed"),
     ("transfer.classification.epochs", 0, "out of range"),
+    ("transfer.label_fractions", (0.5,), "include 1.0"),
+    ("transfer.label_fractions", (1.0, 1.5), "shares in \\(0, 1\\]"),
 ])
 def test_config_mistakes_are_named(field, value, message):
   with pytest.raises(ConfigError, match=message):
@@ -178,6 +180,7 @@ def test_your_target_runs_end_to_end_and_names_its_column(tmp_path):
   c.data.corpus, c.targets = "ours_ct", ("ours_seg",)
   c.tasks, c.strategies = ("rotation",), ("(D)+R",)
   c.data.target_crops.update(train=6, val=4, test=4)
+  c.transfer.label_fractions = (0.5, 1.0)  # and the curve over half the training labels
   assert experiment.target_kind(c, "ours_seg") == "segmentation"
   workdir = tmp_path / "run"
   metrics = experiment.train_and_evaluate(c, workdir)
@@ -186,7 +189,17 @@ def test_your_target_runs_end_to_end_and_names_its_column(tmp_path):
   results = json.loads((workdir / "results.json").read_text())
   assert results["metrics"] == {"ours_seg": "iou"}
   assert "DEMO DATA" not in results["label"] and "ours_ct" in results["label"]
-  assert "ours_seg (IOU)" in (workdir / "results.md").read_text()
+  md = (workdir / "results.md").read_text()
+  assert "ours_seg (IOU)" in md and "paper Fig. 4 shape" in md and "| 50% | 100% |" in md
+  runs = json.loads((workdir / experiment.RESULTS_FILE).read_text())
+  assert results["label_fractions"] == [1.0, 0.5]
+  for init in ("random", "rotation (D)+R"):
+    points = results["efficiency"]["ours_seg"][init]
+    assert [p[0] for p in points] == [0.5, 1.0]
+    assert points[0][1] == pytest.approx(runs[f"{init}/ours_seg/50%/seed0"]["test"])
+    assert points[1][1] == pytest.approx(runs[f"{init}/ours_seg/seed0"]["test"])
+    assert points[1][1] == pytest.approx(metrics[f"iou/{init}/ours_seg"])
+  assert (workdir / "annotation_efficiency.png").read_bytes()[:8] == PNG
   images = np.load(workdir / "targets" / "ours_seg_train_images.npy", mmap_mode="r")
   assert images.shape == (6, 16, 16, 16, 1)
 

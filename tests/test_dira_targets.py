@@ -408,3 +408,43 @@ def test_materialise_round_trip_reuse_and_shrink(tmp_path):
   assert data_error(lambda: targets.materialise(out, "ncc", "val", 5, S, iter(()))) == (
       "target ncc: the val split gave no crop")
   assert not any(p.name.startswith("ncc_val") for p in out.iterdir())
+
+
+# --------------------------------------------------------------------------- label shares
+def test_a_label_share_is_a_seeded_stratified_subset_read_from_its_memory_map(tmp_path):
+  from medda_jax.methods.dira import report
+  from medda_jax.methods.dira.targets import Split, label_subset
+
+  n = 20
+  images = np.lib.format.open_memmap(tmp_path / "images.npy", "w+", np.float32, (n, 2, 2, 2, 1))
+  images[:] = np.arange(n, dtype=np.float32)[:, None, None, None, None]
+  images.flush()
+  images = np.load(tmp_path / "images.npy", mmap_mode="r")
+  masks = np.zeros((n, 2, 2, 2, 1), np.uint8)
+  labels = np.array([1.0] * 4 + [0.0] * 16, np.float32)
+  split = Split(images, masks, labels)
+  assert label_subset(split, 1.0, 0, True) is split
+  half = label_subset(split, 0.5, 3, stratify=True)
+  rows = half.images.index
+  assert len(half.images) == len(half.labels) == 10 and np.all(np.diff(rows) > 0)
+  assert sorted(half.labels.tolist()) == [0.0] * 8 + [1.0] * 2  # half of each class
+  np.testing.assert_array_equal(half.labels, labels[rows])
+  batch = np.array([[3, 0], [9, 4]])  # [steps, batch] rows of the subset, as the trainer asks
+  np.testing.assert_array_equal(half.images[batch], np.asarray(images)[rows[batch]])
+  np.testing.assert_array_equal(label_subset(split, 0.5, 3, True).images.index, rows)
+  assert not np.array_equal(label_subset(split, 0.5, 4, True).images.index, rows)
+  tenth = label_subset(split, 0.1, 0, stratify=True)  # every class keeps a crop
+  assert set(tenth.labels.tolist()) == {0.0, 1.0} and len(tenth.labels) == 3
+  assert len(label_subset(split, 0.01, 0, stratify=False).labels) == 2
+
+  class C:  # the report over two shares, against the runs' own scores
+    targets, seeds = ("t",), (0, 1)
+    transfer = type("T", (), {"label_fractions": (1.0, 0.5)})
+  runs = {report.finetune_key("random", "t", s, f): {"test": 0.1 * s + f}
+          for s in (0, 1) for f in (1.0, 0.5)}
+  assert "random/t/50%/seed1" in runs and "random/t/seed1" in runs
+  curves = report.efficiency(runs, C, ["random"])
+  assert curves == {"t": {"random": [(0.5, pytest.approx(0.55), pytest.approx(0.05)),
+                                     (1.0, pytest.approx(1.05), pytest.approx(0.05))]}}
+  md = report.efficiency_markdown(curves, C, {"t": "classification"})
+  assert "**t** (AUC)" in md and "| random | 0.5500 ± 0.0500 | 1.0500 ± 0.0500 |" in md

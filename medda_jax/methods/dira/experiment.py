@@ -11,6 +11,7 @@ later; D leaves it random: the paper's Table 3 contrast).
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import pathlib
@@ -115,6 +116,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     cu.check_range(c, f"transfer.{kind}.patience", 1, integer=True)
   cu.check_choice(c, "transfer.segmentation.loss", SEGMENTATION_LOSSES)
   cu.check_range(c, "transfer.checkpoint_epochs", 1, integer=True)
+  shares = list(c.transfer.label_fractions)
+  if (1.0 not in shares or len(set(shares)) != len(shares)
+      or not all(isinstance(f, (int, float)) and 0.0 < f <= 1.0 for f in shares)):
+    raise ConfigError(f"config.transfer.label_fractions={tuple(shares)!r} must be distinct "
+                      "shares in (0, 1] that include 1.0 (the whole training split)")
   for field in ("corpus_crops", "train_crops", "val_crops", "test_crops"):
     cu.check_range(c, f"data.demo_{field}", 2, integer=True)
   cu.check_range(c, "engine.checkpoint_every", 1, integer=True)
@@ -382,6 +388,11 @@ def _slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
 
 
+def fractions(c) -> list[float]:
+  """`transfer.label_fractions`, the whole training split first."""
+  return sorted((float(f) for f in c.transfer.label_fractions), reverse=True)
+
+
 def inits(c) -> list[str]:
   """Rows of the table: random weights, then every (task, strategy)."""
   return [RANDOM, *(f"{task} {strategy}" for task in c.tasks for strategy in c.strategies)]
@@ -412,7 +423,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     print(f"data: {label}\ntasks {list(c.tasks)}; strategies {list(c.strategies)}; targets "
           f"{list(c.targets)}; seeds {list(c.seeds)}", file=sys.stderr)
   chains = stage_runs(c.strategies)
-  total = len(c.tasks) * len(chains) + len(inits(c)) * len(c.targets) * len(c.seeds)
+  total = len(c.tasks) * len(chains) + (len(inits(c)) * len(c.targets) * len(c.seeds)
+                                        * len(fractions(c)))
   writer = MetricWriter(workdir)
   cubes, corpus_name = corpus(c)
   words = visual_words(c, workdir) if "transvw" in c.tasks else None
@@ -438,41 +450,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       splits = target_splits(c, target, workdir)
       if figure_cubes is None:
         figure_cubes = np.asarray(splits["test"].images[:6])
-      for init in inits(c):
-        for seed in c.seeds:
-          key = report.finetune_key(init, target, seed)
-          if runs.done(key):
-            continue
-          if init == RANDOM:
-            params = transfer_init(c, net, kind, None, False, seed)
-          else:
-            task, strategy = init.split(" ", 1)
-            chain = CHAINS[strategy]
-            params = transfer_init(c, net, kind, pretrained[(task, chain)], "DR" in chain
-                                   or "DRA" in chain, seed)
-          ckpt_dir = workdir / "finetune" / _slug(f"{target}_{init}_{seed}")
-          best, val_score, evaluations = transfer.finetune(net, kind, params, splits["train"],
-                                                           splits["val"], seed, ckpt_dir)
-          test = splits["test"]
-          test_score = score(kind, transfer.predictor(net, kind)(best, test.images), test)
-          runs.record(key, {"test": test_score, "val": val_score, "epochs": evaluations})
-          shutil.rmtree(ckpt_dir, ignore_errors=True)  # its result is recorded
-          progress.update(1)
+      for init, seed, fraction in itertools.product(inits(c), c.seeds, fractions(c)):
+        key = report.finetune_key(init, target, seed, fraction)
+        if runs.done(key):
+          continue
+        if init == RANDOM:
+          params = transfer_init(c, net, kind, None, False, seed)
+        else:
+          task, strategy = init.split(" ", 1)
+          chain = CHAINS[strategy]
+          params = transfer_init(c, net, kind, pretrained[(task, chain)], "DR" in chain
+                                 or "DRA" in chain, seed)
+        share = "" if fraction == 1.0 else f"_{fraction:.0%}"
+        ckpt_dir = workdir / "finetune" / _slug(f"{target}_{init}_{seed}{share}")
+        train = targets.label_subset(splits["train"], fraction, seed,
+                                     stratify=kind == "classification")
+        best, val_score, evaluations = transfer.finetune(net, kind, params, train,
+                                                         splits["val"], seed, ckpt_dir)
+        test = splits["test"]
+        test_score = score(kind, transfer.predictor(net, kind)(best, test.images), test)
+        runs.record(key, {"test": test_score, "val": val_score, "epochs": evaluations})
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # its result is recorded
+        progress.update(1)
   writer.close()
 
   table = report.summarise(runs.runs, c, inits(c))
+  kinds = {t: target_kind(c, t) for t in c.targets}
+  curves = report.efficiency(runs.runs, c, inits(c)) if len(fractions(c)) > 1 else None
   if parallel.is_main_process():
-    files.write_text(workdir / "results.md", report.tables_markdown(
-        table, c, label, {t: target_kind(c, t) for t in c.targets}))
+    text = report.tables_markdown(table, c, label, kinds)
+    if curves:
+      text += "\n" + report.efficiency_markdown(curves, c, kinds)
+    files.write_text(workdir / "results.md", text)
     files.write_text(workdir / "results.json", json.dumps(
         {"label": label, "variant": c.variant, "tasks": list(c.tasks),
          "strategies": list(c.strategies), "targets": list(c.targets),
          "metrics": {t: report.METRIC[target_kind(c, t)] for t in c.targets},
-         "seeds": list(c.seeds), "table": table}, indent=1))
+         "seeds": list(c.seeds), "table": table,
+         "label_fractions": fractions(c), "efficiency": curves}, indent=1))
     demo = " (demo data)" if uses_demo_data(c) else ""
     figures.restorations(workdir / "restorations.png", pre, pretrained, c, figure_cubes,
                          f"DiRA: pretext inputs and restorations{demo}")
     figures.transfer_bars(workdir / "transfer.png", table, c,
                           f"fine-tuned, mean ± std over seeds{demo}")
+    if curves:
+      figures.efficiency_curves(workdir / "annotation_efficiency.png", curves, kinds,
+                                f"share of the target's training labels{demo}")
   return {f"{report.METRIC[target_kind(c, t)]}/{init}/{t}": cells[t][0]
           for init, cells in table.items() for t in c.targets}

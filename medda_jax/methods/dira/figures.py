@@ -1,5 +1,6 @@
 """DiRA's figures: middle slices of pretext inputs and of the restorations of every stage
-run with a decoder, and the fine-tuned scores as bars with their spread over seeds."""
+run with a decoder, the fine-tuned scores as bars with their spread over seeds, and the
+scores against the share of training labels (the paper's Fig. 4)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,30 @@ def transfer_bars(path, table: dict, c, title: str) -> None:
     ax.set_xticks(np.arange(len(inits)), inits, rotation=70, ha="right", fontsize=7)
     ax.set_ylim(0.0, 1.0)
     ax.set_title(target)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  with files.atomic_path(pathlib.Path(path)) as tmp:
+    fig.savefig(tmp, dpi=100, format="png")
+  plt.close(fig)
+
+
+def efficiency_curves(path, curves: dict, kinds: dict, title: str) -> None:
+  """One panel per target: each initialisation's mean score (± std band) against the share
+  of the target's training labels."""
+  from medda_jax.methods.dira.report import METRIC
+
+  targets = list(curves)
+  fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.4), squeeze=False)
+  for ax, target in zip(axes[0], targets):
+    for k, (init, points) in enumerate(curves[target].items()):
+      x, mean, std = (np.array(v) for v in zip(*points))
+      color = "0.4" if k == 0 else f"C{(k - 1) % 10}"
+      ax.plot(100 * x, mean, marker="o", color=color, label=init)
+      ax.fill_between(100 * x, mean - std, mean + std, color=color, alpha=0.15)
+    ax.set_xlabel("training labels (%)")
+    ax.set_ylabel(METRIC[kinds[target]].upper())
+    ax.set_title(target)
+  axes[0][-1].legend(fontsize=6, loc="lower right")
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   with files.atomic_path(pathlib.Path(path)) as tmp:

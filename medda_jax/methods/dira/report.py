@@ -1,6 +1,7 @@
 """DiRA's table in the shape of the paper's Table 1: rows are (pretext task, strategy) and
 random weights, columns the targets (AUC for classification, IoU for segmentation), cells
-mean ± std over the fine-tuning seeds."""
+mean ± std over the fine-tuning seeds; and, with `transfer.label_fractions`, the scores
+against the share of the target's training labels (the paper's Fig. 4)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,42 @@ def pretrain_key(task: str, chain: tuple[str, ...]) -> str:
   return f"pretrain/{run_name(task, chain)}"
 
 
-def finetune_key(init: str, target: str, seed: int) -> str:
-  return f"{init}/{target}/seed{seed}"
+def finetune_key(init: str, target: str, seed: int, fraction: float = 1.0) -> str:
+  """e.g. random/ncc/seed0, or random/ncc/25%/seed0 on a quarter of the training labels."""
+  if fraction == 1.0:
+    return f"{init}/{target}/seed{seed}"
+  return f"{init}/{target}/{fraction:.0%}/seed{seed}"
+
+
+def efficiency(runs: dict, c, inits: list[str]) -> dict:
+  """{target: {init: [(fraction, mean, std), ...]}} over `transfer.label_fractions`."""
+  out: dict = {}
+  for target in c.targets:
+    for init in inits:
+      points = []
+      for fraction in sorted(c.transfer.label_fractions):
+        scores = [runs[finetune_key(init, target, s, fraction)]["test"] for s in c.seeds]
+        points.append((float(fraction), float(np.mean(scores)), float(np.std(scores))))
+      out.setdefault(target, {})[init] = points
+  return out
+
+
+def efficiency_markdown(curves: dict, c, kinds: dict[str, str]) -> str:
+  """One table per target: rows the initialisations, columns the label fractions."""
+  fractions = sorted(c.transfer.label_fractions)
+  out = ["### Test scores against the share of the target's training labels (paper Fig. 4 "
+         "shape)", "", f"mean ± std over {len(c.seeds)} fine-tuning seeds; each share a "
+         "seeded subset of the training crops (stratified by class for classification), the "
+         "same for every initialisation.", ""]
+  for target, rows in curves.items():
+    out += [f"**{target}** ({METRIC[kinds[target]].upper()})", "",
+            "| initialisation | " + " | ".join(f"{f:.0%}" for f in fractions) + " |",
+            "|---|" + "---|" * len(fractions)]
+    for init, points in rows.items():
+      out.append(f"| {init} | " + " | ".join(f"{m:.4f} ± {sd:.4f}" for _, m, sd in points)
+                 + " |")
+    out.append("")
+  return "\n".join(out)
 
 
 def summarise(runs: dict, c, inits: list[str]) -> dict:

@@ -64,6 +64,38 @@ class Split:
   labels: np.ndarray
 
 
+def label_subset(split: Split, fraction: float, seed: int, stratify: bool) -> Split:
+  """A seeded share of a training split (round(fraction * N) crops, at least 2), in the
+  split's order: with `stratify` (classification) that share of each class, at least one
+  crop of each. The same subset for every initialisation of a (fraction, seed)."""
+  n = len(split.labels)
+  if fraction >= 1.0:
+    return split
+  rng = np.random.default_rng([seed, 211, int(round(fraction * 1000))])
+  labels = np.asarray(split.labels)
+  groups = [np.flatnonzero(labels == v) for v in np.unique(labels)] if stratify else [np.arange(n)]
+  rows = [g[np.sort(rng.permutation(len(g))[:max(1, int(round(fraction * len(g))))])]
+          for g in groups]
+  chosen = np.sort(np.concatenate(rows))
+  if len(chosen) < 2:
+    chosen = np.sort(rng.permutation(n)[:2])
+  return Split(Rows(split.images, chosen), Rows(split.masks, chosen),
+               np.asarray(split.labels)[chosen])
+
+
+class Rows:
+  """The rows `index` of an array, read when indexed (a memory map stays on disk)."""
+
+  def __init__(self, array, index: np.ndarray):
+    self.array, self.index = array, np.asarray(index)
+
+  def __len__(self) -> int:
+    return len(self.index)
+
+  def __getitem__(self, rows):
+    return np.asarray(self.array[self.index[rows]])
+
+
 # ---------------------------------------------------------------------------------------------
 # arguments and splits
 

@@ -17,6 +17,7 @@ XLA's compilation until then). The ratio is host over scan per config.
 
   python benchmarks/first_step.py --cpu                       # every method's demo config
   python benchmarks/first_step.py --configs metamedseg.py:demo,fda.py:demo
+  python benchmarks/first_step.py --cpu --runs scan                 # the scan row alone
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ DEMOS = ("metamedseg.py:demo", "transfer.py:demo", "wgan_synth.py:demo",
          "catenorm.py:demo", "avagrad.py:demo", "aiva.py:demo")
 RUNS = (("host, cold", "host", "fresh"), ("host", "host", "fresh"),
         ("scan", "scan", "fresh"), ("scan, warm", "scan", "same"))
+RUN_NAMES = ("host_cold", "host", "scan", "scan_warm")  # --runs names of RUNS, in order
 
 
 def parse_args():
@@ -49,6 +51,8 @@ def parse_args():
   p.add_argument("--timeout", type=float, default=900,
                  help="seconds one run may take to reach its first call")
   p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
+  p.add_argument("--runs", default=",".join(RUN_NAMES),
+                 help=f"comma list of {', '.join(RUN_NAMES)} (scan_warm needs scan before it)")
   return p.parse_args()
 
 
@@ -84,6 +88,11 @@ def first_call(config: str, inner_loop: str, cache_dir: str, env: dict, timeout:
 
 def main():
   args = parse_args()
+  chosen = args.runs.split(",")
+  unknown = sorted(set(chosen) - set(RUN_NAMES))
+  if unknown or ("scan_warm" in chosen and "scan" not in chosen):
+    raise SystemExit(f"--runs: {args.runs!r}: names from {', '.join(RUN_NAMES)}, scan_warm "
+                     "with scan")
   platform, device = common.start(args)
   env = dict(os.environ)
   if args.cpu:
@@ -93,7 +102,9 @@ def main():
   print(f"time to the first training call on {platform}: {device.get('name', device)}")
   for config in args.configs.split(","):
     caches, rows = [], {}
-    for label, inner_loop, which_cache in RUNS:
+    for name, (label, inner_loop, which_cache) in zip(RUN_NAMES, RUNS):
+      if name not in chosen:
+        continue
       if which_cache == "fresh":
         caches.append(tempfile.mkdtemp(prefix="first_step_xla_"))
       try:
@@ -118,7 +129,7 @@ def main():
   out = args.out or common.result_path(BENCHMARK, platform, device)
   common.write_json(
       out, benchmark=BENCHMARK, platform=platform, device=device,
-      shapes={"configs": args.configs.split(",")}, results=results, ratio=ratio,
+      shapes={"configs": args.configs.split(","), "runs": chosen}, results=results, ratio=ratio,
       notes=["first_call_s: process start to the first finished training call (JAX start-up "
              "and data loading included); compile_s: JAX tracing + lowering + XLA compilation "
              "until then, from jax.monitoring events (medda_jax.engine.timing).",

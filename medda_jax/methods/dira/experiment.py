@@ -196,21 +196,23 @@ def demo_corpus(c):
   return lambda ids: cubes[np.asarray(ids) % len(cubes)]
 
 
-def patients(c):
+def patients(c, stream=None):
   """(volume(p) in [0, 1], count) of the corpus's whole volumes: the demo's training and
-  validation subjects, or LUNA16's / your volumes read one at a time."""
+  validation subjects, or LUNA16's / your volumes read one at a time (from `stream`, what
+  `corpus(c)` gave, when the caller has it; the demo's needs none)."""
   if c.data.corpus == DEMO:
     pool = demo_subvolumes.subjects(coarsen=c.data.demo_coarsen)
     chosen = [pool[i].image for i in DEMO_SPLITS["train"] + DEMO_SPLITS["val"]]
     return (lambda p: chosen[p]), len(chosen)
-  stream, _ = corpus(c)
+  stream = stream if stream is not None else corpus(c)[0]
   return stream.volume, len(stream.paths)
 
 
-def visual_words(c, workdir: pathlib.Path) -> VisualWords:
-  """TransVW's visual words of the corpus (`visual_words.py`). The patients' codes, one read
-  of every volume, are kept in workdir/pretrain/transvw_codes.npy for a rerun."""
-  volume, count = patients(c)
+def visual_words(c, workdir: pathlib.Path, stream=None) -> VisualWords:
+  """TransVW's visual words of the corpus (`visual_words.py`; `stream` as in `patients`).
+  The patients' codes, one read of every volume, are kept in
+  workdir/pretrain/transvw_codes.npy for a rerun."""
+  volume, count = patients(c, stream)
   vw = c.pretrain.transvw
   path = workdir / "pretrain" / "transvw_codes.npy"
   codes = np.load(path) if path.is_file() else None
@@ -427,7 +429,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                                         * len(fractions(c)))
   writer = MetricWriter(workdir)
   cubes, corpus_name = corpus(c)
-  words = visual_words(c, workdir) if "transvw" in c.tasks else None
+  words = visual_words(c, workdir, cubes) if "transvw" in c.tasks else None
   pre = Pretrainer(settings(c), cubes, corpus_name, workdir, writer, words)
   transfer = Transfer(c)
   pretrained: dict[tuple, dict] = {}

@@ -23,6 +23,12 @@ def finetune_key(init: str, target: str, seed: int, fraction: float = 1.0) -> st
   return f"{init}/{target}/{fraction:.0%}/seed{seed}"
 
 
+def _spread(runs: dict, init: str, target: str, seeds, fraction: float = 1.0):
+  """(mean, population std) of the test score over the seeds."""
+  scores = [runs[finetune_key(init, target, s, fraction)]["test"] for s in seeds]
+  return float(np.mean(scores)), float(np.std(scores))
+
+
 def efficiency(runs: dict, c, inits: list[str]) -> dict:
   """{target: {init: [(fraction, mean, std), ...]}} over `transfer.label_fractions`."""
   out: dict = {}
@@ -30,8 +36,7 @@ def efficiency(runs: dict, c, inits: list[str]) -> dict:
     for init in inits:
       points = []
       for fraction in sorted(c.transfer.label_fractions):
-        scores = [runs[finetune_key(init, target, s, fraction)]["test"] for s in c.seeds]
-        points.append((float(fraction), float(np.mean(scores)), float(np.std(scores))))
+        points.append((float(fraction), *_spread(runs, init, target, c.seeds, fraction)))
       out.setdefault(target, {})[init] = points
   return out
 
@@ -59,9 +64,8 @@ def summarise(runs: dict, c, inits: list[str]) -> dict:
   table: dict = {}
   for init in inits:
     for target in c.targets:
-      scores = [runs[finetune_key(init, target, s)]["test"] for s in c.seeds]
-      table.setdefault(init, {})[target] = (float(np.mean(scores)), float(np.std(scores)),
-                                            len(scores))
+      table.setdefault(init, {})[target] = (*_spread(runs, init, target, c.seeds),
+                                            len(c.seeds))
   return table
 
 

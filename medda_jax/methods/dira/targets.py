@@ -42,7 +42,7 @@ import numpy as np
 
 from medda_jax.data import ct_sets
 from medda_jax.errors import ConfigError, DataError
-from medda_jax.methods.dira.volumes import INTENSITIES, normalise, read_volume
+from medda_jax.methods.dira.volumes import INTENSITIES, cut, normalise, read_volume
 
 SPLITS = ("train", "val", "test")
 PAPER_TARGETS = {"ncc": "classification", "lcs": "segmentation", "bms": "segmentation"}
@@ -131,19 +131,6 @@ def _split_cases(cases: Sequence, split: str, what: str) -> list:
 
 # ---------------------------------------------------------------------------------------------
 # cropping
-
-
-def cut(volume: np.ndarray, corner, size: int, fill) -> np.ndarray:
-  """volume[corner : corner + size] per axis as a [size]^3 array; voxels outside the volume
-  are `fill`. `corner` may be negative or run past the end."""
-  out = np.full((size,) * 3, fill, volume.dtype)
-  corner = np.asarray(corner, np.int64)
-  lo = np.maximum(corner, 0)
-  hi = np.minimum(corner + size, volume.shape)
-  if np.all(hi > lo):
-    out[tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, corner))] = (
-        volume[tuple(slice(a, b) for a, b in zip(lo, hi))])
-  return out
 
 
 def crop_corners(shape, foreground: np.ndarray | None, size: int, crops: int,

@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from medda_jax.errors import ConfigError, DataError
-from medda_jax.methods.dira.volumes import crop
+from medda_jax.methods.dira.volumes import cut
 
 TRIES = 100  # coordinates tried per reference patient
 
@@ -93,7 +93,8 @@ def discover(codes: np.ndarray, volume: Callable[[int], np.ndarray], *, words: i
     reference_volume = volume(int(reference))
     for _ in range(TRIES):
       fraction = rng.uniform(border, 1.0 - border, size=3)
-      cube = crop(reference_volume, corner(reference_volume.shape, fraction, size), size)
+      first = corner(reference_volume.shape, fraction, size)
+      cube = cut(reference_volume, first, size, float(reference_volume.min()))
       if np.mean(cube >= tissue_level) >= min_tissue:
         break
     else:
@@ -153,5 +154,6 @@ class VisualWords:
     for i in np.asarray(sample_ids):
       patient, word = self.pick(int(i))
       v = self.volume(patient)
-      out.append(crop(v, corner(v.shape, self.words.fractions[word], self.size), self.size))
+      first = corner(v.shape, self.words.fractions[word], self.size)
+      out.append(cut(v, first, self.size, float(v.min())))
     return np.stack(out).astype(np.float32)

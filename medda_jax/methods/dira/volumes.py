@@ -72,13 +72,17 @@ def normalise(volume: np.ndarray, intensity: str) -> np.ndarray:
   return np.clip((volume - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
 
 
-def crop(volume: np.ndarray, first, size: int) -> np.ndarray:
-  """The cube [size]^3 from voxel `first`, padded with the volume's minimum past its end."""
-  cube = volume[tuple(slice(int(c), int(c) + size) for c in first)]
-  pad = [(0, size - n) for n in cube.shape]
-  if any(p[1] for p in pad):
-    cube = np.pad(cube, pad, constant_values=float(volume.min()))
-  return cube
+def cut(volume: np.ndarray, corner, size: int, fill) -> np.ndarray:
+  """volume[corner : corner + size] per axis as a [size]^3 array; voxels outside the volume
+  are `fill`. `corner` may be negative or run past the end."""
+  out = np.full((size,) * 3, fill, volume.dtype)
+  corner = np.asarray(corner, np.int64)
+  lo = np.maximum(corner, 0)
+  hi = np.minimum(corner + size, volume.shape)
+  if np.all(hi > lo):
+    out[tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, corner))] = (
+        volume[tuple(slice(a, b) for a, b in zip(lo, hi))])
+  return out
 
 
 class VolumeCorpus:
@@ -108,5 +112,5 @@ class VolumeCorpus:
       v = self.volume(self._volume_of(int(i)))
       rng = np.random.default_rng([self.seed, 89, int(i)])
       corner = [int(rng.integers(0, max(n - self.size, 0) + 1)) for n in v.shape]
-      out.append(crop(v, corner, self.size))
+      out.append(cut(v, corner, self.size, float(v.min())))
     return np.stack(out).astype(np.float32)

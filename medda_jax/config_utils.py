@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import re
 from typing import Any, Iterable
 
 import ml_collections
@@ -47,6 +48,33 @@ def validate_shared(c) -> None:
   check_choice(c, "engine.inner_loop", ("auto", "scan", "host"))
   check_range(c, "engine.steps_per_call", 1, integer=True)
   check_range(c, "engine.eval_batch_size", 1, integer=True)
+
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # a name that is also a file name
+
+
+def named_paths(entries, field: str, example: str, taken: Iterable[str] = ()) -> dict[str, str]:
+  """A config's `name=path` entries (the user's data) as {name: path}, in order: each name
+  unique, free of the built-in names in `taken`, and usable as a file name; `~` expanded."""
+  if isinstance(entries, str):
+    raise ConfigError(f"config.{field} must be a tuple of 'name=path' strings, e.g. "
+                      f"\"('{example}',)\"")
+  out = {}
+  for entry in entries:
+    name, sep, path = str(entry).partition("=")
+    name, path = name.strip(), path.strip()
+    if not sep or not name or not path:
+      raise ConfigError(f"config.{field} entry {entry!r} must be 'name=path', e.g. {example!r}")
+    if not NAME.match(name):
+      raise ConfigError(f"config.{field} entry {entry!r}: the name may hold letters, digits, "
+                        "'_', '.', '+' and '-' only")
+    if name in out:
+      raise ConfigError(f"config.{field} names {name!r} twice")
+    if name in tuple(taken):
+      raise ConfigError(f"config.{field} entry {entry!r}: the name {name} is taken by a "
+                        "built-in dataset; choose another")
+    out[name] = str(pathlib.Path(path).expanduser())
+  return out
 
 
 def _get(config: ml_collections.ConfigDict, field: str) -> Any:

@@ -97,3 +97,24 @@ def test_unknown_variant_on_the_command_line_is_one_error_line(tmp_path):
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
   assert len(errors) == 1 and "unknown variant 'anything'" in errors[0], proc.stderr[-2000:]
   assert "digits_demo" in errors[0]
+
+
+def test_named_paths_reads_a_users_entries_in_order():
+  got = cu.named_paths(("b=~/x.csv", " a = /data/a "), "data.user", "s=/p")
+  assert list(got) == ["b", "a"]
+  assert got == {"b": str(pathlib.Path("~/x.csv").expanduser()), "a": "/data/a"}
+
+
+@pytest.mark.parametrize("entries, needle", [
+    ("a=/x", "must be a tuple of 'name=path' strings"),
+    (("a",), "entry 'a' must be 'name=path', e.g. 's=/p'"),
+    (("a=",), "must be 'name=path'"),
+    (("=/x",), "must be 'name=path'"),
+    (("a b=/x",), "the name may hold letters"),
+    (("a=/x", "a=/y"), "names 'a' twice"),
+    (("luna16=/x",), "the name luna16 is taken"),
+])
+def test_named_paths_refuses_bad_entries(entries, needle):
+  with pytest.raises(ConfigError, match="config.data.user") as e:
+    cu.named_paths(entries, "data.user", "s=/p", taken=("luna16",))
+  assert needle in str(e.value)

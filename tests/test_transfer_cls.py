@@ -472,7 +472,7 @@ def test_user_entries_are_checked(cxr_data, tmp_path):
   with pytest.raises(ConfigError, match="the name chexpert is taken"):
     cls.validate(c)
   c.data.user = ("mysite",)
-  with pytest.raises(ConfigError, match="must be name=path"):
+  with pytest.raises(ConfigError, match="must be 'name=path'"):
     cls.validate(c)
   c.data.user = (f"mysite={tmp_path / 'none.csv'}",)
   c.data.pairs = (("chexpert", "mysite"),)

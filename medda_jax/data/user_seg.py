@@ -30,6 +30,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from medda_jax import config_utils as cu
 from medda_jax.data import msd
 from medda_jax.data.collection import SliceCollection
 from medda_jax.data.volumes import Volume, cached_volumes
@@ -64,24 +65,12 @@ class UserSource:
     return os.path.isfile(self.path)
 
 
-def parse_sources(entries: Iterable[str], field: str = "config.data.user") -> list[UserSource]:
+def parse_sources(entries: Iterable[str]) -> list[UserSource]:
   """`("name=path", ...)` -> sources, each path checked to be a folder with a dataset.json
   or a CSV file."""
-  if isinstance(entries, str):
-    raise ConfigError(f"{field} must be a tuple of 'name=path' strings, e.g. "
-                      f"\"('mydata={entries}',)\"")
   sources = []
-  for entry in entries:
-    name, sep, path = str(entry).partition("=")
-    name, path = name.strip(), os.path.expanduser(path.strip())
-    if not sep or not name or not path:
-      raise ConfigError(f"{field} entry {entry!r} must be 'name=path' (a Decathlon-layout "
-                        "folder or a CSV manifest)")
-    if not _NAME.match(name):
-      raise ConfigError(f"{field} entry {entry!r}: the name may hold letters, digits, '_', "
-                        "'-' and '.' only")
-    if name in (s.name for s in sources):
-      raise ConfigError(f"{field} names {name!r} twice")
+  named = cu.named_paths(entries, "data.user", "our_site=/data/Task01_site")
+  for name, path in named.items():
     if os.path.isdir(path):
       if not os.path.isfile(os.path.join(path, "dataset.json")):
         raise DataError(f"{name}: folder {path} has no dataset.json (expected the Decathlon "

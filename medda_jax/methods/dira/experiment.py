@@ -151,27 +151,15 @@ def _check_dir(c, field: str, needed_for: str) -> None:
                       f"({DIR_HINTS[field]}) for {needed_for}")
 
 
-def _named_paths(entries, field: str, example: str, taken) -> dict[str, str]:
-  out = {}
-  for entry in entries:
-    name, sep, path = entry.partition("=")
-    if not sep or not name.strip() or not path.strip():
-      raise ConfigError(f"config.{field} entry {entry!r} must be 'name=path', e.g. {example!r}")
-    if name.strip() in taken:
-      raise ConfigError(f"config.{field}: the name {name.strip()!r} is taken; choose another")
-    out[name.strip()] = str(pathlib.Path(path.strip()).expanduser())
-  return out
-
-
 def user_corpora(c) -> dict[str, str]:
   """`data.user` entries 'name=path' (a folder of volumes or a CSV with a path column)."""
-  return _named_paths(c.data.user, "data.user", "our_ct=/data/ct_volumes", (DEMO, "luna16"))
+  return cu.named_paths(c.data.user, "data.user", "our_ct=/data/ct_volumes", (DEMO, "luna16"))
 
 
 def user_targets(c) -> dict[str, str]:
   """`data.user_targets` entries 'name=path': a CSV with `image` and `mask` columns (a
   segmentation target) or `image` and `label` (classification), optional `split`."""
-  return _named_paths(c.data.user_targets, "data.user_targets",
+  return cu.named_paths(c.data.user_targets, "data.user_targets",
                       "our_nodules=/data/nodules.csv", (*DEMO_TARGETS, *PAPER_SOURCES))
 
 

@@ -51,7 +51,7 @@ import optax
 from medda_jax import config_utils as cu
 from medda_jax import files, parallel
 from medda_jax import metrics as metrics_lib
-from medda_jax.data import chestxray, cxr_sites, images, mixed
+from medda_jax.data import chestxray, cxr_sites, mixed
 from medda_jax.data.mixed import target_count
 from medda_jax.engine.checkpoint import Checkpointer
 from medda_jax.engine.compile import compile_init
@@ -149,16 +149,7 @@ class DatasetSplit:
 
 def user_datasets(c) -> dict[str, str]:
   """{name: path} of the config's `data.user` entries ('name=path')."""
-  out = {}
-  for entry in c.data.user:
-    name, path = images.parse_domain(entry)
-    if path is None:
-      raise ConfigError(f"config.data.user entry {entry!r} must be name=path (a CSV manifest "
-                        "or a class-folder root)")
-    if name in DATASETS or name in out:
-      raise ConfigError(f"config.data.user entry {entry!r}: the name {name} is taken")
-    out[name] = path
-  return out
+  return cu.named_paths(c.data.user, "data.user", "our_cxr=/data/cxr.csv", DATASETS)
 
 
 def load_dataset(c, name: str) -> chestxray.ImageLabelTable:

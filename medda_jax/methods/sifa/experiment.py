@@ -50,15 +50,9 @@ DEMO_LABEL = ("DEMO DATA (digit-stroke segmentation stand-in, not cardiac data: 
 
 # --------------------------------------------------------------------------- config
 def user_domains(c) -> dict[str, str]:
-  """config.data.user's `name=path` entries as {name: path to a CSV of volumes}."""
-  out = {}
-  for entry in c.data.user:
-    name, sep, path = str(entry).partition("=")
-    if not sep or not name.strip() or not path.strip():
-      raise ConfigError(f"config.data.user entries are 'name=/path/to/volumes.csv'; got "
-                        f"{entry!r}")
-    out[name.strip()] = path.strip()
-  return out
+  """config.data.user's `name=path` entries as {name: path to a CSV of volumes} (a name
+  of MM-WHS's replaces that domain)."""
+  return cu.named_paths(c.data.user, "data.user", "our_mr=/data/mr_volumes.csv")
 
 
 def parse_direction(entry: str) -> tuple[str, str]:

@@ -56,6 +56,7 @@ if [[ "$cpu" == 1 ]]; then
   # autocast, torch.compile where it compiles).
   run 600 unet_step.py --cpu --cpu-threads 1 --repeats 5 --iters 3
   run 600 cpu_conv_bf16.py --cpu-threads 1
+  run 600 unet_step_profile.py --cpu-threads 1
   run 600 reptile_meta_iteration.py --cpu --cpu-threads 1 --quick --executors map,host \
     --steps-per-call 15
   run 600 wgan_gp_cycle.py --cpu --cpu-threads 1 --quick \

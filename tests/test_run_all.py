@@ -48,9 +48,9 @@ def test_no_gpu_without_cpu_flag_fails_fast(tmp_path):
   assert "==" not in proc.stdout  # no benchmark was started
 
 
-# Run by the --cpu mode only: the CPU's own convolution kernels, and every demo run four
-# times (longer than the GPU mode's 10 minutes).
-CPU_ONLY = {"cpu_conv_bf16.py", "first_step.py"}
+# Run by the --cpu mode only: the CPU's own convolution kernels, the U-Net step's CPU
+# profile, and every demo run four times (longer than the GPU mode's 10 minutes).
+CPU_ONLY = {"cpu_conv_bf16.py", "unet_step_profile.py", "first_step.py"}
 
 
 def test_every_benchmark_is_run():

@@ -80,6 +80,8 @@ if [[ "$cpu" == 1 ]]; then
   run 600 volume_memory.py --cpu
   run 600 fda_volume.py --cpu --cpu-threads 1 --quick
   run 600 catenorm_step.py --cpu --quick
+  run 600 catenorm_step.py --cpu --cpu-threads 1 --quick \
+    --out benchmarks/results/catenorm_step_cpu_1thread.json
   run 600 melanoma_step.py --cpu --cpu-threads 1 --quick
   run 600 stain_aglr_step.py --cpu --cpu-threads 1 --quick
   run 600 sissi_pipeline.py --cpu --cpu-threads 1 --quick

@@ -10,7 +10,7 @@ On a 2-core AMD EPYC (AVX512-BF16), deep network, batch 2, 64x64: XLA's convolut
 (the YNNPACK fusions) take about what oneDNN's forward and backward convolutions take,
 and its `transpose_copy_fusion`s, the physical transposes XLA:CPU's layout assignment puts
 before the convolutions of the gradients (a kernel with its in and out features swapped,
-activations with batch and features swapped), about 15 % of the step: the part of the gap
+activations with batch and features swapped), about 12 % of the step: the part of the gap
 to torch's float32 step that oneDNN does not pay (it reads transposed operands in place).
 
   python benchmarks/unet_step_profile.py --cpu-threads 1

@@ -64,3 +64,12 @@ def test_result_file_schema(path):
     figures = data["jax_best_over_torch_best"]
     figures = figures.values() if isinstance(figures, dict) else [figures]
     assert figures and all(isinstance(f, float) and math.isfinite(f) and f > 0 for f in figures)
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=lambda p: p.name)
+def test_the_command_names_no_path_of_the_machine_it_ran_on(path):
+  """A result file records its command as a user would type it in the repository: an
+  `--out` into a scratch folder of the measuring machine says nothing to anyone else."""
+  command = json.loads(path.read_text())["command"]
+  absolute = [word for word in command.split() if word.startswith(("/", "~"))]
+  assert not absolute, f"{path.name}: {absolute}"

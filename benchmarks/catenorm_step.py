@@ -165,6 +165,7 @@ def bench_torch(args, platform, x_np, y_np, timing, results):
 def bench_jax(args, x_np, y_np, timing, results):
   import jax
   import jax.numpy as jnp
+  from medda_jax.engine.compile import compile_step
   from medda_jax.methods.catenorm import paper
   from medda_jax.models import dualnorm_unet as dn
   batch = {"images": jnp.asarray(x_np), "labels": jnp.asarray(y_np, jnp.int32),
@@ -181,7 +182,7 @@ def bench_jax(args, x_np, y_np, timing, results):
                                   schedule=schedule)
     try:
       t0 = time.perf_counter()
-      lowered = jax.jit(step, donate_argnums=(0,)).lower(state, batch)
+      lowered = compile_step(step).lower(state, batch)  # as the trainer compiles it
       compiled = lowered.compile()
       compile_s = time.perf_counter() - t0
       if dtype == jnp.float32:

@@ -254,7 +254,7 @@ def time_within_budget(run, finish, *, warmup, repeats, iters, budget):
 
 
 def time_state_step(step, state, batch, images: int, timing: dict, **extra) -> dict[str, Any]:
-  """time_repeats of a JAX step `step(state, batch) -> (state, metrics)` that donates its
+  """time_repeats of a JAX step `step(state, batch) -> (state, metrics)` that may donate its
   state: each call takes the state the last one returned. Returns images/s (`images` per
   call), `extra` (e.g. compile seconds) and the timing."""
   carry = [state]

@@ -14,7 +14,7 @@ pools hold 50 images each, and both Adams run at 2e-4 with betas (0.5, 0.999).
 
 JAX side: `medda_jax.methods.cyclegan_uda.cyclegan_losses` in
 `medda_jax.engine.gan.build_gan_chunk(n_critic=1, generator_first=True, inner_loop=...)`,
-the state (pools included) donated and the batches on the device; executors "jax
+the state (pools included) donated on accelerators and the batches on the device; executors "jax
 <inner_loop>/<iterations_per_call> <dtype>" (bf16: compute dtype, parameters and optimiser
 state float32). PyTorch side: the reference's ResnetGenerator (9 blocks at the spec's
 shapes) and NLayerDiscriminator with norm='instance' (InstanceNorm2d without affine
@@ -668,7 +668,7 @@ def bench_jax(args, platform, batch, timing, results):
       compile_s = time.perf_counter() - t0
 
       def run(carry=carry, compiled=compiled, batches=batches):
-        carry[0], metrics = compiled(carry[0], batches)  # the state is donated
+        carry[0], metrics = compiled(carry[0], batches)  # the state is donated on accelerators
         return metrics
 
       calls = lambda iterations, spc=spc: max(1, -(-iterations // spc))  # ceil

@@ -240,6 +240,7 @@ def main():
   x_np = rng.uniform(size=(args.batch, args.size, args.size, 3)).astype(np.float32)
   y_np = rng.integers(0, 2, args.batch).astype(np.int32)
   b_np = rng.integers(0, K, args.batch).astype(np.int32)
+  from medda_jax.engine.compile import compile_step
   from medda_jax.methods.melanoma_fairness import paper
   w_np = paper.class_weights(b_np, K)
   print(f"melanoma step on {device['name']}: batch {args.batch}, {args.size}x{args.size}x3, "
@@ -270,7 +271,7 @@ def main():
       name = f"jax jit {dname} {method}"
       try:
         t0 = time.perf_counter()
-        compiled = jax.jit(rule, donate_argnums=(0,)).lower(state, batch).compile()
+        compiled = compile_step(rule).lower(state, batch).compile()
         results[name] = common.time_state_step(compiled, state, batch, args.batch, timing,
                                                compile_seconds=time.perf_counter() - t0)
       except Exception as e:

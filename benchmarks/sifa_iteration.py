@@ -26,7 +26,7 @@ residual blocks drop 25 % of their activations (both at the reference's settings
 
 JAX side: `medda_jax.methods.sifa.experiment.Sifa(config, "synthmix", mesh, inner_loop,
 dtype)`: `sifa_losses` in `engine.gan.build_gan_chunk(generator_first=True,
-side_updates=...)`, the state (both pools included) donated and the batches on the device;
+side_updates=...)`, the state (both pools included) donated on accelerators and the batches on the device;
 executors "jax <inner_loop>/<iterations_per_call> <dtype>" (bf16: compute dtype,
 parameters and optimiser state float32). PyTorch side: the networks of
 `medda_jax.models.sifa` written as nn.Modules layer by layer (TF "SAME" paddings as
@@ -891,7 +891,7 @@ def check_equivalence(args, platform, dev):
                   f_t_ll=f_t_ll, f_ft=f_ft, f_ft_ll=f_ft_ll)
 
     fw_jax = jax.device_get(jax.jit(forward)(params, stats, batch["source"], batch["target"]))
-    # The engine's chunk: the same iteration as one compiled call (state donated).
+    # The engine's chunk: the same iteration as one compiled call (state donated on accelerators).
     engine_batches = gan.shard_batches({k: v[:1] for k, v in one.items()}, mesh)
     new_state, metrics = sifa.chunk(state, engine_batches)
     engine = jax.device_get(metrics)
@@ -1081,7 +1081,7 @@ def bench_jax(args, platform, batch, timing, results, flops, save):
       compile_s = time.perf_counter() - t0
 
       def run(carry=carry, compiled=compiled, batches=batches):
-        carry[0], metrics = compiled(carry[0], batches)  # the state is donated
+        carry[0], metrics = compiled(carry[0], batches)  # the state is donated on accelerators
         return metrics
 
       calls = lambda iterations, spc=spc: max(1, -(-iterations // spc))  # ceil

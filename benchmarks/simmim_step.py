@@ -12,7 +12,7 @@ the single channel reconstructed), 32-pixel mask patches with ratio 0.6
 
 JAX: `simmim.paper.SimMIM` over `models/vit.py` / `models/swin.py`, `pretrain_loss` and
 `pretrain_optimizer` in the engine's compiled chunk (`build_train_chunk`, one step per
-call, state donated); fp32 and bf16 compute (`dtype`, parameters float32).
+call, state donated on accelerators); fp32 and bf16 compute (`dtype`, parameters float32).
 torch: timm's `VisionTransformer` / `SwinTransformer` (the encoders SimMIM builds on)
 under a SimMIM wrapper written as SimMIM's `VisionTransformerForSimMIM` /
 `SwinTransformerForSimMIM` and `SimMIM.forward`; AdamW (fused where the build has it),
@@ -393,7 +393,8 @@ def main():
       "is not timed. Keys are '<backbone>/<variant>'.",
       "JAX: medda_jax.methods.simmim.paper (SimMIM, pretrain_loss, pretrain_optimizer with "
       "no warm-up) in engine.supervised.build_train_chunk, host executor, one step per call, "
-      "state donated; 'bf16' = the encoder's compute dtype (parameters and optimiser float32).",
+      "state donated on accelerators; 'bf16' = the encoder's compute dtype (parameters and "
+      "optimiser float32).",
       f"torch peer: timm {_version('timm')} VisionTransformer / SwinTransformer (fused SDPA "
       "attention) under a SimMIM wrapper as SimMIM's models/simmim.py (mask token after the "
       "patch embedding, 1x1 conv + PixelShuffle, L1 on masked pixels / (mask sum x C)); "

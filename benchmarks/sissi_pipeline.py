@@ -143,7 +143,7 @@ def main():
       "version and before the epoch, as a share of that epoch's wall time (cloning + "
       f"{stream.steps} detector steps of {batch} images).",
       "Detector: the config's widths, float32, the engine's compiled chunk of one step "
-      "(host executor), state donated; the first call (compilation) is not timed.",
+      "(host executor), state donated on accelerators; the first call (compilation) is not timed.",
   ]
   path = args.out or common.result_path("sissi_pipeline", platform, device)
   common.write_json(path, benchmark="sissi_pipeline", platform=platform, device=device,

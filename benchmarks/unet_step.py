@@ -14,7 +14,8 @@ Variants:
   channels_last (the whole step compiled), on CPU torch.compile fp32 (and eager
   channels_last, which oneDNN often prefers).
 * JAX jit fp32 and JAX jit bf16 (compute in bf16, parameters and optimiser state in
-  float32), params and optimiser state donated.
+  float32), params and optimiser state donated on accelerators, as the trainers do
+  (`engine.compile.donates_by_default`: not on the CPU).
 
 Reported: images/s (median of the timed repeats), TFLOP/s from XLA's FLOP count of the
 step, model FLOPs utilisation against the GPU's dense bf16 peak (GPU only), and the
@@ -130,6 +131,7 @@ def bench_jax(kind, args, platform, x_np, y_np, timing, results, notes):
   import jax
   import jax.numpy as jnp
   import optax
+  from medda_jax.engine.compile import donates_by_default
   from medda_jax.losses import bce
   x, y = jnp.asarray(x_np), jnp.asarray(y_np)
   flops = None
@@ -159,7 +161,8 @@ def bench_jax(kind, args, platform, x_np, y_np, timing, results, notes):
 
     try:
       t0 = time.perf_counter()
-      lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, x, y)
+      donate = (0, 1) if donates_by_default() else ()  # as the trainers' steps
+      lowered = jax.jit(step, donate_argnums=donate).lower(params, opt_state, x, y)
       compiled = lowered.compile()
       compile_s = time.perf_counter() - t0
       if dtype == jnp.float32:

@@ -573,7 +573,7 @@ def bench_jax(args, platform, reals_np, timing, results):
       compile_s = time.perf_counter() - t0
 
       def run(carry=carry, compiled=compiled, batches=batches):
-        carry[0], metrics = compiled(carry[0], batches)  # the state is donated
+        carry[0], metrics = compiled(carry[0], batches)  # the state is donated on accelerators
         return metrics
 
       calls = lambda cycles, spc=spc: max(1, -(-cycles // spc))  # ceil

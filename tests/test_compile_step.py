@@ -73,3 +73,18 @@ def test_chunks_on_a_mesh_shard_batches_and_match_one_device():
   proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
                         text=True, timeout=300, cwd=pathlib.Path(__file__).resolve().parents[1])
   assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-4000:]
+
+
+def test_a_step_donates_its_state_on_accelerators_only():
+  import jax
+  import jax.numpy as jnp
+
+  from medda_jax.engine import compile as compile_lib
+  step = lambda state, batch: (state * 2 + batch, {"loss": jnp.sum(state)})
+  assert compile_lib.donates_by_default() == (jax.default_backend() != "cpu")
+  for donate in (None, True, False):
+    state = jnp.arange(4.0)
+    new, _ = compile_lib.compile_step(step, donate=donate)(state, jnp.ones(4))
+    donated = compile_lib.donates_by_default() if donate is None else donate
+    assert state.is_deleted() == donated, donate
+    assert new.tolist() == [1.0, 3.0, 5.0, 7.0]

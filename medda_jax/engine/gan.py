@@ -34,7 +34,8 @@ a loop, which XLA compiles faster); `inner_loop="host"` unrolls the same steps i
 straight-line code instead (it compiles `steps_per_call` copies of the step;
 models/conv.py made the scan as fast on the CPU). Metrics come back once per call, stacked over the
 steps ([steps_per_call]; critic metrics averaged over the n_critic updates of a step),
-with `finite` saying whether every loss and parameter stayed finite. The state is donated.
+with `finite` saying whether every loss and parameter stayed finite. The state is donated
+on accelerators (`compile.donates_by_default`).
 
 Sharding. Parameters are replicated; batches are sharded over the `data` mesh axis on
 their batch dimension (`shard_batches`), so the step is data-parallel under jit with the
@@ -178,7 +179,7 @@ def build_gan_chunk(critic_loss: LossFn, generator_loss: LossFn,
                     generator_first: bool = False, jit: bool = True,
                     mesh: Mesh | None = None) -> Callable:
   """`chunk(state, batches) -> (state, metrics)`: `steps_per_call` engine steps in one
-  jitted call (state donated; with a mesh, state replicated and batches sharded as
+  jitted call (state donated on accelerators; with a mesh, state replicated and batches sharded as
   `shard_batches` places them). Every leaf of `batches` is [steps_per_call, n_critic,
   batch, ...]; every metric comes back stacked to [steps_per_call], plus a scalar `finite`.
   `jit=False` returns the plain function (to vmap over several GANs, or to inspect)."""

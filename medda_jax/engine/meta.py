@@ -79,7 +79,7 @@ def build_meta_step(apply_fn: Callable, loss_fn: Callable, adapt_cfg: AdaptConfi
                     mesh: Mesh | None = None, task_parallelism: str = "vmap",
                     inner_loop: str = "scan", steps_per_call: int = 1,
                     gather_tasks: bool = False, num_tasks: int | None = None,
-                    donate: bool = True):
+                    donate: bool | None = None):
   """Returns `step(state, batch) -> (state, metrics)`.
 
   inner_loop="scan": the whole meta-iteration is one jitted call (tasks side by side as

@@ -48,7 +48,7 @@ class KeepBest:
     self.evaluations += 1
     if score > self.best_score or (self.keep_ties and score == self.best_score):
       self.best_score, self.waited = score, 0
-      best = jax.device_get(current)  # a copy: the next call donates the train state
+      best = jax.device_get(current)  # a copy: the next call may donate the train state
     else:
       self.waited += 1
     return (train, best), self.patience is not None and self.waited >= self.patience

@@ -28,7 +28,7 @@ from medda_jax import config_utils as cu
 from medda_jax import files, metrics as metrics_lib
 from medda_jax.data import images as images_lib
 from medda_jax.engine.checkpoint import Checkpointer
-from medda_jax.engine.compile import compile_init
+from medda_jax.engine.compile import compile_init, compile_step
 from medda_jax.engine.loop import run_loop
 from medda_jax.engine.meta import all_finite, run_steps
 from medda_jax.engine.runtable import RunTable
@@ -277,7 +277,7 @@ class Experiment:
         state, metrics = run_steps(step, state, batches, inner)
         finite = all_finite((metrics, state.params))
         return state, dict(jax.tree.map(jnp.mean, metrics), finite=finite)
-      self._chunks[method] = jax.jit(chunk, donate_argnums=0)
+      self._chunks[method] = compile_step(chunk)
     return self._chunks[method]
 
   def initial_state(self, method: str, seed: int) -> paper.FairState:

@@ -5,9 +5,10 @@ Every step builder (supervised, GAN, meta) hands its `step(state, batch) -> (sta
 metrics)` to `compile_step`. On an accelerator the state is donated (its memory reused in
 place); on the CPU it is not (`donates_by_default`). Without a mesh placement is left to
 JAX (one device, or a serial stage each process runs for itself). With a mesh the state
-and the metrics are replicated and the batch is sharded over `batch_axis` on dimension `batch_dim` (1 for a chunk of steps [steps_per_call, batch, ...],
-2 for the GAN engine's [steps_per_call, n_critic, batch, ...]); inputs must already sit
-that way (`parallel.replicate`, `parallel.global_batch`).
+and the metrics are replicated and the batch is sharded over `batch_axis` on dimension
+`batch_dim` (1 for a chunk of steps [steps_per_call, batch, ...], 2 for the GAN engine's
+[steps_per_call, n_critic, batch, ...]); inputs must already sit that way
+(`parallel.replicate`, `parallel.global_batch`).
 """
 
 from __future__ import annotations

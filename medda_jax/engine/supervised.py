@@ -57,8 +57,9 @@ def supervised_loss(apply_fn: Callable, loss_fn: Callable, inputs: str = "images
 def build_train_chunk(loss_fn: Callable, tx: optax.GradientTransformation,
                       inner_loop: str = "scan", *, mesh: Mesh | None = None,
                       batch_dim: int = 1):
-  """Returns the compiled `chunk(state, batches) -> (state, metrics)` (state donated on accelerators;
-  with a mesh, state replicated and batches sharded over `data` on `batch_dim`).
+  """Returns the compiled `chunk(state, batches) -> (state, metrics)` (state donated on
+  accelerators; with a mesh, state replicated and batches sharded over `data` on
+  `batch_dim`).
 
   `loss_fn(params, model_state, batch, rng) -> (loss, (model_state, metrics))` (see
   `supervised_loss` for a plain network); every leaf of `batches` has a leading axis of

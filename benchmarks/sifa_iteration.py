@@ -26,9 +26,9 @@ residual blocks drop 25 % of their activations (both at the reference's settings
 
 JAX side: `medda_jax.methods.sifa.experiment.Sifa(config, "synthmix", mesh, inner_loop,
 dtype)`: `sifa_losses` in `engine.gan.build_gan_chunk(generator_first=True,
-side_updates=...)`, the state (both pools included) donated on accelerators and the batches on the device;
-executors "jax <inner_loop>/<iterations_per_call> <dtype>" (bf16: compute dtype,
-parameters and optimiser state float32). PyTorch side: the networks of
+side_updates=...)`, the state (both pools included) donated on accelerators and the
+batches on the device; executors "jax <inner_loop>/<iterations_per_call> <dtype>" (bf16:
+compute dtype, parameters and optimiser state float32). PyTorch side: the networks of
 `medda_jax.models.sifa` written as nn.Modules layer by layer (TF "SAME" paddings as
 explicit pads: (0, 1) for the 3x3/2 convolutions and (1, 2) for the Inspector's 4x4 global
 head; TF's 3x3/2 "SAME" transposed convolution as ConvTranspose2d(3, 2, padding=0) with

@@ -11,8 +11,8 @@ map; then one generator update on the 5th batch:
 Adam(1e-4, 0.5, 0.999) for both. No semantic loss (plain StarGAN: the reference has none).
 
 JAX side: `medda_jax.methods.stargan_da.stargan_losses` (lambda_sem 0) in
-`medda_jax.engine.gan.build_gan_chunk(n_critic=5, inner_loop=...)`, the state donated on accelerators,
-batches on the device; executors "jax <inner_loop>/<steps_per_call> <dtype>".
+`medda_jax.engine.gan.build_gan_chunk(n_critic=5, inner_loop=...)`, the state donated on
+accelerators, batches on the device; executors "jax <inner_loop>/<steps_per_call> <dtype>".
 PyTorch side: the reference's Generator / Discriminator / ResidualBlock (bias-free convs
 and InstanceNorm(affine) in G; real and fake through D in separate passes and the penalty
 from autograd.grad(create_graph=True), as its solver does). Executors: eager fp32, eager

@@ -10,8 +10,9 @@ bilinear up-sampling + conv block, then conv1x1 -> 3 + sigmoid) and the same ste
           + lambda1 * ||M_gen(M_ft(x_hat)) - x||^2 + lambda2 * KL(p || p_hat); one Adam step.
 JAX: the engine's compiled chunk (`engine.supervised.build_train_chunk`, one step per
 call, state donated on accelerators) over `stain_aglr.paper.stain_aglr_loss`. Before
-timing on the CPU, both sides start from the same weights (copied from JAX to torch) with dropout off, take
-one step on the same x_hat, and the largest parameter difference afterwards is reported.
+timing on the CPU, both sides start from the same weights (copied from JAX to torch) with
+dropout off, take one step on the same x_hat, and the largest parameter difference
+afterwards is reported.
 
   python benchmarks/stain_aglr_step.py            # GPU if there is one: batch 64 at 256x256
   python benchmarks/stain_aglr_step.py --cpu --quick

@@ -41,7 +41,7 @@ DEMOS = ("metamedseg.py:demo", "transfer.py:demo", "wgan_synth.py:demo",
          "catenorm.py:demo", "avagrad.py:demo", "aiva.py:demo")
 RUNS = (("host, cold", "host", "fresh"), ("host", "host", "fresh"),
         ("scan", "scan", "fresh"), ("scan, warm", "scan", "same"))
-RUN_NAMES = ("host_cold", "host", "scan", "scan_warm")  # --runs names of RUNS, in order
+RUN_NAMES = tuple(label.replace(", ", "_") for label, _, _ in RUNS)  # --runs names: host_cold, ...
 
 
 def parse_args():

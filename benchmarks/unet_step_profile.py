@@ -24,7 +24,6 @@ import os
 import re
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -45,11 +44,9 @@ def parse_args():
 
 
 def _timed(run, steps):
-  run(); run(); run()  # compile / warm up
-  start = time.perf_counter()
-  for _ in range(steps):
-    run()
-  return (time.perf_counter() - start) / steps * 1e3
+  """ms per call of `run` (which waits for its result) over one block of `steps` calls."""
+  t = common.time_repeats(run, lambda _: None, warmup=3, repeats=1, iters=steps)
+  return t["seconds_per_call"] * 1e3
 
 
 def profile_jax(args, x_np, y_np):

@@ -59,7 +59,7 @@ def named_paths(entries, field: str, example: str, taken: Iterable[str] = ()) ->
   if isinstance(entries, str):
     raise ConfigError(f"config.{field} must be a tuple of 'name=path' strings, e.g. "
                       f"\"('{example}',)\"")
-  out = {}
+  taken, out = frozenset(taken), {}
   for entry in entries:
     name, sep, path = str(entry).partition("=")
     name, path = name.strip(), path.strip()
@@ -70,7 +70,7 @@ def named_paths(entries, field: str, example: str, taken: Iterable[str] = ()) ->
                         "'_', '.', '+' and '-' only")
     if name in out:
       raise ConfigError(f"config.{field} names {name!r} twice")
-    if name in tuple(taken):
+    if name in taken:
       raise ConfigError(f"config.{field} entry {entry!r}: the name {name} is taken by a "
                         "built-in dataset; choose another")
     out[name] = str(pathlib.Path(path).expanduser())

@@ -118,3 +118,10 @@ def test_named_paths_refuses_bad_entries(entries, needle):
   with pytest.raises(ConfigError, match="config.data.user") as e:
     cu.named_paths(entries, "data.user", "s=/p", taken=("luna16",))
   assert needle in str(e.value)
+
+
+def test_named_paths_reads_the_taken_names_once():
+  # any iterable of built-in names: a generator is read once, for every entry
+  with pytest.raises(ConfigError, match="the name luna16 is taken"):
+    cu.named_paths(("ours=/x", "luna16=/y"), "data.user", "s=/p",
+                   taken=(n for n in ("luna16", "demo")))

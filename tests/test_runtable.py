@@ -5,6 +5,8 @@ newest one, and a metrics file that survives an append cut short by a kill."""
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -127,3 +129,30 @@ def test_metrics_line_cut_short_is_skipped_and_not_glued_to_the_next(tmp_path, c
   writer.close()
   assert path.read_bytes() == whole
   assert [r["step"] for r in writers.read_metrics(tmp_path)] == [1, 2]
+
+
+def test_metric_writer_leaves_an_installed_torch_unimported(tmp_path):
+  """tensorboardX imports torch whenever it is installed (1.3 s of every run's start); the
+  writer hides it while tensorboardX loads, and a later `import torch` still works. A stand-in
+  torch package marks a file when it is imported."""
+  fake = tmp_path / "site" / "torch"
+  fake.mkdir(parents=True)
+  marker = tmp_path / "torch_imported"
+  (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'a').write('x')\nTensor = object\n")
+  script = (
+      "import sys, pathlib\n"
+      "from medda_jax.engine import writers\n"
+      f"w = writers.MetricWriter({str(tmp_path / 'run')!r})\n"
+      "w.write('s', 1, {'loss': 0.5}); w.close()\n"
+      f"print('before', pathlib.Path({str(marker)!r}).exists())\n"
+      "import torch\n"
+      f"print('after', pathlib.Path({str(marker)!r}).exists())\n")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [str(tmp_path / "site"), str(pathlib.Path(__file__).parents[1]),
+       os.environ.get("PYTHONPATH", "")]), JAX_PLATFORMS="cpu")
+  (tmp_path / "run").mkdir()
+  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.split() == ["before", "False", "after", "True"]
+  assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+  assert writers.read_metrics(tmp_path / "run") == [{"stage": "s", "step": 1, "loss": 0.5}]

@@ -46,7 +46,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.data.ct_window = (-160.0, 240.0)  # your CT sites: HU window scaled to [0, 1]
   c.data.root = ""  # CC359 folder (meta.csv + images/ + masks/, or Original/ + Silver-standard/)
   c.data.layout = "files"  # or "tfds" (a TFDS data dir prepared by medda_jax.data.builders)
-  c.data.cache_dir = ""  # preprocessed-volume cache; "" = <workdir>/cache
+  c.data.cache_dir = ""  # preprocessed-volume cache; "" = <workdir>/cache (the demo: per user)
   c.data.spacing = (1.0, 1.0, 1.0)  # cc359 resampling target in mm
   c.data.crop = 256  # training crop side (demo: also the slice side); divisible by 8
   c.data.subjects_per_domain = 6  # demo only: synthetic subjects per site

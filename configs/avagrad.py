@@ -51,7 +51,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.data.user = ()
   c.data.user_modality = ""  # CSV manifests without a modality column: "CT" or "MR"
   c.data.ct_window = (-160.0, 240.0)
-  c.data.cache_dir = ""  # preprocessed-volume cache; "" = <workdir>/cache
+  c.data.cache_dir = ""  # preprocessed-volume cache; "" = <workdir>/cache (the demo: per user)
   c.data.spacing = (1.0, 1.0, 1.0)  # cc359: resampling target in mm
   c.data.patch = 256  # training patch side (demo: also the slice side)
   c.data.subjects_per_domain = 6  # demo only

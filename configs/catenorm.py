@@ -56,7 +56,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.data.user = ()
   c.data.user_modality = ""  # CSV manifests without a modality column: "CT" or "MR"
   c.data.ct_window = (-125.0, 275.0)  # CT sites: the paper's HU clip, then z-score
-  c.data.cache_dir = ""  # preprocessed-volume cache; "" = <workdir>/cache
+  c.data.cache_dir = ""  # preprocessed-volume cache; "" = <workdir>/cache (the demo: per user)
   c.data.image_size = 384  # in-plane side (divisible by 16)
   c.data.test_volumes = 6  # held out per site for the test (the paper: one fold of 5)
   c.data.val_volumes = 3  # held out per site for the val-selected model

@@ -45,7 +45,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.data.ct_window = (-160.0, 240.0)  # CT sites: Hounsfield window scaled to [0, 1]
   c.data.root = ""  # CC359 folder (meta.csv + images/ + masks/, or Original/ + Silver-standard/)
   c.data.layout = "files"  # or "tfds": a TFDS data dir prepared by medda_jax.data.builders
-  c.data.cache_dir = ""  # preprocessed-volume cache; "" = <workdir>/cache
+  c.data.cache_dir = ""  # preprocessed-volume cache; "" = <workdir>/cache (the demo: per user)
   c.data.spacing = (1.0, 1.0, 1.0)  # cc359: resampling target in mm
   # Training crop side (paper 256, reference code 160: D1); demo: also the slice side.
   c.data.crop = 256

@@ -62,7 +62,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # msd: "files" reads the published NIfTI layout under root; "tfds" reads the datasets
   # `python -m medda_jax.data.builders.build medical_decathlon/<task>` prepared in root.
   c.data.layout = "files"
-  c.data.cache_dir = ""  # preprocessed-slice cache; "" = <workdir>/cache
+  c.data.cache_dir = ""  # preprocessed-slice cache; "" = <workdir>/cache (the demo: per user)
   c.data.image_size = 256  # slices are resized to image_size x image_size
   c.data.subjects_per_anatomy = 4  # demo: real volume + deformed copies per anatomy
   c.data.threshold_space = "native"  # msd: slice threshold before ("native") or after resize

@@ -68,7 +68,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # cc359: "files" reads a published layout under root; "tfds" reads the dataset
   # `python -m medda_jax.data.builders.build cc359` prepared in root (a TFDS data dir).
   c.data.layout = "files"
-  c.data.cache_dir = ""  # preprocessed-volume cache; "" = <workdir>/cache
+  c.data.cache_dir = ""  # preprocessed-volume cache; "" = <workdir>/cache (the demo: per user)
   c.data.spacing = (1.0, 1.0, 1.0)  # cc359: resampling target in mm (reference code: 1, .95, .95)
   c.data.crop = 256  # training crop side (demo: also the slice side); divisible by 8
   c.data.subjects_per_domain = 6  # demo only: synthetic subjects per site

@@ -1,6 +1,7 @@
 """Atomic file writes: a temporary file beside the target, then a rename over it, so a
 run killed mid-write leaves the old file or the new one, never half of one (progress
-files are read back by the next run, which would otherwise die on a truncated one)."""
+files are read back by the next run, which would otherwise die on a truncated one). And
+the per-user cache: compiled steps and the built demo data, kept across runs and workdirs."""
 
 from __future__ import annotations
 
@@ -33,3 +34,21 @@ def write_bytes(path, data: bytes) -> None:
 def write_text(path, text: str) -> None:
   with atomic_path(path) as tmp:
     tmp.write_text(text)
+
+
+def user_cache_dir(kind: str) -> pathlib.Path:
+  """`<root>/<kind>`, root = $MEDDA_JAX_CACHE, else $XDG_CACHE_HOME/medda_jax, else
+  ~/.cache/medda_jax: what every run of this user may reuse (kinds: "xla", "demo")."""
+  root = os.environ.get("MEDDA_JAX_CACHE")
+  if not root:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    root = os.path.join(base, "medda_jax")
+  return pathlib.Path(root) / kind
+
+
+def demo_cache_dir(configured: str) -> pathlib.Path:
+  """Where a demo collection is cached: `config.data.cache_dir` when set, else the per-user
+  cache, so a demo is built once per machine rather than once per workdir (3 s of
+  MetaMedSeg's and CateNorm's start). Safe to share: each file's name holds the builder's
+  arguments, its version and a digest of its source assets."""
+  return pathlib.Path(configured) if configured else user_cache_dir("demo")

@@ -19,6 +19,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from medda_jax import files
 from medda_jax.engine import workdir as workdir_lib
 from medda_jax.errors import ConfigError, MeddaError
 
@@ -39,8 +40,7 @@ def run(config, workdir: str) -> dict:
   timing.start(workdir)  # the clock counts device start-up and data loading too
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     # Reruns and resumed runs load compiled steps instead of compiling them again.
-    jax.config.update("jax_compilation_cache_dir",
-                      os.path.join(os.path.expanduser("~"), ".cache", "medda_jax", "xla"))
+    jax.config.update("jax_compilation_cache_dir", str(files.user_cache_dir("xla")))
   parallel.maybe_initialize_distributed()
   try:
     method = importlib.import_module(f"medda_jax.methods.{config.method}")

@@ -21,7 +21,10 @@ if _RUN_ID:
   os.makedirs(_XLA_CACHE, exist_ok=True)
 else:
   _XLA_CACHE = tempfile.mkdtemp(prefix="medda_xla_cache_")
-_CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": _XLA_CACHE,
+# The per-user cache (the demo data a trainer builds when config.data.cache_dir is empty) is
+# one per session too, beside the XLA one: the suite never writes into the home directory.
+_CACHE_ENV = {"MEDDA_JAX_CACHE": _XLA_CACHE + "_user",
+              "JAX_COMPILATION_CACHE_DIR": _XLA_CACHE,
               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
               "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 os.environ.update(_CACHE_ENV)

@@ -135,7 +135,8 @@ def load_domains(c, workdir: pathlib.Path) -> DomainVolumes:
     from medda_jax.data import demo_skull
     builtin = demo_skull.build_demo_skull(image_size=c.data.patch,
                                           subjects_per_domain=c.data.subjects_per_domain,
-                                          seed=c.data.split_seed, cache_dir=cache)
+                                          seed=c.data.split_seed,
+                                          cache_dir=files.demo_cache_dir(c.data.cache_dir))
   domains.update(builtin.domains)
   if builtin.description:
     descriptions.append(builtin.description)

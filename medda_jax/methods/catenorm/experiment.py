@@ -167,7 +167,7 @@ def demo_sites(c, cache) -> Sites:
 def load_sites(c, workdir: pathlib.Path) -> Sites:
   cache = pathlib.Path(c.data.cache_dir) if c.data.cache_dir else workdir / "cache"
   if c.data.source == "demo_brain":
-    sites = demo_sites(c, cache)
+    sites = demo_sites(c, files.demo_cache_dir(c.data.cache_dir))
   elif c.data.source == "prostate":
     from medda_jax.data import prostate
     loaded = prostate.load_prostate(c.data.root, image_size=c.data.image_size,

@@ -156,7 +156,8 @@ def load_collection(c, workdir: pathlib.Path) -> SliceCollection:
   elif builtin:
     parts.append(demo_brain.build_demo_brain(image_size=c.data.image_size,
                                              subjects_per_anatomy=c.data.subjects_per_anatomy,
-                                             seed=c.data.split_seed, cache_dir=cache))
+                                             seed=c.data.split_seed,
+                                             cache_dir=files.demo_cache_dir(c.data.cache_dir)))
   if c.data.user:
     parts.append(user_seg.load_user_collection(
         user_seg.parse_sources(c.data.user), image_size=c.data.image_size,

@@ -8,13 +8,11 @@ import pathlib
 
 import numpy as np
 
-from medda_jax import files
+from medda_jax import files, plots
 
 
 def embedding_figure(path, embedding_file, title: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
   with np.load(embedding_file) as f:
     y, s_ids, t_ids = f["embedding"], f["source_ids"], f["target_ids"]
     matching, sc, tc = f["matching"], f["source_centres"], f["target_centres"]

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import pathlib
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from medda_jax import files  # noqa: E402
-from medda_jax.methods.avagrad import paper  # noqa: E402
-from medda_jax.methods.avagrad.report import run_key  # noqa: E402
+from medda_jax import files, plots
+from medda_jax.methods.avagrad import paper
+from medda_jax.methods.avagrad.report import run_key
 
 
 def update_sizes_figure(path, runs: dict, c, title: str) -> None:
+  plt = plots.pyplot()
   columns = [r[0] for r in c.runs]
   fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns), 3.2), squeeze=False,
                            sharey=True)

@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import pathlib
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from medda_jax import files  # noqa: E402
-from medda_jax.methods.catenorm.report import NAMES  # noqa: E402
+from medda_jax import files, plots
+from medda_jax.methods.catenorm.report import NAMES
 
 SLICES = 3  # the slices with the most foreground
 
@@ -37,6 +33,7 @@ def save_prediction(workdir, method: str, volume, bn: np.ndarray, final: np.ndar
 
 
 def prediction_figure(workdir, methods: list, class_names: dict, site: str, demo: bool) -> None:
+  plt = plots.pyplot()
   runs = {m: np.load(_dir(workdir) / f"{m}.npz") for m in methods
           if (_dir(workdir) / f"{m}.npz").exists()}
   if not runs:

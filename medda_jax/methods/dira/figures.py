@@ -7,14 +7,10 @@ from __future__ import annotations
 import pathlib
 
 import jax
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from medda_jax import files, plots  # noqa: E402
-from medda_jax.methods.dira import paper  # noqa: E402
+from medda_jax import files, plots
+from medda_jax.methods.dira import paper
 
 
 def _middle(cubes: np.ndarray) -> np.ndarray:
@@ -42,6 +38,7 @@ def restorations(path, pre, pretrained: dict, c, test_images, title: str) -> Non
 
 def transfer_bars(path, table: dict, c, title: str) -> None:
   """One panel per target, one bar per initialisation."""
+  plt = plots.pyplot()
   inits = list(table)
   targets = list(c.targets)
   fig, axes = plt.subplots(1, len(targets), figsize=(1.5 + 0.45 * len(inits) * len(targets),
@@ -64,6 +61,7 @@ def transfer_bars(path, table: dict, c, title: str) -> None:
 def efficiency_curves(path, curves: dict, kinds: dict, title: str) -> None:
   """One panel per target: each initialisation's mean score (± std band) against the share
   of the target's training labels."""
+  plt = plots.pyplot()
   from medda_jax.methods.dira.report import METRIC
 
   targets = list(curves)

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import pathlib
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from medda_jax.methods.fda import paper, report  # noqa: E402
+from medda_jax import plots
+from medda_jax.methods.fda import paper, report
 
 
 def restyled_slices(path, target: np.ndarray, donor: np.ndarray, betas, window: str,
                     title: str) -> None:
   """Top: target, donor, then the target restyled at each beta; bottom: the window."""
+  plt = plots.pyplot()
   h, w = target.shape
   cols = 2 + len(betas)
   fig, axes = plt.subplots(2, cols, figsize=(2.0 * cols, 4.3), squeeze=False)
@@ -42,6 +40,7 @@ def restyled_slices(path, target: np.ndarray, donor: np.ndarray, betas, window: 
 def beta_curve(path, runs: dict, c, demo: bool) -> None:
   """Validation sDice against beta, mean over pairs and seeds, one line per method, with
   the unadapted model as a dashed line."""
+  plt = plots.pyplot()
   pairs = [tuple(p) for p in c.data.pairs]
   betas = list(c.fda.betas)
   fig, ax = plt.subplots(figsize=(5.5, 3.8))

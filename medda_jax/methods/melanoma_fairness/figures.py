@@ -8,15 +8,13 @@ import pathlib
 
 import numpy as np
 
-from medda_jax import files
+from medda_jax import files, plots
 from medda_jax.methods.melanoma_fairness.paper import TITLES
 from medda_jax.methods.melanoma_fairness.report import columns
 
 
 def group_auc_figure(path, table: dict, c, title: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
   cols = [col for col in columns(c) if col != "gap"]
   methods = list(table)
   width = 0.8 / max(len(methods), 1)

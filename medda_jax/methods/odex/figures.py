@@ -9,13 +9,11 @@ import pathlib
 
 import numpy as np
 
-from medda_jax import files
+from medda_jax import files, plots
 
 
 def pool_figure(path, run: dict, stages, title: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
   routed = np.asarray(run["routing"][-1], float)  # [test stage, model]
   share = routed / np.maximum(routed.sum(axis=1, keepdims=True), 1)
   models = share.shape[1]

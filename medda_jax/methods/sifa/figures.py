@@ -8,14 +8,10 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from medda_jax import plots  # noqa: E402
-from medda_jax.methods.sifa.paper import mix, upsample_masks  # noqa: E402
+from medda_jax import plots
+from medda_jax.methods.sifa.paper import mix, upsample_masks
 
 _COLOURS = np.array([[0, 0, 0, 0], [1.0, 0.2, 0.2, 0.6], [0.2, 0.9, 0.2, 0.6],
                      [0.2, 0.4, 1.0, 0.6], [1.0, 0.9, 0.1, 0.6]])
@@ -42,6 +38,7 @@ def save_predictions(workdir, key: str, target, preds: dict, n: int) -> None:
 
 
 def overlay_figure(workdir, src: str, trg: str, methods: list, seed: int, demo: bool) -> None:
+  plt = plots.pyplot()
   runs = {}
   for method in methods:
     path = _figure_dir(workdir) / f"{_name(f'{src}->{trg}/{method}/seed{seed}')}.npz"

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import pathlib
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from medda_jax import files, plots  # noqa: E402
+from medda_jax import files, plots
 
 
 def reconstructions(path, rows: dict[str, np.ndarray], title: str) -> None:
@@ -21,6 +17,7 @@ def reconstructions(path, rows: dict[str, np.ndarray], title: str) -> None:
 
 def transfer_bars(path, table: dict, title: str) -> None:
   """Grouped bars: one panel per target, one group per backbone, one bar per init."""
+  plt = plots.pyplot()
   backbones = list(table)
   inits = list(table[backbones[0]])
   targets = list(table[backbones[0]][inits[0]])

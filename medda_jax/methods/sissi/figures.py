@@ -8,14 +8,12 @@ import io
 
 import numpy as np
 
-from medda_jax import files
+from medda_jax import files, plots
 from medda_jax.methods.sissi.report import TITLES
 
 
 def before_after(path, reader_set, runs: dict, c, title: str, images: int = 2) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
   from matplotlib.patches import Rectangle
 
   seed = c.seeds[0]

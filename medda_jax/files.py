@@ -46,6 +46,12 @@ def user_cache_dir(kind: str) -> pathlib.Path:
   return pathlib.Path(root) / kind
 
 
+def data_cache_dir(configured: str, workdir) -> pathlib.Path:
+  """Where a dataset's preprocessed arrays are cached: `config.data.cache_dir` when set,
+  else `<workdir>/cache` (a user's own data, keyed by its files, stays with its run)."""
+  return pathlib.Path(configured) if configured else pathlib.Path(workdir) / "cache"
+
+
 def demo_cache_dir(configured: str) -> pathlib.Path:
   """Where a demo collection is cached: `config.data.cache_dir` when set, else the per-user
   cache, so a demo is built once per machine rather than once per workdir (3 s of

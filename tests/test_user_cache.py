@@ -20,6 +20,8 @@ def test_user_cache_dir_follows_the_environment(tmp_path, monkeypatch):
   assert files.user_cache_dir("demo") == tmp_path / "mine" / "demo"
   assert files.demo_cache_dir("") == tmp_path / "mine" / "demo"
   assert files.demo_cache_dir(str(tmp_path / "set")) == tmp_path / "set"
+  assert files.data_cache_dir("", tmp_path / "run") == tmp_path / "run" / "cache"
+  assert files.data_cache_dir(str(tmp_path / "set"), tmp_path / "run") == tmp_path / "set"
 
 
 def test_demo_data_is_built_once_per_user_not_per_workdir(tmp_path, monkeypatch):
@@ -32,14 +34,13 @@ def test_demo_data_is_built_once_per_user_not_per_workdir(tmp_path, monkeypatch)
   def no_build(*args, **kwargs):
     raise AssertionError("the demo was built again")
 
-  monkeypatch.setattr(demo_skull, "_build_volume", no_build)
-  second = avagrad.load_domains(c, tmp_path / "run2")  # another workdir: read back
+  with monkeypatch.context() as m:
+    m.setattr(demo_skull, "_build_volume", no_build)
+    second = avagrad.load_domains(c, tmp_path / "run2")  # another workdir: read back
   assert sorted(second.domains) == sorted(first.domains)
   for name, vols in first.domains.items():
     for a, b in zip(vols, second.domains[name]):
       assert (a.image == b.image).all() and (a.mask == b.mask).all()
   c.data.cache_dir = str(tmp_path / "configured")  # a configured cache wins: built there
-  monkeypatch.undo()
-  monkeypatch.setenv("MEDDA_JAX_CACHE", str(tmp_path / "user"))
   avagrad.load_domains(c, tmp_path / "run3")
   assert len(list(pathlib.Path(c.data.cache_dir).glob("demo_skull_*.npz"))) == 1

@@ -121,7 +121,7 @@ def _user_site(c, site: str) -> bool:
 def load_domains(c, workdir: pathlib.Path) -> DomainVolumes:
   """The built-in source's sites (unless the source site is yours and data.root is empty)
   and your sites from data.user."""
-  cache = pathlib.Path(c.data.cache_dir) if c.data.cache_dir else workdir / "cache"
+  cache = files.data_cache_dir(c.data.cache_dir, workdir)
   domains, descriptions = {}, []
   builtin = DomainVolumes({})
   if c.data.source == "cc359" and c.data.root:

@@ -165,7 +165,7 @@ def demo_sites(c, cache) -> Sites:
 
 
 def load_sites(c, workdir: pathlib.Path) -> Sites:
-  cache = pathlib.Path(c.data.cache_dir) if c.data.cache_dir else workdir / "cache"
+  cache = files.data_cache_dir(c.data.cache_dir, workdir)
   if c.data.source == "demo_brain":
     sites = demo_sites(c, files.demo_cache_dir(c.data.cache_dir))
   elif c.data.source == "prostate":

@@ -357,7 +357,7 @@ class Experiment:
     for _, target in c.data.pairs:
       for budget in c.budgets:
         budget_images(self.splits[target].train, budget, 0, target)  # fails early if too big
-    self.cache = pathlib.Path(c.data.cache_dir) if c.data.cache_dir else workdir / "cache"
+    self.cache = files.data_cache_dir(c.data.cache_dir, workdir)
     self.inner_loop = cu.inner_loop(c)
     self.dtype = cu.compute_dtype(c)
     self.mesh = parallel.data_mesh()

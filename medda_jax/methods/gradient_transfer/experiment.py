@@ -167,7 +167,7 @@ def _needs_builtin(c) -> bool:
 
 
 def load_domains(c, workdir: pathlib.Path) -> DomainVolumes:
-  cache = pathlib.Path(c.data.cache_dir) if c.data.cache_dir else workdir / "cache"
+  cache = files.data_cache_dir(c.data.cache_dir, workdir)
   domains, descriptions = {}, []
   if _needs_builtin(c) and c.data.source == "cc359":
     from medda_jax.data import cc359

@@ -111,7 +111,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 def load_domains(c, workdir: pathlib.Path) -> tuple[data_lib.Domain, list[data_lib.Domain], str]:
   """(training domain, out-of-distribution domains, label of the data)."""
   user = dict(images_lib.parse_domain(e) for e in c.data.user)
-  cache = pathlib.Path(c.data.cache_dir) if c.data.cache_dir else workdir / "cache"
+  cache = files.data_cache_dir(c.data.cache_dir, workdir)
   builtin: dict[str, data_lib.Domain] = {}
   label = ""
   if c.data.source == "demo":

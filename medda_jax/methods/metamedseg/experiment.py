@@ -141,7 +141,7 @@ def _of_user(c, name: str) -> bool:
 
 
 def load_collection(c, workdir: pathlib.Path) -> SliceCollection:
-  cache = pathlib.Path(c.data.cache_dir) if c.data.cache_dir else workdir / "cache"
+  cache = files.data_cache_dir(c.data.cache_dir, workdir)
   parts = []
   # Fine-tuning only your own targets needs no built-in data.
   builtin = c.data.source != "none" and not (

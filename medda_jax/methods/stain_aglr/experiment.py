@@ -102,7 +102,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 # --------------------------------------------------------------------------- data
 def load_data(c, workdir: pathlib.Path) -> data_lib.PatchTable:
   if c.data.source == "demo":
-    cache = pathlib.Path(c.data.cache_dir) if c.data.cache_dir else workdir / "cache"
+    cache = files.data_cache_dir(c.data.cache_dir, workdir)
     root = data_lib.build_demo(cache / f"stain_aglr_ihc_density_p{c.data.patch}_s{c.data.demo_stride}",
                                c.data.patch, c.data.demo_stride)
     return data_lib.load(root, "folders", "demo")
